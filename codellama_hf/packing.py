@@ -1,0 +1,154 @@
+"""Packing tokenized documents into fixed-length training rows, with no attention and no loss across documents.
+
+Each row holds several documents (or chunks of one long document) end to end. `position_ids` restart at 0 for every
+document; run the model with `attention_mask=None` and `use_cache=False` and transformers derives a block-diagonal
+mask from them (eager, sdpa and flex attention on CPU; flash-attention's varlen kernel on GPU). `labels` are -100 at
+the first token of every document and on padding, so no token is predicted from another document.
+
+Samples are packed whole by best-fit decreasing within a buffer of documents; a document longer than the context
+is cut into context-sized chunks (chunks are never FIM-transformed: `fim.tokenize_documents` only transforms
+samples that fit). Packing runs in one process in document order, so the rows depend only on the input order, not
+on how many processes tokenized it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections import Counter
+from typing import Sequence
+
+import datasets
+import numpy as np
+import torch
+
+from codellama_hf.fim import FIMConfig, KIND_NAMES, tokenize_documents
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+def chunk(samples: Sequence[Sequence[int]], seq_len: int) -> list[Sequence[int]]:
+    """Cut samples longer than the context into seq_len-sized chunks (the last one shorter)."""
+    return [sample[start : start + seq_len] for sample in samples for start in range(0, len(sample), seq_len)]
+
+
+def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Bins of item indices; longest items first, each into the fullest bin that still has room."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (room left, bin index), kept sorted
+    for i in order:
+        size = lengths[i]
+        slot = bisect.bisect_left(free, (size, -1))
+        if slot == len(free):
+            bins.append([i])
+            room, b = capacity - size, len(bins) - 1
+        else:
+            room, b = free.pop(slot)
+            bins[b].append(i)
+            room -= size
+        if room > 0:
+            bisect.insort(free, (room, b))
+    return bins
+
+
+def pack(samples: Sequence[Sequence[int]], seq_len: int, pad_id: int) -> tuple[list[np.ndarray], list[list[int]]]:
+    """Pack token sequences into rows of exactly seq_len tokens; returns the rows and their document lengths."""
+    pieces = [np.asarray(p, dtype=np.int32) for p in chunk(samples, seq_len)]
+    rows, lengths = [], []
+    for members in best_fit_decreasing([len(p) for p in pieces], seq_len):
+        members.sort()  # document order inside a row
+        row = np.full(seq_len, pad_id, dtype=np.int32)
+        used = 0
+        for i in members:
+            row[used : used + len(pieces[i])] = pieces[i]
+            used += len(pieces[i])
+        rows.append(row)
+        lengths.append([len(pieces[i]) for i in members])
+    return rows, lengths
+
+
+def pack_dataset(
+    dataset: datasets.Dataset | datasets.IterableDataset,
+    tokenizer,
+    *,
+    seq_len: int,
+    fim: FIMConfig | None = None,
+    epoch: int = 0,
+    text_column: str = "text",
+    id_column: str | None = None,
+    num_proc: int | None = None,
+    buffer_documents: int = 2000,
+) -> datasets.Dataset | datasets.IterableDataset:
+    """Tokenize (with FIM) and pack a text dataset into rows of `input_ids` (seq_len tokens) and `seq_lengths`.
+
+    `PackedCollator` turns rows into input_ids / labels / position_ids tensors.
+
+    Map-style datasets are processed eagerly (cached by `datasets`); iterable (streaming) datasets lazily. For
+    map-style input the FIM outcome of every document is logged as a table of counts.
+    """
+    columns = dataset.column_names
+    if columns is not None and text_column not in columns:
+        raise ValueError(f"dataset has no {text_column!r} column (columns: {columns}); set text_column")
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2, got {seq_len}")
+    pad_id = tokenizer.eos_token_id
+
+    def tokenize(batch):
+        done = tokenize_documents(
+            batch[text_column],
+            batch[id_column] if id_column else None,
+            tokenizer,
+            seq_len=seq_len,
+            fim=fim,
+            epoch=epoch,
+        )
+        return {"input_ids": done.input_ids, "fim": done.kinds}
+
+    def pack_batch(batch):
+        rows, lengths = pack(batch["input_ids"], seq_len, pad_id)
+        return {"input_ids": rows, "seq_lengths": lengths}
+
+    map_kwargs = {} if isinstance(dataset, datasets.IterableDataset) else {"num_proc": num_proc, "desc": "tokenize+FIM"}
+    tokenized = dataset.map(tokenize, batched=True, batch_size=256, remove_columns=columns, **map_kwargs)
+    if isinstance(tokenized, datasets.Dataset):
+        counts = Counter(tokenized["fim"])
+        logger.info(
+            "%d documents: %s", sum(counts.values()), ", ".join(f"{KIND_NAMES[k]} {v}" for k, v in sorted(counts.items()))
+        )
+        map_kwargs = {"desc": "pack"}
+    return tokenized.map(
+        pack_batch, batched=True, batch_size=buffer_documents, remove_columns=["input_ids", "fim"], **map_kwargs
+    )
+
+
+class PackedCollator:
+    """Rows -> LongTensors input_ids / labels / position_ids, derived from each row's document lengths.
+
+    There is no attention_mask: the model reads document boundaries from position_ids (run it with use_cache=False).
+    Labels are -100 at every document start and on padding, so no token is predicted across a boundary.
+    """
+
+    def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        input_ids = torch.tensor(np.stack([np.asarray(r["input_ids"]) for r in rows]), dtype=torch.long)
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        position_ids = torch.empty_like(input_ids)
+        for b, row in enumerate(rows):
+            starts = np.cumsum([0, *row["seq_lengths"]])
+            used = int(starts[-1])
+            for start, end in zip(starts[:-1], starts[1:]):
+                labels[b, start + 1 : end] = input_ids[b, start + 1 : end]
+                position_ids[b, start:end] = torch.arange(end - start)
+            position_ids[b, used:] = torch.arange(input_ids.shape[1] - used)  # padding: a segment of its own
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+def packing_efficiency(dataset: datasets.Dataset) -> float:
+    """Share of the packed tokens that belong to documents rather than padding."""
+    if len(dataset) == 0:
+        return 0.0
+    seq_len = len(dataset[0]["input_ids"])
+    used = sum(sum(lengths) for lengths in dataset["seq_lengths"])
+    return used / (len(dataset) * seq_len)
