@@ -9,6 +9,7 @@ import sys
 # Each module exposes `register(subparsers)`, which adds its subcommand and sets `func` on the parser.
 COMMAND_MODULES = [
     "codellama_hf.tokenizer",
+    "codellama_hf.convert",
 ]
 
 
