@@ -395,8 +395,9 @@ def encode_slices(
             continue
         a = min(s if s == 0 or s == _prev_unit_start(text, s) else _next_unit_start(text, s), e)
         b = max(_prev_unit_start(text, e), a)
-        ka, kb = np.searchsorted(cum, [a, b])
-        if cum[min(ka, len(cum) - 1)] != a or cum[min(kb, len(cum) - 1)] != b:
+        # Last matching index: continuation bytes of a split character cover 0 characters and belong before it.
+        ka, kb = np.searchsorted(cum, [a, b], side="right") - 1
+        if cum[ka] != a or cum[kb] != b:
             plans.append((len(requests), None, None, None))
             requests.append((text[start:end], spaced))
             continue

@@ -1,0 +1,82 @@
+"""Packing: exact per-document losses through a real tiny Llama, whole documents, streaming = map-style."""
+
+import datasets
+import pytest
+import torch
+import torch.nn.functional as F
+
+from codellama_hf.fim import FIMConfig, tokenize_documents
+from codellama_hf.packing import IGNORE_INDEX, PackedCollator, pack, pack_dataset, packing_efficiency
+from tests.test_tokenizer import code_documents
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_packed_loss_equals_each_document_alone(tiny_tokenizer, tiny_model_factory, attn):
+    model = tiny_model_factory(len(tiny_tokenizer), attn_implementation=attn)
+    docs = [d[:600] for d in code_documents(12)]
+    samples = tokenize_documents(docs, None, tiny_tokenizer, seq_len=256, fim=FIMConfig(seed=1)).input_ids
+    samples = [s[:120] for s in samples]  # several documents per 256-token row
+    rows, lengths = pack(samples, 256, tiny_tokenizer.eos_token_id)
+    assert len(rows) < len(samples)
+    batch = PackedCollator()([{"input_ids": r, "seq_lengths": n} for r, n in zip(rows, lengths)])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        alone = {}
+        for sample in samples:
+            ids = torch.tensor([sample])
+            out = model(input_ids=ids, use_cache=False).logits
+            alone[tuple(sample)] = F.cross_entropy(out[0, :-1], ids[0, 1:]).item()
+    checked = 0
+    for b, doc_lengths in enumerate(lengths):
+        start = 0
+        for n in doc_lengths:
+            ids = batch["input_ids"][b, start : start + n]
+            labels = batch["labels"][b, start : start + n]
+            assert labels[0] == IGNORE_INDEX and torch.equal(labels[1:], ids[1:])
+            assert torch.equal(batch["position_ids"][b, start : start + n], torch.arange(n))
+            loss = F.cross_entropy(logits[b, start : start + n - 1], ids[1:]).item()
+            assert loss == pytest.approx(alone[tuple(ids.tolist())], abs=1e-5)
+            start += n
+            checked += 1
+        assert (batch["labels"][b, start:] == IGNORE_INDEX).all()
+    assert checked == len(samples)
+    # The model's own loss on the packed batch is the token-weighted mean of the documents' losses.
+    with torch.no_grad():
+        total = model(**batch, use_cache=False).loss.item()
+    weights = [len(s) - 1 for s in samples]
+    expected = sum(alone[tuple(s)] * w for s, w in zip(samples, weights)) / sum(weights)
+    assert total == pytest.approx(expected, abs=1e-5)
+
+
+def test_every_token_is_packed_once_and_long_documents_are_chunked():
+    samples = [list(range(1000, 1000 + n)) for n in (5, 300, 17, 64, 64, 1, 130)]
+    rows, lengths = pack(samples, 64, pad_id=0)
+    assert all(len(r) == 64 for r in rows)
+    pieces = []
+    for row, doc_lengths in zip(rows, lengths):
+        start = 0
+        for n in doc_lengths:
+            pieces.append(row[start : start + n].tolist())
+            start += n
+        assert (row[start:] == 0).all()
+    expected = [s[i : i + 64] for s in samples for i in range(0, len(s), 64)]
+    assert sorted(pieces) == sorted(expected)
+
+
+def test_streaming_equals_map_style_and_efficiency_on_real_code(tiny_tokenizer):
+    docs = code_documents(400)
+    ds = datasets.Dataset.from_dict({"text": docs})
+    packed = pack_dataset(ds, tiny_tokenizer, seq_len=1024, fim=FIMConfig(seed=2))
+    streamed = pack_dataset(ds.to_iterable_dataset(), tiny_tokenizer, seq_len=1024, fim=FIMConfig(seed=2))
+    rows = list(streamed)
+    assert [list(r["input_ids"]) for r in rows] == [list(r) for r in packed["input_ids"]]
+    assert [list(r["seq_lengths"]) for r in rows] == [list(r) for r in packed["seq_lengths"]]
+    assert packing_efficiency(packed) >= 0.99
+
+
+def test_bad_dataset_input(tiny_tokenizer):
+    ds = datasets.Dataset.from_dict({"content": ["a = 1"]})
+    with pytest.raises(ValueError, match="no 'text' column"):
+        pack_dataset(ds, tiny_tokenizer, seq_len=64)
+    with pytest.raises(ValueError, match="seq_len"):
+        pack_dataset(ds, tiny_tokenizer, seq_len=1, text_column="content")
