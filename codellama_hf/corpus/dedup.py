@@ -1,0 +1,196 @@
+"""Exact and near deduplication: content hashes, then MinHash LSH (datasketch) over word 5-gram shingles.
+
+Near-duplicate detection, as in the BigCode/The Stack pipelines:
+- shingles: 5-grams of the `\\w+` tokens of a document, so whitespace, indentation and punctuation changes do not
+  count, and renaming one variable changes only the shingles that touch it;
+- signatures: datasketch `MinHash` (its default "affine32" permutations) with `num_perm` permutations (128 by
+  default) and a fixed permutation seed, fed 32-bit shingle hashes computed with numpy (`shingle_hashes`);
+- candidates: LSH banding with the (bands, rows) that datasketch's `MinHashLSH` picks for the Jaccard threshold
+  (0.85 by default, i.e. 9 bands of 13 rows at 128 permutations);
+- a candidate pair is kept only when its estimated Jaccard similarity (share of equal signature values) reaches the
+  threshold; clusters are the connected components of kept pairs and each keeps its first document.
+
+Scaling: signatures are computed by `datasets.map(num_proc=N)`, and the LSH bands are bucketed in N processes (each
+process buckets a subset of the bands over all documents), so the work splits across processes without any
+process holding more than its bands. Only the union-find over candidate pairs runs in the main process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from multiprocessing import get_context
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TOKEN = re.compile(r"\w+")
+_GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    exact: bool = True
+    near: bool = True
+    threshold: float = 0.85  # Jaccard similarity at which two documents count as near-duplicates
+    num_perm: int = 128
+    ngram: int = 5
+    seed: int = 42  # MinHash permutation seed
+
+    def __post_init__(self):
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"dedup threshold is a Jaccard similarity in (0, 1], got {self.threshold!r}")
+        if self.num_perm < 2 or self.ngram < 1:
+            raise ValueError(f"dedup needs num_perm >= 2 and ngram >= 1, got {self.num_perm}, {self.ngram}")
+
+    def bands(self) -> tuple[int, int]:
+        """(bands, rows per band) that datasketch's MinHashLSH chooses for this threshold and num_perm."""
+        from datasketch import MinHashLSH
+
+        lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
+        return lsh.b, lsh.r
+
+
+@dataclass
+class DedupStats:
+    exact_removed: int = 0
+    near_removed: int = 0
+    near_clusters: int = 0  # clusters of two or more near-duplicates
+    largest_cluster: int = 0
+
+
+def shingle_hashes(text: str, ngram: int) -> np.ndarray:
+    """Distinct 32-bit hashes of the word n-grams of `text`.
+
+    Each distinct token is hashed once (blake2b), and the n-gram hash is a polynomial of its tokens' hashes mixed
+    with the splitmix64 finaliser, computed for all positions at once with numpy.
+    """
+    tokens = TOKEN.findall(text) or [""]
+    vocab: dict[str, int] = {}
+    ids = [vocab.setdefault(token, len(vocab)) for token in tokens]
+    token_hashes = np.fromiter(
+        (int.from_bytes(hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+         for t in vocab),
+        dtype=np.uint64, count=len(vocab),
+    )[ids]  # fmt: skip
+    width = min(ngram, len(token_hashes))
+    count = len(token_hashes) - width + 1
+    acc = np.zeros(count, dtype=np.uint64)
+    for j in range(width):  # uint64 arithmetic wraps modulo 2**64, as a hash should
+        acc = acc * _GOLDEN + token_hashes[j : j + count]
+    acc = (acc ^ (acc >> np.uint64(30))) * _MIX1
+    acc = (acc ^ (acc >> np.uint64(27))) * _MIX2
+    acc ^= acc >> np.uint64(31)
+    return np.unique((acc >> np.uint64(32)).astype(np.uint32))
+
+
+def _signatures(batch: dict, *, num_perm: int, ngram: int, seed: int) -> dict:
+    from datasketch import MinHash
+
+    out = []
+    for text in batch["text"]:
+        # The shingles arrive already hashed to 32 bits, so the MinHash's hash function is the identity.
+        minhash = MinHash(num_perm=num_perm, seed=seed, hashfunc=int)
+        minhash.update_batch(shingle_hashes(text, ngram).tolist())
+        out.append(minhash.hashvalues.astype(np.uint32))
+    return {"_minhash": out}
+
+
+def signatures(dataset, config: DedupConfig, *, num_proc: int | None = None) -> np.ndarray:
+    """MinHash signatures of every document's `text`, shape (n, num_perm), uint32."""
+    if len(dataset) == 0:
+        return np.zeros((0, config.num_perm), dtype=np.uint32)
+    kwargs = {"num_perm": config.num_perm, "ngram": config.ngram, "seed": config.seed}
+    mapped = dataset.select_columns(["text"]).map(
+        _signatures, fn_kwargs=kwargs, batched=True, batch_size=256, remove_columns=["text"],
+        num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) >= 2 * num_proc else None,
+        desc="minhash", new_fingerprint=None,
+    )  # fmt: skip
+    return np.asarray(mapped.with_format("numpy")["_minhash"], dtype=np.uint32).reshape(len(dataset), -1)
+
+
+def _band_pairs(task: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Candidate pairs (first document of a bucket, other member) for the bands given as (n, bands, rows)."""
+    index, bands = task
+    pairs = []
+    for b in range(bands.shape[1]):
+        keys = np.ascontiguousarray(bands[:, b, :]).view(np.dtype((np.void, bands.shape[2] * bands.itemsize)))
+        _, first, inverse = np.unique(keys.ravel(), return_index=True, return_inverse=True)
+        leader = first[inverse.ravel()]
+        member = leader != np.arange(len(leader))
+        pairs.append(np.stack([index[leader[member]], index[np.nonzero(member)[0]]], axis=1))
+    return np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
+
+
+def near_duplicate_clusters(sigs: np.ndarray, config: DedupConfig, *, num_proc: int = 1) -> np.ndarray:
+    """Cluster id (= index of the cluster's first document) for every document."""
+    n = len(sigs)
+    parent = np.arange(n)
+    if n < 2:
+        return parent
+    b, r = config.bands()
+    banded = sigs[:, : b * r].reshape(n, b, r)
+    index = np.arange(n)
+    groups = [g for g in np.array_split(np.arange(b), max(1, min(num_proc, b))) if len(g)]
+    tasks = [(index, banded[:, g, :]) for g in groups]
+    if len(tasks) > 1:
+        with get_context("fork").Pool(len(tasks)) as pool:
+            found = pool.map(_band_pairs, tasks)
+    else:
+        found = [_band_pairs(t) for t in tasks]
+    pairs = np.unique(np.concatenate(found), axis=0) if found else np.zeros((0, 2), dtype=np.int64)
+    if len(pairs):
+        similarity = (sigs[pairs[:, 0]] == sigs[pairs[:, 1]]).mean(axis=1)
+        pairs = pairs[similarity >= config.threshold]
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, c in pairs:
+        ra, rc = find(a), find(c)
+        if ra != rc:
+            parent[max(ra, rc)] = min(ra, rc)  # the earliest document leads the cluster
+    return np.array([find(i) for i in range(n)])
+
+
+def exact_duplicate_mask(texts) -> np.ndarray:
+    """True for the first occurrence of each distinct text."""
+    seen: set[bytes] = set()
+    keep = np.zeros(len(texts), dtype=bool)
+    for i, text in enumerate(texts):
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+        if digest not in seen:
+            seen.add(digest)
+            keep[i] = True
+    return keep
+
+
+def deduplicate(dataset, config: DedupConfig | None = None, *, num_proc: int = 1):
+    """Drop exact then near duplicates of `dataset` (keeping each cluster's first document).
+
+    Returns (dataset, DedupStats).
+    """
+    config = config or DedupConfig()
+    stats = DedupStats()
+    if config.exact and len(dataset):
+        keep = exact_duplicate_mask(dataset["text"])
+        stats.exact_removed = int((~keep).sum())
+        if stats.exact_removed:
+            dataset = dataset.select(np.nonzero(keep)[0])
+    if config.near and len(dataset) > 1:
+        clusters = near_duplicate_clusters(signatures(dataset, config, num_proc=num_proc), config, num_proc=num_proc)
+        leaders, sizes = np.unique(clusters, return_counts=True)
+        stats.near_clusters = int((sizes > 1).sum())
+        stats.largest_cluster = int(sizes.max()) if stats.near_clusters else 1
+        keep = clusters == np.arange(len(clusters))
+        stats.near_removed = int((~keep).sum())
+        if stats.near_removed:
+            dataset = dataset.select(np.nonzero(keep)[0])
+    log.info("dedup: %s", stats)
+    return dataset, stats

@@ -1,0 +1,256 @@
+"""Training mixtures: Table 1's sampling proportions as presets, user mixtures in YAML, sampled by interleaving.
+
+Presets (codellama.md §3.3):
+- "code": code 85%, natural language about code 8%, natural language 7% (Code Llama, 500B tokens);
+- "python": Python 75%, code 10%, natural language about code 10%, natural language 5% (Code Llama - Python);
+- "instruct_rehearsal": code 6% and natural language 2% of the instruct stage; the other 92% is `reserved` for the
+  instruct data, which the caller passes as `extra` (or mixes itself with `Mixture.weights`).
+
+Each component is sampled with `datasets.interleave_datasets` at its probability. Table 1 gives proportions of the
+training tokens; here they are proportions of documents.
+
+Stop strategy: "all_exhausted" by default. A component that runs out starts over (is repeated) while the others
+continue, so the proportions hold for as long as you read, as in Table 1 where code is seen 2.03 epochs and
+natural language 0.01; the mixture ends once every component has been used whole at least once, and training
+normally stops earlier, at max_steps. "first_exhausted" never repeats a document but ends when the first
+component runs out; set `stopping_strategy` in the YAML to choose it.
+
+YAML format::
+
+    preset: code                # optional: start from a preset's weights
+    stopping_strategy: all_exhausted
+    components:
+      code:
+        weight: 0.85
+        sources: [~/src/my-repo, {dataset: bigcode/the-stack-smol, text_column: content}]
+        languages: [python, c]  # optional: keep only these languages
+      nl_code: 0.08             # shorthand for {weight: 0.08}; no sources: the embedded "nl_code" corpus
+      nl: 0.07
+
+Weights must be positive and, with `reserved`, sum to 1 (within 1e-6).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from codellama_hf.corpus.embedded import KINDS, embedded_corpus, is_validation
+from codellama_hf.corpus.sources import read_sources
+
+STOPPING_STRATEGIES = ("all_exhausted", "first_exhausted", "all_exhausted_without_replacement")
+TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    weight: float
+    sources: tuple | None = None  # None: the embedded corpus of that name
+    languages: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Mixture:
+    name: str
+    components: tuple[Component, ...]
+    reserved: float = 0.0  # probability left for data the caller adds (the instruct data)
+    stopping_strategy: str = "all_exhausted"
+
+    def __post_init__(self):
+        where = f"mixture {self.name!r}"
+        if not self.components:
+            raise ValueError(f"{where} has no components")
+        names = [c.name for c in self.components]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{where} names a component twice: {names}")
+        for c in self.components:
+            if not isinstance(c.weight, (int, float)) or not math.isfinite(c.weight) or c.weight <= 0:
+                raise ValueError(f"{where}: component {c.name!r} has weight {c.weight!r}; weights must be > 0")
+        if not 0 <= self.reserved < 1:
+            raise ValueError(f"{where}: reserved share must be in [0, 1), got {self.reserved!r}")
+        total = sum(c.weight for c in self.components) + self.reserved
+        if abs(total - 1) > TOLERANCE:
+            shares = ", ".join(f"{c.name}={c.weight:g}" for c in self.components)
+            extra = f" + reserved {self.reserved:g}" if self.reserved else ""
+            raise ValueError(f"{where}: weights {shares}{extra} sum to {total:g}, not 1; fix them so they sum to 1")
+        if self.stopping_strategy not in STOPPING_STRATEGIES:
+            raise ValueError(f"{where}: stopping_strategy {self.stopping_strategy!r} is not one of {STOPPING_STRATEGIES}")
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {c.name: c.weight for c in self.components}
+
+
+PRESETS = {
+    "code": Mixture("code", (Component("code", 0.85), Component("nl_code", 0.08), Component("nl", 0.07))),
+    "python": Mixture(
+        "python",
+        (Component("python", 0.75), Component("code", 0.10), Component("nl_code", 0.10), Component("nl", 0.05)),
+    ),
+    "instruct_rehearsal": Mixture(
+        "instruct_rehearsal", (Component("code", 0.06), Component("nl", 0.02)), reserved=0.92
+    ),
+}
+
+
+def _component(name: str, value, base: Component | None) -> Component:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = {"weight": value}
+    if not isinstance(value, dict):
+        raise ValueError(f"mixture component {name!r} must be a weight or a mapping, got {value!r}")
+    unknown = set(value) - {"weight", "sources", "languages"}
+    if unknown:
+        raise ValueError(f"mixture component {name!r} has unknown field(s) {sorted(unknown)}")
+    weight = value.get("weight", base.weight if base else None)
+    if weight is None:
+        raise ValueError(f"mixture component {name!r} needs a weight")
+    sources = value.get("sources", base.sources if base else None)
+    if isinstance(sources, (str, dict)):
+        sources = [sources]
+    languages = value.get("languages")
+    return Component(
+        name,
+        weight,
+        tuple(sources) if sources is not None else None,
+        tuple(languages) if languages else (base.languages if base else None),
+    )
+
+
+def mixture_from_dict(data: dict, name: str = "custom") -> Mixture:
+    if not isinstance(data, dict):
+        raise ValueError(f"mixture {name!r} must be a mapping with 'components', got {type(data).__name__}")
+    unknown = set(data) - {"name", "preset", "components", "reserved", "stopping_strategy"}
+    if unknown:
+        raise ValueError(f"mixture {name!r} has unknown field(s) {sorted(unknown)}")
+    base = get_mixture(data["preset"]) if data.get("preset") else None
+    given = data.get("components") or {}
+    if not isinstance(given, dict):
+        raise ValueError(f"mixture {name!r}: 'components' must map names to weights or mappings")
+    components = {c.name: c for c in base.components} if base else {}
+    for key, value in given.items():
+        components[key] = _component(key, value, components.get(key))
+    return Mixture(
+        data.get("name", name),
+        tuple(components.values()),
+        reserved=data.get("reserved", base.reserved if base else 0.0),
+        stopping_strategy=data.get("stopping_strategy", base.stopping_strategy if base else "all_exhausted"),
+    )
+
+
+def get_mixture(preset_or_path: "str | os.PathLike | Mixture") -> Mixture:
+    """A preset by name, a YAML file, or a Mixture as is."""
+    if isinstance(preset_or_path, Mixture):
+        return preset_or_path
+    key = os.fspath(preset_or_path)
+    if key in PRESETS:
+        return PRESETS[key]
+    path = Path(key).expanduser()
+    if path.suffix.lower() in (".yaml", ".yml") or path.exists():
+        import yaml
+
+        if not path.is_file():
+            raise FileNotFoundError(f"mixture file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ValueError(f"mixture file {path} is not valid YAML: {err}") from err
+        try:
+            return mixture_from_dict(data, name=path.stem)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+    raise ValueError(f"unknown mixture {key!r}: use a preset ({', '.join(PRESETS)}) or a YAML file")
+
+
+def _component_dataset(component: Component, split: str, seed: int, streaming: bool, max_documents: int | None):
+    import datasets
+
+    if component.sources is None:
+        if component.name not in KINDS:
+            raise ValueError(
+                f"mixture component {component.name!r} has no sources and is not an embedded corpus ({KINDS})"
+            )
+        ds = embedded_corpus(component.name, split, max_documents=max_documents, seed=seed)
+    else:
+        ds = read_sources(list(component.sources), streaming=streaming)
+        # The same held-out rule as the embedded corpus: by file, from (seed, source, path).
+        want = split == "validation"
+        ds = ds.filter(lambda s, p: is_validation(seed, s, p) == want, input_columns=["source", "path"])
+        if not streaming:
+            ds = ds.shuffle(seed=seed)
+    if component.languages:
+        allowed = set(component.languages)
+        ds = ds.filter(lambda lang: lang in allowed, input_columns=["language"])
+    if isinstance(ds, datasets.Dataset):
+        if max_documents is not None and len(ds) > max_documents:
+            ds = ds.select(range(max_documents))
+        if len(ds) == 0:
+            raise ValueError(f"mixture component {component.name!r} has no documents in split {split!r}")
+        ds = ds.select_columns(["text"]).add_column("component", [component.name] * len(ds))
+        return ds.to_iterable_dataset() if streaming else ds
+    ds = ds.select_columns(["text"]).map(lambda _: {"component": component.name})
+    return ds.take(max_documents) if max_documents is not None else ds
+
+
+def load_mixture(
+    preset_or_path,
+    split: str = "train",
+    *,
+    seed: int = 0,
+    streaming: bool = False,
+    sources: dict | None = None,
+    extra: dict | None = None,
+    max_documents: int | None = None,
+):
+    """Sample a mixture's components at its probabilities: a Dataset (or IterableDataset) of `text`, `component`.
+
+    `sources` maps component names to source specs (overriding the YAML or the embedded default); `extra` maps names
+    to datasets with a `text` column, or to (dataset, weight), that fill the mixture's `reserved` share (split evenly
+    when no weights are given). `max_documents` caps each component before mixing.
+    """
+    import datasets
+
+    mixture = get_mixture(preset_or_path)
+    if sources:
+        unknown = set(sources) - set(mixture.weights)
+        if unknown:
+            raise ValueError(f"sources name components {sorted(unknown)} that mixture {mixture.name!r} lacks")
+        mixture = replace(
+            mixture,
+            components=tuple(
+                replace(c, sources=tuple([sources[c.name]] if isinstance(sources[c.name], (str, dict)) else
+                                         sources[c.name])) if c.name in sources else c
+                for c in mixture.components
+            ),
+        )  # fmt: skip
+    parts = [_component_dataset(c, split, seed, streaming, max_documents) for c in mixture.components]
+    probabilities = [c.weight for c in mixture.components]
+    extra = extra or {}
+    if mixture.reserved and not extra:
+        raise ValueError(
+            f"mixture {mixture.name!r} leaves {mixture.reserved:.0%} for your own data: pass extra={{'instruct': "
+            f"dataset}}, or read get_mixture({mixture.name!r}).weights and mix it yourself"
+        )
+    if extra and not mixture.reserved:
+        raise ValueError(f"mixture {mixture.name!r} reserves no share for extra datasets {sorted(extra)}")
+    for name, value in extra.items():
+        data, weight = value if isinstance(value, tuple) else (value, mixture.reserved / len(extra))
+        if "text" not in (data.column_names or []):
+            raise ValueError(f"extra dataset {name!r} needs a 'text' column (has {data.column_names})")
+        data = data.select_columns(["text"])
+        if isinstance(data, datasets.Dataset):
+            data = data.add_column("component", [name] * len(data))
+            data = data.to_iterable_dataset() if streaming else data
+        else:
+            data = data.map(lambda _, n=name: {"component": n})
+        parts.append(data)
+        probabilities.append(weight)
+    if abs(sum(probabilities) - 1) > TOLERANCE:
+        raise ValueError(f"mixture {mixture.name!r} with extra data has weights summing to {sum(probabilities):g}")
+    features = datasets.Features({"text": datasets.Value("string"), "component": datasets.Value("string")})
+    parts = [p.cast(features) for p in parts]
+    return datasets.interleave_datasets(
+        parts, probabilities=probabilities, seed=seed, stopping_strategy=mixture.stopping_strategy
+    )
