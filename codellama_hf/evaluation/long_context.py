@@ -1,0 +1,157 @@
+"""Long-context evaluations (Code Llama paper §3.3, App. G): synthetic key retrieval and perplexity vs length.
+
+Key retrieval: a function returning a two-digit number is hidden at a relative depth (0, 0.2, 0.4) in filler code
+of a given total length in tokens, and the prompt ends with `assert my_function() == `; an example is correct when
+the greedy continuation starts with that number. The paper's filler is CodeContests solutions, which no registry
+ships: ours is the Python standard library's source (whole files, so the prompt stays syntactically valid Python),
+a stated deviation. The key is inserted at the start of a top-level statement.
+
+Perplexity vs context length (the paper gives no windowing; ours): every file with at least max(lengths) + 1
+tokens is cut to the same token budget, so every length scores exactly the same tokens. For length L a window of
+L tokens slides by S = L/2; the first window scores all its tokens, each later one only its last S, so every token
+is scored once with at least L/2 tokens of context past the first window. PPL(L) = exp(total NLL / tokens). Logits
+are computed in chunks, so long windows fit in memory.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import sysconfig
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from codellama_hf.generation import generate
+
+KEY_FUNCTION = 'def my_function() -> int:\n    """Note that this function is used at the end\n    """\n    return {value}\n'
+QUERY = "assert my_function() == "
+DEPTHS = (0.0, 0.2, 0.4)
+
+
+def stdlib_python_files(min_bytes: int = 0) -> list[Path]:
+    """The standard library's top-level .py files (sorted), optionally only the large ones."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    return [p for p in sorted(stdlib.glob("*.py")) if p.stat().st_size >= min_bytes]
+
+
+def _filler(start: int, min_chars: int) -> str:
+    files = stdlib_python_files()
+    parts, total, i = [], 0, start
+    while total < min_chars:
+        text = files[i % len(files)].read_text(encoding="utf-8", errors="replace")
+        parts.append(text if text.endswith("\n") else text + "\n")
+        total += len(text)
+        i += 1
+    return "".join(parts)
+
+
+def _statement_start(text: str, position: int) -> int:
+    """The start of the top-level statement at or before `position` (0 when there is none)."""
+    starts = [m.start() + 1 for m in re.finditer(r"\n(?=[^\s#])", text[:position + 1])]
+    return starts[-1] if starts else 0
+
+
+def key_retrieval_prompts(tokenizer, lengths: Sequence[int], depths: Sequence[float] = DEPTHS, *,
+                          examples: int = 4, seed: int = 0) -> list[dict]:  # fmt: skip
+    """Prompts of about `length` tokens each (BOS included), with the key at relative `depth`."""
+    fixed = len(tokenizer(KEY_FUNCTION.format(value=10) + "\n" + QUERY, add_special_tokens=True)["input_ids"])
+    prompts = []
+    for length in lengths:
+        if length <= fixed + 16:
+            raise ValueError(f"key retrieval length {length} is too short: the key and query alone take {fixed}")
+        for depth in depths:
+            if not 0.0 <= depth <= 1.0:
+                raise ValueError(f"key retrieval depth must be in [0, 1], got {depth}")
+            for example in range(examples):
+                rng = random.Random(f"{seed}-{length}-{depth}-{example}")
+                value = rng.randint(10, 99)
+                filler = _filler(rng.randrange(1000), min_chars=8 * length)
+                enc = tokenizer(filler, add_special_tokens=False, return_offsets_mapping=True)
+                budget = length - fixed
+                end = enc["offset_mapping"][budget - 1][1] if budget <= len(enc["input_ids"]) else len(filler)
+                filler = filler[: filler.rfind("\n", 0, end) + 1]
+                cut = _statement_start(filler, int(depth * len(filler)))
+                key = KEY_FUNCTION.format(value=value)
+                text = filler[:cut] + key + "\n" + filler[cut:] + QUERY
+                tokens = len(tokenizer(text, add_special_tokens=True)["input_ids"])
+                prompts.append(dict(length=length, depth=depth, example=example, value=value, tokens=tokens,
+                                    prompt=text))  # fmt: skip
+    return prompts
+
+
+def answer_value(completion: str) -> int | None:
+    match = re.match(r"\s*(\d+)", completion)
+    return int(match.group(1)) if match else None
+
+
+def key_retrieval(model, tokenizer, lengths: Sequence[int], depths: Sequence[float] = DEPTHS, *, examples: int = 4,
+                  seed: int = 0, batch_size: int = 1) -> dict:  # fmt: skip
+    """Accuracy per (length, depth) and overall, with every example's answer."""
+    prompts = key_retrieval_prompts(tokenizer, lengths, depths, examples=examples, seed=seed)
+    outputs = generate(model, tokenizer, [p["prompt"] for p in prompts], max_new_tokens=6, stop=("\n",),
+                       batch_size=batch_size, progress="key retrieval")  # fmt: skip
+    records = []
+    for p, (completion,) in zip(prompts, outputs):
+        records.append({k: p[k] for k in ("length", "depth", "example", "value", "tokens")}
+                       | {"completion": completion, "correct": answer_value(completion) == p["value"]})  # fmt: skip
+    grid = {}
+    for length in lengths:
+        for depth in depths:
+            cell = [r["correct"] for r in records if r["length"] == length and r["depth"] == depth]
+            grid[f"{length}@{depth:g}"] = sum(cell) / len(cell)
+    return {"accuracy": sum(r["correct"] for r in records) / len(records), "by_length_depth": grid,
+            "lengths": list(lengths), "depths": list(depths), "examples": examples, "records": records}  # fmt: skip
+
+
+def _window_nll(model, window: torch.Tensor, scored: int, chunk: int) -> float:
+    """Summed NLL of the last `scored` tokens of `window` (1 x L), computing logits `chunk` positions at a time."""
+    with torch.inference_mode():
+        hidden = model.get_decoder()(input_ids=window, use_cache=False).last_hidden_state[0]
+        head = model.get_output_embeddings()
+        targets = window[0, -scored:]
+        states = hidden[-scored - 1 : -1]
+        total = 0.0
+        for i in range(0, scored, chunk):
+            logits = head(states[i : i + chunk]).float()
+            total += torch.nn.functional.cross_entropy(logits, targets[i : i + chunk], reduction="sum").item()
+    return total
+
+
+def perplexity_by_length(model, tokenizer, texts: Sequence[str], lengths: Sequence[int], *,
+                         max_tokens_per_text: int | None = None, chunk: int = 1024) -> dict:  # fmt: skip
+    """PPL(L) for each context length L over the same scored tokens (see the module docstring)."""
+    lengths = sorted(set(lengths))
+    if not lengths or lengths[0] < 2:
+        raise ValueError(f"context lengths must be >= 2, got {lengths}")
+    need = lengths[-1] + 1
+    streams = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        if len(ids) >= need:
+            streams.append(ids[: max(need, max_tokens_per_text or 0)] if max_tokens_per_text else ids)
+    if not streams:
+        raise ValueError(f"no text has the {need} tokens that context length {lengths[-1]} needs; "
+                         "add longer files or use shorter lengths")  # fmt: skip
+    device = model.device
+    result = {}
+    for length in lengths:
+        stride = max(1, length // 2)
+        nll, count = 0.0, 0
+        for ids in tqdm(streams, desc=f"perplexity @ {length}", leave=False):
+            tokens = torch.tensor([ids], device=device)
+            end = min(length, len(ids))
+            nll += _window_nll(model, tokens[:, :end], end - 1, chunk)
+            count += end - 1
+            while end < len(ids):
+                new_end = min(end + stride, len(ids))
+                window = tokens[:, max(0, new_end - length) : new_end]
+                nll += _window_nll(model, window, new_end - end, chunk)
+                count += new_end - end
+                end = new_end
+        result[length] = math.exp(nll / count)
+    return {"perplexity": {str(k): v for k, v in result.items()}, "lengths": lengths, "files": len(streams),
+            "scored_tokens": count}  # fmt: skip
