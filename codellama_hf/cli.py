@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES = [
     "codellama_hf.tokenizer",
     "codellama_hf.convert",
+    "codellama_hf.evaluation.cli",
 ]
 
 
