@@ -1,0 +1,380 @@
+"""Training-stage configuration: YAML recipes parsed into dataclasses, and the token-based batch plan.
+
+A stage (code, python, lcft; later instruct) is a data builder plus hyperparameters. The hyperparameters live in
+`recipes/configs/<size>/<stage>.yaml` and are parsed, TrlParser-style, into three dataclasses: `ModelArguments`
+(what to start from), `DataArguments` (what to train on) and `StageConfig` (transformers' `TrainingArguments` plus
+the stage's batch and length settings). Any field can be overridden on the command line; a key that is not a field
+is an error naming the file.
+
+The paper specifies batches in tokens (4M tokens of 4,096-token sequences, codellama.md §3.4), so `StageConfig`
+takes `tokens_per_step` and derives gradient accumulation from the launch's world size and micro-batch. The plan
+is computed in `__post_init__`, before transformers turns "auto" DeepSpeed values into numbers.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+from transformers import TrainingArguments
+
+STAGES = ("code", "python", "lcft")
+SIZES = ("tiny", "7b", "13b", "34b")
+PAPER_MIN_LR_RATE = 1 / 30  # "final learning rate 1/30th of the peak" (codellama.md §3.4)
+
+
+@dataclass
+class ModelArguments:
+    """What a stage starts from."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Model folder or Hub id to continue training (Llama 2 for the code stage, the previous "
+                          "stage's output_dir after that)."},
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Tokenizer folder; default: the model's own. The code stage from Llama 2 needs Code "
+                          "Llama's tokenizer (`codellama-hf tokenizer build`)."},
+    )
+    init_model_size: str | None = field(
+        default=None,
+        metadata={"help": "When model_name_or_path is unset or does not exist, start from a random model of this "
+                          "size (only 'tiny' is sensible: the CPU preset) with the tiny tokenizer."},
+    )
+    resize_token_embeddings: bool = field(
+        default=False,
+        metadata={"help": "Grow the embeddings to the tokenizer's size (Llama 2's 32000 -> Code Llama's 32016, new "
+                          "rows at the mean embedding). Otherwise a size mismatch is an error."},
+    )
+    rope_theta: float | None = field(
+        default=None,
+        metadata={"help": "RoPE base period to train with (long context: 1e6). Set through rope_parameters and "
+                          "checked in the rotary embedding before the first step."},
+    )
+    max_position_embeddings: int | None = field(
+        default=None, metadata={"help": "New max_position_embeddings for the config (long context: 16384)."}
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "Weights dtype to load: auto, bfloat16, float16 or float32.",
+                  "choices": ["auto", "bfloat16", "float16", "float32"]},
+    )
+    attn_implementation: str = field(
+        default="sdpa",
+        metadata={"help": "sdpa, eager or flash_attention_2 (if installed). Packed documents are kept apart by "
+                          "position_ids with each of them."},
+    )
+
+
+@dataclass
+class DataArguments:
+    """What a stage trains on: sources read by codellama_hf.corpus, packed with optional FIM."""
+
+    dataset_mixture: str | None = field(
+        default=None,
+        metadata={"help": "A mixture preset ('code' or 'python': the paper's Table 1 proportions) or a mixture "
+                          "YAML file, read by codellama_hf.corpus.load_mixture."},
+    )
+    dataset_sources: list[str] | None = field(
+        default=None,
+        metadata={"help": "Local folders of source files, or datasets names / paths. With dataset_mixture they "
+                          "feed the mixture's sources; alone they are read as one corpus."},
+    )
+    mixture_sources: dict | str | None = field(
+        default=None,
+        metadata={"help": "Sources per mixture component, e.g. {code: [~/src/repo], nl: [{dataset: wikitext}]} "
+                          "(JSON on the command line); components left out use their default (embedded) corpus."},
+    )
+    dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Stream large datasets instead of materialising them. Resuming then replays the stream "
+                          "up to the checkpoint instead of jumping to it."},
+    )
+    text_column: str = field(default="text", metadata={"help": "Column holding the document text."})
+    fim_rate: float = field(
+        default=0.0, metadata={"help": "Share of documents turned into fill-in-the-middle examples (paper: 0.9)."}
+    )
+    fim_spm_rate: float = field(
+        default=0.5, metadata={"help": "Share of FIM examples in suffix-prefix-middle order (paper: 0.5)."}
+    )
+    packing_buffer: int = field(
+        default=2000, metadata={"help": "Documents packed together by best-fit (more: fewer padding tokens)."}
+    )
+
+    def __post_init__(self):
+        for name in ("fim_rate", "fim_spm_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}={value}: must be between 0 and 1")
+        if self.dataset_mixture is None and not self.dataset_sources:
+            raise ValueError("no training data: set dataset_mixture (a preset or mixture file) or dataset_sources")
+        if self.dataset_mixture is not None and self.dataset_sources:
+            raise ValueError("dataset_sources reads one corpus without a mixture; with dataset_mixture, give "
+                             "sources per component in mixture_sources")
+        if self.mixture_sources is not None and self.dataset_mixture is None:
+            raise ValueError("mixture_sources needs dataset_mixture")
+
+    def mixture_sources_dict(self) -> dict | None:
+        """mixture_sources as a mapping (the command line passes it as JSON)."""
+        if isinstance(self.mixture_sources, str):
+            try:
+                value = json.loads(self.mixture_sources)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"mixture_sources={self.mixture_sources!r}: not JSON ({err})") from None
+        else:
+            value = self.mixture_sources
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"mixture_sources must map component names to sources, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one optimizer step's tokens are split over processes, micro-batches and accumulation."""
+
+    world_size: int
+    micro_batch: int
+    seq_len: int
+    grad_accum: int
+    max_steps: int
+
+    @property
+    def sequences_per_step(self) -> int:
+        return self.world_size * self.micro_batch * self.grad_accum
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.sequences_per_step * self.seq_len
+
+    @property
+    def total_tokens(self) -> int:
+        return self.tokens_per_step * self.max_steps
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "sequences_per_step": self.sequences_per_step,
+                "tokens_per_step": self.tokens_per_step, "total_tokens": self.total_tokens}  # fmt: skip
+
+    def describe(self) -> str:
+        return (
+            f"batch plan: {self.tokens_per_step:,} tokens per step = {self.world_size} processes x "
+            f"{self.micro_batch} sequences x {self.grad_accum} accumulation steps x {self.seq_len:,} tokens; "
+            f"{self.max_steps:,} steps = {self.total_tokens:,} tokens"
+        )
+
+
+def batch_plan(
+    *,
+    tokens_per_step: int,
+    seq_len: int,
+    micro_batch: int,
+    world_size: int,
+    max_steps: int | None = None,
+    train_tokens: int | None = None,
+    grad_accum: int | None = None,
+) -> BatchPlan:
+    """Derive gradient accumulation (and steps, from a token budget) so each step sees exactly `tokens_per_step`."""
+    for name, value in (("tokens_per_step", tokens_per_step), ("seq_len", seq_len),
+                        ("per_device_train_batch_size", micro_batch), ("world size", world_size)):  # fmt: skip
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name}={value!r}: must be a positive integer")
+    if tokens_per_step % seq_len:
+        raise ValueError(f"tokens_per_step={tokens_per_step:,} is not a whole number of {seq_len:,}-token sequences")
+    sequences = tokens_per_step // seq_len
+    per_pass = world_size * micro_batch
+    if per_pass > sequences or sequences % per_pass:
+        fits = [m for m in range(1, sequences // world_size + 1) if sequences % (m * world_size) == 0]
+        reason = "exceeds" if per_pass > sequences else "does not divide"
+        raise ValueError(
+            f"per_device_train_batch_size={micro_batch} cannot reach the token batch: {world_size} processes x "
+            f"{micro_batch} sequences = {per_pass} sequences per pass, which {reason} the {sequences} sequences of "
+            f"tokens_per_step={tokens_per_step:,}. "
+            + (f"Use per_device_train_batch_size in {fits}." if fits else
+               f"Raise tokens_per_step to a multiple of {per_pass * seq_len:,} or use fewer processes.")
+        )  # fmt: skip
+    derived = sequences // per_pass
+    if grad_accum is not None and grad_accum != derived:
+        raise ValueError(
+            f"gradient_accumulation_steps={grad_accum} contradicts the plan ({derived} for {world_size} processes x "
+            f"{micro_batch} sequences at tokens_per_step={tokens_per_step:,}); leave it unset: it is derived"
+        )
+    if (max_steps is None) == (train_tokens is None):
+        raise ValueError("set exactly one of max_steps and train_tokens (the run length)")
+    if train_tokens is not None:
+        if train_tokens <= 0:
+            raise ValueError(f"train_tokens={train_tokens}: must be positive")
+        max_steps = math.ceil(train_tokens / tokens_per_step)
+    if max_steps <= 0:
+        raise ValueError(f"max_steps={max_steps}: must be positive")
+    return BatchPlan(world_size=world_size, micro_batch=micro_batch, seq_len=seq_len, grad_accum=derived,
+                     max_steps=max_steps)  # fmt: skip
+
+
+def launch_world_size() -> int:
+    """Processes in this launch, from the launcher's environment (accelerate, torchrun and deepspeed set it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _paper_default(name: str, default):
+    """A TrainingArguments field with this toolkit's default and transformers' own help text."""
+    metadata = TrainingArguments.__dataclass_fields__[name].metadata
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class StageConfig(TrainingArguments):
+    """TrainingArguments plus a stage's token batch, sequence length and run length, with the paper's defaults."""
+
+    stage: str = field(default=None, metadata={"help": f"Which stage this file configures: {', '.join(STAGES)}."})
+    seq_len: int = field(default=4096, metadata={"help": "Tokens per packed training sequence."})
+    tokens_per_step: int = field(
+        default=4 * 1024 * 1024,
+        metadata={"help": "Global batch in tokens (paper: 4M = 1,024 x 4,096). Gradient accumulation is derived."},
+    )
+    train_tokens: int | None = field(
+        default=None, metadata={"help": "Run length in tokens (alternative to max_steps; steps are rounded up)."}
+    )
+    plan_world_size: int | None = field(
+        default=None,
+        metadata={"help": "Compute the plan for this many processes instead of this launch's (with plan_only, "
+                          "to preview a cluster run)."},
+    )
+    plan_only: bool = field(default=False, metadata={"help": "Print the batch plan and exit."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start over in an output_dir that holds an earlier run (its checkpoints are deleted)."},
+    )
+    # transformers fields whose meaning or default changes here
+    gradient_accumulation_steps: int | None = field(
+        default=None, metadata={"help": "Derived from tokens_per_step; setting it is only a consistency check."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "Continue from a checkpoint folder, or 'latest' (the flag alone) for the newest complete "
+                          "checkpoint in output_dir; a fresh start when there is none yet.",
+                  "nargs": "?", "const": "latest"},
+    )
+    max_steps: int = field(default=None, metadata={"help": "Optimizer steps (alternative to train_tokens)."})
+    adam_beta1: float = _paper_default("adam_beta1", 0.9)
+    adam_beta2: float = _paper_default("adam_beta2", 0.95)
+    lr_scheduler_type: str = _paper_default("lr_scheduler_type", "cosine_with_min_lr")
+    lr_scheduler_kwargs: dict | str | None = _paper_default("lr_scheduler_kwargs", {"min_lr_rate": PAPER_MIN_LR_RATE})
+    warmup_steps: float = _paper_default("warmup_steps", 1000)
+    logging_steps: float = _paper_default("logging_steps", 10)
+    save_steps: float = _paper_default("save_steps", 1000)
+    save_total_limit: int | None = _paper_default("save_total_limit", 3)
+    report_to: None | str | list[str] = _paper_default("report_to", "tensorboard")
+    include_num_input_tokens_seen: str | bool = _paper_default("include_num_input_tokens_seen", True)
+    # Packed rows are shuffled per epoch, deterministically, when the dataset is built; reading them in order makes
+    # a resumed run read exactly what the interrupted one would have.
+    train_sampling_strategy: str = _paper_default("train_sampling_strategy", "sequential")
+    remove_unused_columns: bool = _paper_default("remove_unused_columns", False)  # keep position_ids
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"stage={self.stage!r}: choose one of {STAGES}")
+        if self.output_dir is None:
+            raise ValueError("output_dir is not set: every stage writes its model and checkpoints there")
+        world = self.plan_world_size or launch_world_size()
+        if self.plan_world_size and not self.plan_only and self.plan_world_size != launch_world_size():
+            raise ValueError(f"plan_world_size={self.plan_world_size} but this launch has {launch_world_size()} "
+                             "processes; plan_world_size is for previews with plan_only")  # fmt: skip
+        self.plan = batch_plan(tokens_per_step=self.tokens_per_step, seq_len=self.seq_len,
+                               micro_batch=self.per_device_train_batch_size, world_size=world,
+                               max_steps=self.max_steps, train_tokens=self.train_tokens,
+                               grad_accum=self.gradient_accumulation_steps)  # fmt: skip
+        self.gradient_accumulation_steps = self.plan.grad_accum
+        self.max_steps = self.plan.max_steps
+        if self.plan_only:  # nothing is trained: no run folders, and a GPU config previews on a laptop
+            self.report_to = "none"
+            self.bf16 = self.fp16 = False
+        self._use_configured_gloo_state()
+        super().__post_init__()
+
+    def _use_configured_gloo_state(self) -> None:
+        """Hand the gloo state made by `init_distributed` to the Trainer (DeepSpeed on CPU, verified-here.md)."""
+        from accelerate import PartialState
+
+        if PartialState._shared_state.get("backend") != "gloo":
+            return
+        if self.accelerator_config is None:
+            self.accelerator_config = {}
+        if not isinstance(self.accelerator_config, dict):
+            raise ValueError("accelerator_config must be a mapping when training on CPU with gloo")
+        self.accelerator_config["use_configured_state"] = True
+
+    def hyperparameters(self) -> dict:
+        """The optimisation settings a model card should quote."""
+        keys = ("learning_rate", "adam_beta1", "adam_beta2", "adam_epsilon", "weight_decay", "max_grad_norm",
+                "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "seq_len", "tokens_per_step",
+                "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "bf16", "seed")  # fmt: skip
+        return {key: getattr(self, key) for key in keys}
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, StageConfig)
+
+
+def config_path(stage: str, size: str = "tiny", root: str | os.PathLike | None = None) -> Path:
+    """recipes/configs/<size>/<stage>.yaml in a checkout (root defaults to this repository)."""
+    root = Path(root) if root else Path(__file__).resolve().parents[1] / "recipes" / "configs"
+    return root / size / f"{stage}.yaml"
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """Load a recipe YAML and reject keys that are no field of the argument classes, naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: must be a YAML mapping of field: value")
+    known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if f.init} | {"env"}
+    for key in config:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"{path}: unknown key {key!r}{hint}; keys must be fields of ModelArguments, "
+                             "DataArguments or StageConfig (see `--help`)")  # fmt: skip
+    return config
+
+
+def parse_stage_config(
+    stage: str, argv: list[str] | None = None, *, default_config: str | os.PathLike | None = None
+) -> tuple[ModelArguments, DataArguments, StageConfig]:
+    """`--config file.yaml` (default: `default_config`) plus `--field value` overrides -> the three dataclasses."""
+    from trl import TrlParser
+
+    argv = list(argv) if argv is not None else __import__("sys").argv[1:]
+    if "--config" not in argv:
+        if default_config is None:
+            raise ValueError("no --config given")
+        argv = ["--config", str(default_config), *argv]
+    position = argv.index("--config")
+    if position + 1 >= len(argv):
+        raise ValueError("--config needs a YAML file")
+    path = argv[position + 1]
+    config = read_config_file(path)
+    if config.get("stage", stage) != stage:
+        raise ValueError(f"{path} configures the {config['stage']!r} stage, not {stage!r}: use recipes/"
+                         f"{config['stage']}.py or a {stage} config")  # fmt: skip
+    if "stage" not in config:
+        argv += ["--stage", stage]
+    parser = TrlParser(ARGUMENT_CLASSES)
+    try:
+        model_args, data_args, stage_config = parser.parse_args_and_config(argv)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    if stage_config.stage != stage:
+        raise ValueError(f"--stage {stage_config.stage}: this recipe trains the {stage!r} stage")
+    return model_args, data_args, stage_config
