@@ -4,7 +4,8 @@ Key retrieval: a function returning a two-digit number is hidden at a relative d
 of a given total length in tokens, and the prompt ends with `assert my_function() == `; an example is correct when
 the greedy continuation starts with that number. The paper's filler is CodeContests solutions, which no registry
 ships: ours is the Python standard library's source (whole files, so the prompt stays syntactically valid Python),
-a stated deviation. The key is inserted at the start of a top-level statement.
+a stated deviation. The haystack is made of whole top-level statements and the key is inserted between two
+of them, so the prompt parses as Python.
 
 Perplexity vs context length (the paper gives no windowing; ours): every file with at least max(lengths) + 1
 tokens is cut to the same token budget, so every length scores exactly the same tokens. For length L a window of
@@ -15,6 +16,8 @@ are computed in chunks, so long windows fit in memory.
 
 from __future__ import annotations
 
+import ast
+import itertools
 import math
 import random
 import re
@@ -38,26 +41,52 @@ def stdlib_python_files(min_bytes: int = 0) -> list[Path]:
     return [p for p in sorted(stdlib.glob("*.py")) if p.stat().st_size >= min_bytes]
 
 
-def _filler(start: int, min_chars: int) -> str:
+def _statements(path: Path) -> list[str]:
+    """A file's source split into top-level statements (decorators and leading comments kept with them)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return []
+    lines = text.splitlines(keepends=True)
+    starts = [min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])]) - 1 for node in tree.body]
+    bounds = [0, *starts[1:], len(lines)]
+    chunks = ["".join(lines[a:b]) for a, b in zip(bounds, bounds[1:])]
+    # `from __future__` must open a file; elsewhere in the haystack it would be a syntax error.
+    return [c if c.endswith("\n") else c + "\n" for c in chunks if c and not c.lstrip().startswith("from __future__")]
+
+
+def _pack_filler(tokenizer, start: int, budget: int) -> list[str]:
+    """Top-level statements of standard-library files (from file `start` on) filling about `budget` tokens.
+
+    Statements longer than a tenth of the budget are skipped, so the key can sit close to any depth, and so is
+    any statement that would overflow the budget."""
     files = stdlib_python_files()
-    parts, total, i = [], 0, start
-    while total < min_chars:
-        text = files[i % len(files)].read_text(encoding="utf-8", errors="replace")
-        parts.append(text if text.endswith("\n") else text + "\n")
-        total += len(text)
-        i += 1
-    return "".join(parts)
+    largest = max(32, budget // 10)
+    chunks, used = [], 0
+    for i in range(start, start + len(files)):
+        statements = _statements(files[i % len(files)])
+        if not statements:
+            continue
+        for chunk, ids in zip(statements, tokenizer(statements, add_special_tokens=False)["input_ids"]):
+            if len(ids) <= largest and used + len(ids) <= budget:
+                chunks.append(chunk)
+                used += len(ids)
+        if used >= budget - 8:
+            break
+    return chunks
 
 
-def _statement_start(text: str, position: int) -> int:
-    """The start of the top-level statement at or before `position` (0 when there is none)."""
-    starts = [m.start() + 1 for m in re.finditer(r"\n(?=[^\s#])", text[:position + 1])]
-    return starts[-1] if starts else 0
+def _prompt(chunks: list[str], depth: float, key: str) -> str:
+    """The statements with the key function inserted at the statement boundary closest to relative `depth`."""
+    bounds = list(itertools.accumulate(map(len, chunks), initial=0))
+    cut = min(range(len(bounds)), key=lambda i: abs(bounds[i] - depth * bounds[-1]))
+    return "".join(chunks[:cut]) + key + "\n" + "".join(chunks[cut:]) + QUERY
 
 
 def key_retrieval_prompts(tokenizer, lengths: Sequence[int], depths: Sequence[float] = DEPTHS, *,
                           examples: int = 4, seed: int = 0) -> list[dict]:  # fmt: skip
-    """Prompts of about `length` tokens each (BOS included), with the key at relative `depth`."""
+    """Prompts of at most `length` tokens each (BOS included; the real count is `tokens`), key at `depth`."""
     fixed = len(tokenizer(KEY_FUNCTION.format(value=10) + "\n" + QUERY, add_special_tokens=True)["input_ids"])
     prompts = []
     for length in lengths:
@@ -69,15 +98,14 @@ def key_retrieval_prompts(tokenizer, lengths: Sequence[int], depths: Sequence[fl
             for example in range(examples):
                 rng = random.Random(f"{seed}-{length}-{depth}-{example}")
                 value = rng.randint(10, 99)
-                filler = _filler(rng.randrange(1000), min_chars=8 * length)
-                enc = tokenizer(filler, add_special_tokens=False, return_offsets_mapping=True)
-                budget = length - fixed
-                end = enc["offset_mapping"][budget - 1][1] if budget <= len(enc["input_ids"]) else len(filler)
-                filler = filler[: filler.rfind("\n", 0, end) + 1]
-                cut = _statement_start(filler, int(depth * len(filler)))
+                chunks = _pack_filler(tokenizer, rng.randrange(1000), length - fixed)
                 key = KEY_FUNCTION.format(value=value)
-                text = filler[:cut] + key + "\n" + filler[cut:] + QUERY
-                tokens = len(tokenizer(text, add_special_tokens=True)["input_ids"])
+                while True:
+                    text = _prompt(chunks, depth, key)
+                    tokens = len(tokenizer(text, add_special_tokens=True)["input_ids"])
+                    if tokens <= length or not chunks:
+                        break
+                    chunks.pop()
                 prompts.append(dict(length=length, depth=depth, example=example, value=value, tokens=tokens,
                                     prompt=text))  # fmt: skip
     return prompts
