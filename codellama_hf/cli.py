@@ -11,6 +11,7 @@ COMMAND_MODULES = [
     "codellama_hf.tokenizer",
     "codellama_hf.convert",
     "codellama_hf.evaluation.cli",
+    "codellama_hf.corpus",
 ]
 
 

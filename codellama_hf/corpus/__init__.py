@@ -8,6 +8,7 @@
 - build.py: the `codellama-hf corpus build` pipeline and its summary.
 """
 
+from codellama_hf.corpus.build import BuildConfig, CorpusSummary, build_corpus, register
 from codellama_hf.corpus.dedup import DedupConfig, DedupStats, deduplicate
 from codellama_hf.corpus.embedded import KINDS, build_embedded, embedded_corpus
 from codellama_hf.corpus.filters import FilterConfig, SkipCounter
@@ -15,6 +16,6 @@ from codellama_hf.corpus.mixture import PRESETS, Component, Mixture, get_mixture
 from codellama_hf.corpus.sources import SourceSpec, read_sources
 
 __all__ = [
-    "KINDS", "PRESETS", "Component", "DedupConfig", "DedupStats", "FilterConfig", "Mixture", "SkipCounter",
+    "KINDS", "PRESETS", "BuildConfig", "Component", "CorpusSummary", "build_corpus", "register", "DedupConfig", "DedupStats", "FilterConfig", "Mixture", "SkipCounter",
     "SourceSpec", "build_embedded", "deduplicate", "embedded_corpus", "get_mixture", "load_mixture", "read_sources",
 ]  # fmt: skip

@@ -185,7 +185,7 @@ def deduplicate(dataset, config: DedupConfig | None = None, *, num_proc: int = 1
             dataset = dataset.select(np.nonzero(keep)[0])
     if config.near and len(dataset) > 1:
         clusters = near_duplicate_clusters(signatures(dataset, config, num_proc=num_proc), config, num_proc=num_proc)
-        leaders, sizes = np.unique(clusters, return_counts=True)
+        _, sizes = np.unique(clusters, return_counts=True)
         stats.near_clusters = int((sizes > 1).sum())
         stats.largest_cluster = int(sizes.max()) if stats.near_clusters else 1
         keep = clusters == np.arange(len(clusters))

@@ -28,9 +28,9 @@ import shutil
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator
 
 from tqdm.auto import tqdm
 
@@ -45,6 +45,7 @@ DOCUMENTS_PER_KIND = 2000
 VALIDATION_FRACTION = 0.05
 EMBEDDED_MAX_BYTES = 100_000  # keeps the first build fast; long files still reach 100 kB
 EMBEDDED_VERSION = 1
+MANIFEST = "embedded_manifest.json"
 SYSTEM_DOCS = Path("/usr/share/doc")
 PLAIN_TEXT_NAMES = ("readme", "news", "changes", "changelog", "history", "authors", "credits", "copyright",
                     "license", "licence", "copying", "notice", "todo", "thanks")  # fmt: skip
@@ -60,7 +61,7 @@ class Item:
     rel: str
     source: str
     license: str | None
-    extract: Callable[["Item", FilterConfig, SkipCounter], Iterator[tuple[str, str, str]]]  # (path, language, text)
+    extract: Callable[[Item, FilterConfig, SkipCounter], Iterator[tuple[str, str, str]]]  # (path, language, text)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -220,9 +221,8 @@ def _items(kind: str, stats: SkipCounter) -> list[Item]:
     for root, rel, source, license in _listing(stats):
         language = language_of(rel)
         top = rel.split("/", 1)[0]
-        if kind == "python" and rel.endswith(".py"):
-            items.append(Item(root, rel, source, license, _whole_file))
-        elif kind == "code" and language is not None and language not in PROSE_LANGUAGES:
+        is_code = language is not None and language not in PROSE_LANGUAGES
+        if (kind == "python" and rel.endswith(".py")) or (kind == "code" and is_code):
             items.append(Item(root, rel, source, license, _whole_file))
         elif kind == "nl_code":
             if rel.endswith(".py"):
@@ -251,16 +251,25 @@ def _hash_fraction(*parts) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def is_validation(seed: int, source: str, path: str) -> bool:
-    """The held-out rule: a file is in validation iff its (seed, source, file) hash falls in the first 5%."""
-    return _hash_fraction("split", seed, source, path.split("#", 1)[0]) < VALIDATION_FRACTION
+def is_validation(seed: int, source: str, path: str, fraction: float = VALIDATION_FRACTION) -> bool:
+    """The held-out rule: a file is in validation iff its (seed, source, file) hash falls in the first `fraction`."""
+    return _hash_fraction("split", seed, source, (path or "").split("#", 1)[0]) < fraction
 
 
 def _cache_key(kind: str, seed: int, documents: int) -> str:
-    dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
-    system = len(os.listdir(SYSTEM_DOCS)) if kind == "nl" and SYSTEM_DOCS.is_dir() else 0
-    blob = json.dumps([EMBEDDED_VERSION, kind, seed, documents, sys.version, sys.prefix, dists, system])
+    """What the corpus depends on, minus the installed packages: installing one does not silently change it."""
+    blob = json.dumps([EMBEDDED_VERSION, kind, seed, documents, sys.version, sys.prefix])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _manifest(kind: str, seed: int, dedup, stats: SkipCounter) -> str:
+    """Provenance saved beside the data: what was installed when it was built, what was skipped."""
+    dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
+    return json.dumps(
+        {"kind": kind, "seed": seed, "python": sys.version, "distributions": dists, "dedup": vars(dedup),
+         "skipped": dict(stats)},
+        indent=1,
+    )  # fmt: skip
 
 
 def build_embedded(kind: str, *, seed: int = 0, documents: int = DOCUMENTS_PER_KIND, out_dir: Path | None = None):
@@ -293,30 +302,42 @@ def build_embedded(kind: str, *, seed: int = 0, documents: int = DOCUMENTS_PER_K
     )
     log.info("embedded %s: %s, dedup %s, skipped %s", kind, {k: len(v) for k, v in splits.items()}, dedup, stats)
     if out_dir is not None:
-        save_atomic(splits, out_dir)
+        save_atomic(splits, out_dir, extra_files={MANIFEST: _manifest(kind, seed, dedup, stats)})
     return splits
 
 
-def save_atomic(dataset, out_dir: Path) -> Path:
-    """save_to_disk into a temporary sibling, then rename: readers never see a half-written dataset."""
+def save_atomic(dataset, out_dir: Path, *, extra_files: dict[str, str] | None = None, overwrite: bool = False) -> Path:
+    """save_to_disk into a temporary sibling, then rename: readers never see a half-written dataset.
+
+    `extra_files` (name -> text) are written beside the dataset first. With `overwrite`, an existing folder is
+    replaced only once the new one is complete.
+    """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         dataset.save_to_disk(str(tmp / "data"))
-        os.rename(tmp / "data", out_dir)
-    except OSError:
-        if not out_dir.exists():  # not merely another process finishing first
-            raise
+        for name, text in (extra_files or {}).items():
+            (tmp / "data" / name).write_text(text, encoding="utf-8")
+        if overwrite and out_dir.exists():
+            os.rename(out_dir, tmp / "old")
+        try:
+            os.rename(tmp / "data", out_dir)
+        except OSError:
+            if not out_dir.exists():  # not merely another process finishing the same build first
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
-def embedded_corpus(kind: str, split: str = "train", *, max_documents: int | None = None, seed: int = 0):
+def embedded_corpus(
+    kind: str, split: str = "train", *, max_documents: int | None = None, seed: int = 0, rebuild: bool = False
+):
     """One kind of the embedded default corpus ("code", "python", "nl_code", "nl") as a `datasets.Dataset`.
 
-    Built on first use from files on this machine (well under a minute), then loaded from the cache.
+    Built on first use from files on this machine (well under a minute), then loaded from the cache; the cache
+    does not follow later package installs (pass `rebuild=True` for that).
     Columns: text, language, source, path, license (None when unknown). `max_documents` takes the first N of the
     split, whose order is already a seeded shuffle.
     """
@@ -330,9 +351,15 @@ def embedded_corpus(kind: str, split: str = "train", *, max_documents: int | Non
         raise ValueError(f"embedded corpus split must be 'train' or 'validation', got {split!r}")
     if max_documents is not None and max_documents < 1:
         raise ValueError(f"max_documents must be a positive number, got {max_documents}")
-    target = cache_dir() / "corpus" / "embedded" / f"{kind}-seed{seed}-{_cache_key(kind, seed, DOCUMENTS_PER_KIND)}"
+    folder = cache_dir() / "corpus" / "embedded"
+    target = folder / f"{kind}-seed{seed}-{_cache_key(kind, seed, DOCUMENTS_PER_KIND)}"
+    if rebuild and target.exists():
+        shutil.rmtree(target)
     if not target.exists():
         build_embedded(kind, seed=seed, out_dir=target)
+        for stale in folder.glob(f"{kind}-seed{seed}-*"):  # older versions of the same corpus
+            if stale != target:
+                shutil.rmtree(stale, ignore_errors=True)
     dataset = load_from_disk(str(target))[split]
     if max_documents is not None and max_documents < len(dataset):
         dataset = dataset.select(range(max_documents))

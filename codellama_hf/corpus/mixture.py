@@ -77,7 +77,9 @@ class Mixture:
             extra = f" + reserved {self.reserved:g}" if self.reserved else ""
             raise ValueError(f"{where}: weights {shares}{extra} sum to {total:g}, not 1; fix them so they sum to 1")
         if self.stopping_strategy not in STOPPING_STRATEGIES:
-            raise ValueError(f"{where}: stopping_strategy {self.stopping_strategy!r} is not one of {STOPPING_STRATEGIES}")
+            raise ValueError(
+                f"{where}: stopping_strategy {self.stopping_strategy!r} is not one of {STOPPING_STRATEGIES}"
+            )
 
     @property
     def weights(self) -> dict[str, float]:
@@ -140,7 +142,7 @@ def mixture_from_dict(data: dict, name: str = "custom") -> Mixture:
     )
 
 
-def get_mixture(preset_or_path: "str | os.PathLike | Mixture") -> Mixture:
+def get_mixture(preset_or_path: str | os.PathLike | Mixture) -> Mixture:
     """A preset by name, a YAML file, or a Mixture as is."""
     if isinstance(preset_or_path, Mixture):
         return preset_or_path
@@ -164,7 +166,8 @@ def get_mixture(preset_or_path: "str | os.PathLike | Mixture") -> Mixture:
     raise ValueError(f"unknown mixture {key!r}: use a preset ({', '.join(PRESETS)}) or a YAML file")
 
 
-def _component_dataset(component: Component, split: str, seed: int, streaming: bool, max_documents: int | None):
+def _component_dataset(component: Component, split: str, seed: int, corpus_seed: int, streaming: bool,
+                       max_documents: int | None):  # fmt: skip
     import datasets
 
     if component.sources is None:
@@ -172,25 +175,23 @@ def _component_dataset(component: Component, split: str, seed: int, streaming: b
             raise ValueError(
                 f"mixture component {component.name!r} has no sources and is not an embedded corpus ({KINDS})"
             )
-        ds = embedded_corpus(component.name, split, max_documents=max_documents, seed=seed)
+        ds = embedded_corpus(component.name, split, seed=corpus_seed)
     else:
         ds = read_sources(list(component.sources), streaming=streaming)
-        # The same held-out rule as the embedded corpus: by file, from (seed, source, path).
+        # The same held-out rule as the embedded corpus: by file, from (corpus_seed, source, path).
         want = split == "validation"
-        ds = ds.filter(lambda s, p: is_validation(seed, s, p) == want, input_columns=["source", "path"])
-        if not streaming:
-            ds = ds.shuffle(seed=seed)
+        ds = ds.filter(lambda s, p: is_validation(corpus_seed, s, p) == want, input_columns=["source", "path"])
     if component.languages:
         allowed = set(component.languages)
         ds = ds.filter(lambda lang: lang in allowed, input_columns=["language"])
     if isinstance(ds, datasets.Dataset):
-        if max_documents is not None and len(ds) > max_documents:
-            ds = ds.select(range(max_documents))
         if len(ds) == 0:
             raise ValueError(f"mixture component {component.name!r} has no documents in split {split!r}")
-        ds = ds.select_columns(["text"]).add_column("component", [component.name] * len(ds))
+        ds = ds.select_columns(["text"]).add_column("component", [component.name] * len(ds)).shuffle(seed=seed)
+        if max_documents is not None and len(ds) > max_documents:
+            ds = ds.select(range(max_documents))
         return ds.to_iterable_dataset() if streaming else ds
-    ds = ds.select_columns(["text"]).map(lambda _: {"component": component.name})
+    ds = ds.select_columns(["text"]).map(lambda _: {"component": component.name}).shuffle(seed=seed)
     return ds.take(max_documents) if max_documents is not None else ds
 
 
@@ -203,12 +204,14 @@ def load_mixture(
     sources: dict | None = None,
     extra: dict | None = None,
     max_documents: int | None = None,
+    corpus_seed: int = 0,
 ):
     """Sample a mixture's components at its probabilities: a Dataset (or IterableDataset) of `text`, `component`.
 
     `sources` maps component names to source specs (overriding the YAML or the embedded default); `extra` maps names
     to datasets with a `text` column, or to (dataset, weight), that fill the mixture's `reserved` share (split evenly
-    when no weights are given). `max_documents` caps each component before mixing.
+    when no weights are given). `max_documents` caps each component before mixing. `seed` drives the sampling;
+    `corpus_seed` picks the embedded corpus and the held-out files, so changing `seed` reuses the same corpus.
     """
     import datasets
 
@@ -225,7 +228,7 @@ def load_mixture(
                 for c in mixture.components
             ),
         )  # fmt: skip
-    parts = [_component_dataset(c, split, seed, streaming, max_documents) for c in mixture.components]
+    parts = [_component_dataset(c, split, seed, corpus_seed, streaming, max_documents) for c in mixture.components]
     probabilities = [c.weight for c in mixture.components]
     extra = extra or {}
     if mixture.reserved and not extra:

@@ -23,9 +23,10 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -91,7 +92,7 @@ class SourceSpec:
     streaming: bool | None = None  # `datasets` names stream by default, local data does not
 
     @classmethod
-    def parse(cls, spec: "str | os.PathLike | dict | SourceSpec") -> "SourceSpec":
+    def parse(cls, spec: str | os.PathLike | dict | SourceSpec) -> SourceSpec:
         if isinstance(spec, SourceSpec):
             return spec
         if isinstance(spec, os.PathLike):
@@ -302,7 +303,7 @@ def _generate_folder(spec: dict, filters: FilterConfig, stats: SkipCounter, side
 
 def _read_folder(spec: SourceSpec, filters: FilterConfig, stats: SkipCounter, streaming: bool):
     """A folder as a Dataset (cached by listing fingerprint) or, streaming, as an IterableDataset."""
-    from datasets import Dataset, IterableDataset
+    from datasets import IterableDataset
 
     if spec.path is not None and not Path(spec.path).is_dir():
         raise FileNotFoundError(f"source folder {spec.path} does not exist")
@@ -310,22 +311,29 @@ def _read_folder(spec: SourceSpec, filters: FilterConfig, stats: SkipCounter, st
     if streaming:
         return IterableDataset.from_generator(_generate_folder, features=features(), gen_kwargs=gen_kwargs)
     if spec.git:  # a fresh clone each time: nothing to key a cache on before cloning
-        return Dataset.from_generator(
-            _generate_folder, features=features(), gen_kwargs=gen_kwargs, fingerprint=uuid.uuid4().hex
-        )
+        return _from_generator(_generate_folder, gen_kwargs=gen_kwargs, fingerprint=uuid.uuid4().hex)
     from codellama_hf.assets import cache_dir
 
     fingerprint = _folder_fingerprint(spec, filters)
     sidecar = cache_dir() / "corpus" / "reads" / f"{fingerprint}.json"
     ran = SkipCounter()
-    ds = Dataset.from_generator(
-        _generate_folder,
-        features=features(),
-        gen_kwargs={**gen_kwargs, "stats": ran, "sidecar": str(sidecar)},
-        fingerprint=fingerprint,
+    ds = _from_generator(
+        _generate_folder, gen_kwargs={**gen_kwargs, "stats": ran, "sidecar": str(sidecar)}, fingerprint=fingerprint
     )
     stats.update(ran if ran or not sidecar.exists() else json.loads(sidecar.read_text()))
     return ds
+
+
+def _from_generator(generator, *, gen_kwargs: dict, fingerprint: str):
+    """Dataset.from_generator that gives an empty dataset, not an error, when the generator yields nothing."""
+    from datasets import Dataset
+
+    try:
+        return Dataset.from_generator(generator, features=features(), gen_kwargs=gen_kwargs, fingerprint=fingerprint)
+    except ValueError as err:
+        if "corresponds to no data" not in str(err):
+            raise
+        return Dataset.from_dict({name: [] for name in COLUMNS}, features=features())
 
 
 # ---------------------------------------------------------------------------------------------------------------
