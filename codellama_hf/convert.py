@@ -38,6 +38,7 @@ import zipfile
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -252,17 +253,32 @@ def hf_to_meta_rotary(rows: torch.Tensor, head_dim: int) -> torch.Tensor:
 _LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
 
 
-def _release_pages(storage: torch.UntypedStorage) -> None:
-    """Drop an mmap-loaded storage's pages from this process; re-reading them faults them back in from the file.
+def _release_pages(tensor: torch.Tensor) -> None:
+    """Drop an mmap-loaded tensor's pages from this process; re-reading them faults them back in from the file.
 
     Without this, every tensor already converted stays in the process's resident set until the shard is closed,
     so converting a 13 GB checkpoint would look (and be accounted) like holding 13 GB.
     """
-    if _LIBC is None or storage.nbytes() == 0:
+    nbytes = tensor.numel() * tensor.element_size()
+    if _LIBC is None or nbytes == 0:
         return
-    start = storage.data_ptr() // mmap.PAGESIZE * mmap.PAGESIZE
-    length = storage.data_ptr() + storage.nbytes() - start
+    start = tensor.data_ptr() // mmap.PAGESIZE * mmap.PAGESIZE
+    length = tensor.data_ptr() + nbytes - start
     _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), mmap.MADV_DONTNEED)
+
+
+@dataclass(frozen=True)
+class _FileSpan:
+    """Bytes that go to the output unchanged: copied file to file in the kernel, as cp does, never through Python.
+    `tensor` maps the same bytes, for a fallback write and for row means."""
+
+    path: Path
+    offset: int
+    tensor: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return self.tensor.numel() * self.tensor.element_size()
 
 
 class MetaShard:
@@ -279,12 +295,12 @@ class MetaShard:
         if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
             raise ValueError(f"{path}: expected a state dict of tensors, got {type(tensors).__name__}")
         self.tensors: dict[str, torch.Tensor] = tensors
-        self._crc = self._record_crcs()
+        self._base, self._crc = self._record_crcs()
         self._verified: set[int] = set()
 
-    def _record_crcs(self) -> dict[int, int]:
-        """CRC-32 of each storage, keyed by its address: torch maps the file at one base, so records and storages
-        sorted by position pair up one to one."""
+    def _record_crcs(self) -> tuple[int, dict[int, int]]:
+        """The mapping's base address and the CRC-32 of each storage by address: torch maps the whole file at one
+        base, so zip records and storages sorted by position pair up one to one."""
         records, tensors = [], self.tensors.values()
         try:
             with zipfile.ZipFile(self.path) as archive, open(self.path, "rb") as f:
@@ -302,22 +318,30 @@ class MetaShard:
             ptr - base != offset or nbytes != size for (ptr, nbytes), (offset, size, _) in zip(storages, records)
         ):
             raise ValueError(f"{self.path}: its tensor records do not match its zip directory; the file is corrupted")
-        return {ptr: crc for (ptr, _), (_, _, crc) in zip(storages, records)}
+        return base, {ptr: crc for (ptr, _), (_, _, crc) in zip(storages, records)}
 
-    def take(self, name: str) -> torch.Tensor:
-        """The tensor `name`, after checking its bytes against the archive's CRC-32."""
-        tensor = self.tensors[name]
-        storage = tensor.untyped_storage()
+    def verify(self, name: str) -> None:
+        """Check the bytes of tensor `name` against the archive's CRC-32, a block at a time, dropping each block's
+        pages after, so that the check never holds a whole tensor resident."""
+        storage = self.tensors[name].untyped_storage()
         if storage.data_ptr() not in self._verified:
-            data = torch.empty(0, dtype=torch.uint8).set_(storage).numpy()
-            if zlib.crc32(data) != self._crc[storage.data_ptr()]:
+            data = torch.empty(0, dtype=torch.uint8).set_(storage)
+            crc = 0
+            for start in range(0, data.numel(), _BLOCK_BYTES):
+                block = data[start : start + _BLOCK_BYTES]
+                crc = zlib.crc32(block.numpy(), crc)
+                _release_pages(block)
+            if crc != self._crc[storage.data_ptr()]:
                 raise ValueError(f"{self.path}: tensor {name!r} fails its CRC-32 check; the file is corrupted: "
                                  "download it again")  # fmt: skip
             self._verified.add(storage.data_ptr())
-        return tensor
+
+    def span(self, tensor: torch.Tensor) -> _FileSpan:
+        """Where a contiguous tensor of this shard lies in the file."""
+        return _FileSpan(self.path, tensor.data_ptr() - self._base, tensor)
 
     def release(self, name: str) -> None:
-        _release_pages(self.tensors[name].untyped_storage())
+        _release_pages(self.tensors[name])
 
 
 def find_shards(input_dir: Path) -> list[Path]:
@@ -393,27 +417,46 @@ class MetaCheckpoint:
             if tensor.dtype not in _SAFETENSORS_DTYPES:
                 raise ValueError(f"{shard.path}: {w.meta} has dtype {tensor.dtype}; expected bfloat16/float16/float32")
 
-    def merged(self, w: _Weight) -> Iterator[torch.Tensor]:
-        """The rows of the merged HF tensor, in order, a block at a time; the shards' pages are dropped after."""
-        sources = [shard.take(w.meta) for shard in self.shards]
+    def stream(self, order: list[_Weight], dtype: torch.dtype) -> Iterator[Iterator[torch.Tensor | _FileSpan]]:
+        """`merged` for each weight in turn, CRC-checking the next weight in a thread meanwhile (the check costs
+        about as much as the copy, and both release the GIL)."""
+
+        def verify(w: _Weight) -> None:
+            for shard in self.shards:
+                shard.verify(w.meta)
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            checked = pool.submit(verify, order[0]) if order else None
+            for i, w in enumerate(order):
+                checked.result()
+                if i + 1 < len(order):
+                    checked = pool.submit(verify, order[i + 1])
+                yield self.merged(w, dtype)
+
+    def merged(self, w: _Weight, dtype: torch.dtype) -> Iterator[torch.Tensor | _FileSpan]:
+        """The merged HF tensor in order: spans of the shard files where bytes pass unchanged, otherwise blocks of
+        rows (rotary permutation, column merge, dtype change). The shards' pages are dropped after."""
+        sources = [shard.tensors[w.meta] for shard in self.shards]
         head_dim = self.shape.head_dim
         if w.split is None:
             for shard, source in zip(self.shards[1:], sources[1:]):
                 if not torch.equal(source, sources[0]):
                     raise ValueError(f"{shard.path}: replicated tensor {w.meta} differs from "
                                      f"{self.shards[0].path.name}'s")  # fmt: skip
-            yield sources[0]
-        elif w.split == 0:
+            sources = sources[:1]
+        if not w.rotary and (w.split != 1 or len(sources) == 1) and all(s.dtype == dtype for s in sources):
+            for shard, source in zip(self.shards, sources):  # row-wise concatenation is byte concatenation
+                yield shard.span(source)
+        elif w.split == 1:
+            step = _block_rows(sources[0], 1, ways=len(sources))
+            for start in range(0, sources[0].shape[0], step):
+                yield torch.cat([source[start : start + step] for source in sources], dim=1)
+        else:
             step = _block_rows(sources[0], head_dim if w.rotary else 1)
             for source in sources:
                 for start in range(0, source.shape[0], step):
                     block = source[start : start + step]
                     yield meta_to_hf_rotary(block, head_dim) if w.rotary else block
-        else:
-            step = _block_rows(sources[0], 1, ways=len(sources))
-            for start in range(0, sources[0].shape[0], step):
-                parts = [source[start : start + step] for source in sources]
-                yield parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         for shard in self.shards:
             shard.release(w.meta)
 
@@ -441,8 +484,8 @@ class _Entry:
 
 
 def _raw(tensor: torch.Tensor):
-    """A tensor's bytes as a buffer for file.write, without a copy when it is already contiguous."""
-    return tensor.contiguous().view(torch.uint8).numpy()
+    """A tensor's bytes as a flat buffer for file.write, without a copy when it is already contiguous."""
+    return tensor.contiguous().view(-1).view(torch.uint8).numpy()
 
 
 class _SafetensorsWriter:
@@ -464,20 +507,23 @@ class _SafetensorsWriter:
         self.path, self._pending, self._header = path, list(entries), struct.pack("<Q", len(raw)) + raw
 
     def __enter__(self) -> _SafetensorsWriter:
-        self._file = open(self.path, "wb")  # closed in __exit__
-        self._file.write(self._header)
+        self._file = open(self.path, "wb", buffering=0)  # closed in __exit__
+        _write_all(self._file, self._header)
         return self
 
-    def write(self, name: str, blocks: Iterable[torch.Tensor], progress: tqdm) -> None:
+    def write(self, name: str, blocks: Iterable[torch.Tensor | _FileSpan], progress: tqdm) -> None:
         entry = self._pending.pop(0)
         if entry.name != name:
             raise RuntimeError(f"{self.path}: expected tensor {entry.name}, got {name}")
         written = 0
         for block in blocks:
-            block = block.to(entry.dtype)
-            self._file.write(_raw(block))
-            written += block.numel() * block.element_size()
-            progress.update(block.numel() * block.element_size())
+            if isinstance(block, _FileSpan):
+                n = _copy_span(block, self._file)
+            else:
+                block = block.to(entry.dtype)
+                n = _write_all(self._file, _raw(block))
+            written += n
+            progress.update(n)
         if written != entry.nbytes:
             raise RuntimeError(f"{self.path}: {name} produced {written} bytes, expected {entry.nbytes}")
 
@@ -485,6 +531,28 @@ class _SafetensorsWriter:
         self._file.close()
         if exc_type is None and self._pending:
             raise RuntimeError(f"{self.path}: tensors {[e.name for e in self._pending]} were not written")
+
+
+def _write_all(file: io.FileIO, data) -> int:
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < len(view):
+        done += file.write(view[done:])
+    return done
+
+
+def _copy_span(span: _FileSpan, file: io.FileIO) -> int:
+    """os.copy_file_range where the OS has it (Linux), else an ordinary write of the mapped bytes."""
+    done = 0
+    with open(span.path, "rb") as source, contextlib.suppress(AttributeError, OSError):
+        while done < span.nbytes:
+            copied = os.copy_file_range(source.fileno(), file.fileno(), span.nbytes - done, span.offset + done)
+            if copied == 0:
+                break
+            done += copied
+    if done < span.nbytes:
+        done += _write_all(file, _raw(span.tensor)[done:])
+    return done
 
 
 class _StorageRef:
@@ -672,11 +740,12 @@ def meta_to_hf(
                                                  filename_pattern="model{suffix}.safetensors",
                                                  max_shard_size=max_shard_size)  # fmt: skip
     total = sum(e.nbytes for e in entries.values())
+    order = [by_hf[name] for names in split.filename_to_tensors.values() for name in names]
+    merged = checkpoint.stream(order, target)
     with _atomic_output(output_dir, overwrite) as tmp, _progress(total, "meta-to-hf", progress) as bar:
         for filename, names in split.filename_to_tensors.items():
             with _SafetensorsWriter(tmp / filename, [entries[n] for n in names]) as writer:
-                for name in names:
-                    blocks = checkpoint.merged(by_hf[name])
+                for name, blocks in zip(names, merged):
                     if extra_rows and name in _VOCAB_TENSORS:
                         blocks = _with_mean_rows(blocks, extra_rows)
                     writer.write(name, blocks, bar)
@@ -692,13 +761,14 @@ def meta_to_hf(
     return output_dir
 
 
-def _with_mean_rows(blocks: Iterable[torch.Tensor], extra_rows: int) -> Iterator[torch.Tensor]:
+def _with_mean_rows(blocks: Iterable[torch.Tensor | _FileSpan], extra_rows: int) -> Iterator[torch.Tensor | _FileSpan]:
     """Pass the blocks through, then `extra_rows` copies of their mean row (accumulated in float32)."""
     total, count = None, 0
     for block in blocks:
-        row_sum = block.sum(dim=0, dtype=torch.float32)
+        rows = block.tensor if isinstance(block, _FileSpan) else block
+        row_sum = rows.sum(dim=0, dtype=torch.float32)
         total = row_sum if total is None else total + row_sum
-        count += block.shape[0]
+        count += rows.shape[0]
         yield block
     yield (total / count).expand(extra_rows, -1)
 

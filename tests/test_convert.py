@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import struct
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -22,7 +26,7 @@ from safetensors import safe_open
 from codellama_hf.convert import hf_to_meta, meta_to_hf
 from codellama_hf.models import effective_rope_theta, write_config_with_both_rope_keys
 from codellama_hf.tokenizer import build_tiny_tokenizer, infilling_prompt, load_sp_model, save_tokenizer
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 # ---------------------------------------------------------------------------------------------------------------
 # Meta's format and forward pass, written from Meta's llama/model.py (codellama.md §1.5)
@@ -113,7 +117,11 @@ def repeat_kv(x, n_rep):
     bs, slen, n_kv_heads, head_dim = x.shape
     if n_rep == 1:
         return x
-    return x[:, :, :, None, :].expand(bs, slen, n_kv_heads, n_rep, head_dim).reshape(bs, slen, n_kv_heads * n_rep, head_dim)
+    return (
+        x[:, :, :, None, :]
+        .expand(bs, slen, n_kv_heads, n_rep, head_dim)
+        .reshape(bs, slen, n_kv_heads * n_rep, head_dim)
+    )
 
 
 @torch.no_grad()
@@ -207,7 +215,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"mp{c['shards']}-kv{c['n_kv_heads']}-theta{c['theta']:g}-v{c['vocab']}")
+def _case_id(case: dict) -> str:
+    return f"mp{case['shards']}-kv{case['n_kv_heads']}-theta{case['theta']:g}-v{case['vocab']}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_meta_to_hf_matches_meta_forward_and_round_trips(case, tmp_path, llama2_dir, codellama_tokenizer_dir):
     from transformers import AutoTokenizer
 
@@ -377,10 +389,8 @@ def small_meta(tmp_path_factory, base_tokenizer_dir) -> Path:
 def _last_record_data_offset(path: Path) -> tuple[int, int]:
     with zipfile.ZipFile(path) as archive:
         info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.header_offset)
-    raw = path.read_bytes()
-    name_len, extra_len = int.from_bytes(raw[info.header_offset + 26 : info.header_offset + 28], "little"), int.from_bytes(
-        raw[info.header_offset + 28 : info.header_offset + 30], "little"
-    )
+    local_header = path.read_bytes()[info.header_offset : info.header_offset + 30]
+    name_len, extra_len = struct.unpack("<HH", local_header[26:30])
     return info.header_offset + 30 + name_len + extra_len, info.file_size
 
 
@@ -437,7 +447,7 @@ BAD_META = [
     (_missing_shard, FileNotFoundError, None, r"consolidated\.01\.pth missing"),
     (_missing_first_shard, FileNotFoundError, None, r"consolidated\.00\.pth missing"),
     (_extra_shard, ValueError, None, r"consolidated\.02\.pth onward are extra"),
-    (_params_disagree, ValueError, "consolidated.00.pth", r"feed_forward\.w1\.weight has shape \(96, 64\).*\(128, 64\)"),
+    (_params_disagree, ValueError, "consolidated.00.pth", r"w1\.weight has shape \(96, 64\).*\(128, 64\)"),
     (_truncated, ValueError, "consolidated.01.pth", "truncated or corrupted"),
     (_garbage, ValueError, "consolidated.01.pth", "truncated or corrupted"),
     (_corrupted, ValueError, "consolidated.01.pth", r"'output\.weight' fails its CRC-32 check"),
@@ -470,6 +480,18 @@ def test_meta_to_hf_refuses_existing_output(small_meta, tmp_path):
     assert (out / "config.json").is_file() and not (out / "keep.txt").exists()
 
 
+def test_kernel_copy_and_plain_write_give_the_same_files(small_meta, tmp_path, monkeypatch):
+    """Unchanged bytes go file to file with os.copy_file_range; where that fails, the mapped bytes are written."""
+    fast = meta_to_hf(small_meta, tmp_path / "fast", dtype="float32", progress=False)
+
+    def unsupported(*args, **kwargs):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", unsupported)
+    slow = meta_to_hf(small_meta, tmp_path / "slow", dtype="float32", progress=False)
+    assert (fast / "model.safetensors").read_bytes() == (slow / "model.safetensors").read_bytes()
+
+
 def test_llama2_layout_tokenizer_in_parent_folder(small_meta, tmp_path):
     """Meta's Llama 2 download keeps tokenizer.model beside the model folders."""
     root = tmp_path / "llama-2"
@@ -485,17 +507,35 @@ def test_llama2_layout_tokenizer_in_parent_folder(small_meta, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_round_trip_and_error(small_meta, tmp_path):
-    hf, meta = tmp_path / "hf", tmp_path / "meta"
-    done = run_cli("convert", "meta-to-hf", "--input", str(small_meta), "--output", str(hf), "--dtype", "float32")
+def test_cli(small_meta, tmp_path):
+    hf = tmp_path / "hf"
+    done = run_cli("convert", "meta-to-hf", "--input", str(small_meta), "--output", str(hf), "--extend-vocab",
+                   "--max-shard-size", "2MB", "--dtype", "float32")  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "meta-to-hf: wrote" in done.stdout and "vocab 4000" in done.stdout and "rope theta 10000" in done.stdout
-    done = run_cli("convert", "hf-to-meta", "--input", str(hf), "--output", str(meta), "--shards", "2")
-    assert done.returncode == 0, done.stderr
-    assert_same_shards(small_meta, meta)
+    assert "meta-to-hf: wrote" in done.stdout and "rope theta 10000" in done.stdout
+    assert "vocab 4016 (4000 + 16 infilling pieces)" in done.stdout
+    assert len(json.loads((hf / "model.safetensors.index.json").read_text())["weight_map"]) == 2 * 9 + 3
 
-    failed = run_cli("convert", "hf-to-meta", "--input", str(hf), "--output", str(meta))
+    failed = run_cli("convert", "hf-to-meta", "--input", str(hf), "--output", str(tmp_path / "meta"), "--shards", "4")
     assert failed.returncode == 2
-    assert failed.stderr.strip().splitlines() == [
-        f"codellama-hf convert: error: {meta} already exists; choose another --output or pass --overwrite"
-    ]
+    message = f"{hf / 'config.json'}: n_kv_heads=2 cannot be split across 4 model-parallel shards"
+    assert failed.stderr.strip().splitlines() == [f"codellama-hf convert: error: {message}"]
+    assert no_leftovers(tmp_path / "meta")
+
+
+@pytest.mark.slow
+def test_recipe_llama2_to_codellama_init(small_meta, tmp_path):
+    """recipes/convert.py: Meta checkpoint -> HF with the infilling pieces added, checked with plain transformers."""
+    from transformers import AutoTokenizer
+
+    from codellama_hf.tokenizer import supports_infilling
+
+    out = tmp_path / "hf"
+    done = subprocess.run([sys.executable, str(ROOT / "recipes" / "convert.py"), "--input", str(small_meta),
+                           "--output", str(out), "--extend_vocab", "true"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "vocab 4016 (4000 + 16 infilling pieces)" in done.stderr
+    assert "loads with AutoTokenizer and AutoModelForCausalLM (finite logits)" in done.stderr
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == 4016
+    assert supports_infilling(AutoTokenizer.from_pretrained(out))
