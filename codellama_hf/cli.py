@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "codellama_hf.convert",
     "codellama_hf.evaluation.cli",
     "codellama_hf.corpus",
+    "codellama_hf.instruct",
 ]
 
 
