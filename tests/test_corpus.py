@@ -222,6 +222,11 @@ def test_dataset_file_and_saved_dataset_sources(tmp_path):
     assert [r["path"] for r in streamed] == ["a/bisect.py"] and sum(stream_stats.values()) == 3
     with pytest.raises(ValueError, match="no text column 'text'"):
         read_sources([str(data)])
+    # A streamed source is written to Arrow before deduplication.
+    spec = {"path": str(saved), "text_column": "content", "streaming": True}
+    summary = build_corpus(BuildConfig(sources=[spec], out=str(tmp_path / "built"), validation_fraction=0))
+    assert summary.splits == {"train": 1} and summary.skipped == {"minified": 1, "vendored": 1, "too_small": 1}
+    assert list(load_from_disk(str(tmp_path / "built"))["train"]["path"]) == ["a/bisect.py"]
 
 
 def test_git_checkout_lists_tracked_files_and_clones(tmp_path):
@@ -236,6 +241,8 @@ def test_git_checkout_lists_tracked_files_and_clones(tmp_path):
         subprocess.run(["git", "-C", str(repo), *cmd], check=True, env=env)
     shutil.copy(STDLIB / "glob.py", repo / "untracked.py")
     assert list(read_sources([str(repo)])["path"]) == ["bisect.py"]
+    with pytest.raises(ValueError, match="other_language"):  # a build keeping only C finds nothing, and says why
+        build_corpus(BuildConfig(sources=[str(repo)], out=str(tmp_path / "c"), languages=["c"]))
     cloned = read_sources([f"git+file://{repo}"])
     assert list(cloned["path"]) == ["bisect.py"] and list(cloned["source"]) == [f"git+file://{repo}"]
 
@@ -279,6 +286,19 @@ def test_mixture_matches_table1_probabilities(preset):
     mixed = load_mixture(preset, seed=1)
     assert len(mixed) >= 10_000 and mixed.column_names == ["text", "component"]
     _assert_proportions(mixed.select(range(10_000))["component"], PRESETS[preset].weights)
+
+
+def test_bytes_balance_gives_table1_shares_of_bytes():
+    """Table 1's shares are of tokens: balance="bytes" reweights documents by component size to match them."""
+    sample = load_mixture("code", balance="bytes", seed=4).select(range(10_000))
+    by_component = Counter()
+    for component, text in zip(sample["component"], sample["text"]):
+        by_component[component] += len(text.encode("utf-8", "surrogatepass"))
+    total = sum(by_component.values())
+    for name, weight in PRESETS["code"].weights.items():
+        assert abs(by_component[name] / total - weight) < 0.25 * weight, (name, by_component[name] / total)
+    documents = Counter(sample["component"])
+    assert documents["nl_code"] / len(sample) > 0.15  # short docstring documents are drawn far more often than 8%
 
 
 def test_streaming_mixture_and_instruct_rehearsal():

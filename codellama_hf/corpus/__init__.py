@@ -16,6 +16,23 @@ from codellama_hf.corpus.mixture import PRESETS, Component, Mixture, get_mixture
 from codellama_hf.corpus.sources import SourceSpec, read_sources
 
 __all__ = [
-    "KINDS", "PRESETS", "BuildConfig", "Component", "CorpusSummary", "build_corpus", "register", "DedupConfig", "DedupStats", "FilterConfig", "Mixture", "SkipCounter",
-    "SourceSpec", "build_embedded", "deduplicate", "embedded_corpus", "get_mixture", "load_mixture", "read_sources",
+    "KINDS",
+    "PRESETS",
+    "BuildConfig",
+    "Component",
+    "CorpusSummary",
+    "DedupConfig",
+    "DedupStats",
+    "FilterConfig",
+    "Mixture",
+    "SkipCounter",
+    "SourceSpec",
+    "build_corpus",
+    "build_embedded",
+    "deduplicate",
+    "embedded_corpus",
+    "get_mixture",
+    "load_mixture",
+    "read_sources",
+    "register",
 ]  # fmt: skip

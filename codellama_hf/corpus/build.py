@@ -23,7 +23,7 @@ from pathlib import Path
 from codellama_hf.corpus.dedup import DedupConfig, deduplicate
 from codellama_hf.corpus.embedded import KINDS, VALIDATION_FRACTION, embedded_corpus, is_validation, save_atomic
 from codellama_hf.corpus.filters import FilterConfig, SkipCounter
-from codellama_hf.corpus.sources import features, read_sources
+from codellama_hf.corpus.sources import SourceSpec, features, read_sources
 
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "corpus_summary.json"
@@ -37,6 +37,7 @@ class BuildConfig:
     num_proc: int = 1
     validation_fraction: float = VALIDATION_FRACTION
     tokenizer: str | None = None  # folder of an HF tokenizer, to count tokens in the summary
+    languages: list[str] | None = None  # keep only these languages (for sources that do not set their own)
     overwrite: bool = False
     filters: FilterConfig = field(default_factory=FilterConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
@@ -77,7 +78,7 @@ class BuildConfig:
 @dataclass
 class CorpusSummary:
     splits: dict[str, int]
-    languages: dict[str, dict[str, int]]  # language -> {"documents", "bytes", "tokens"}
+    languages: dict[str, dict[str, int | None]]  # language -> {"documents", "bytes", "tokens"}
     skipped: dict[str, int]
     dedup: dict[str, int]
     seconds: float
@@ -112,7 +113,7 @@ def _token_length(batch, *, tokenizer):
 
 
 def language_table(dataset, tokenizer=None, num_proc: int = 1) -> dict[str, dict[str, int]]:
-    """Documents, bytes and (with a tokenizer) tokens per language."""
+    """Documents, bytes and (with a tokenizer, else None) tokens per language."""
     if len(dataset) == 0:
         return {}
     nproc = num_proc if num_proc > 1 and len(dataset) >= 4 * num_proc else None
@@ -123,14 +124,15 @@ def language_table(dataset, tokenizer=None, num_proc: int = 1) -> dict[str, dict
         sized = sized.map(
             _token_length, batched=True, fn_kwargs={"tokenizer": tokenizer}, num_proc=nproc, desc="count tokens"
         )
-    table: dict[str, dict[str, int]] = defaultdict(lambda: {"documents": 0, "bytes": 0, "tokens": 0})
+    table: dict[str, dict[str, int]] = defaultdict(lambda: {"documents": 0, "bytes": 0, "tokens": None})
     columns = ["language", "_bytes"] + (["_tokens"] if tokenizer is not None else [])
     for batch in sized.select_columns(columns).iter(batch_size=10_000):
         for i, language in enumerate(batch["language"]):
             row = table[language]
             row["documents"] += 1
             row["bytes"] += batch["_bytes"][i]
-            row["tokens"] += batch["_tokens"][i] if tokenizer is not None else 0
+            if tokenizer is not None:
+                row["tokens"] = (row["tokens"] or 0) + batch["_tokens"][i]
     return dict(sorted(table.items(), key=lambda kv: -kv[1]["bytes"]))
 
 
@@ -165,9 +167,10 @@ def build_corpus(config: BuildConfig) -> CorpusSummary:
         tokenizer = AutoTokenizer.from_pretrained(config.tokenizer)
     start = time.perf_counter()
     skipped = SkipCounter()
-    dataset = _materialize(
-        read_sources(config.sources, filters=config.filters, stats=skipped, num_proc=config.num_proc)
-    )
+    specs = [SourceSpec.parse(s) for s in config.sources]
+    if config.languages:
+        specs = [s if s.languages else replace(s, languages=list(config.languages)) for s in specs]
+    dataset = _materialize(read_sources(specs, filters=config.filters, stats=skipped, num_proc=config.num_proc))
     if len(dataset) == 0:
         raise ValueError(f"no documents kept from {config.sources}; skipped: {dict(skipped.table_rows())}")
     log.info("read %d documents (skipped %s)", len(dataset), dict(skipped))
@@ -235,6 +238,7 @@ def register(subparsers) -> None:
     build.add_argument("--validation-fraction", type=float)
     build.add_argument("--tokenizer", help="HF tokenizer folder: count tokens per language in the summary")
     build.add_argument("--overwrite", action="store_true", default=None)
+    build.add_argument("--languages", type=lambda v: v.split(","), help="comma-separated languages to keep")
     for name in ("min_bytes", "max_bytes", "max_line_length"):
         build.add_argument(f"--{name.replace('_', '-')}", type=int, dest=f"filters.{name}")
     for name in ("max_mean_line_length", "min_alphanumeric"):

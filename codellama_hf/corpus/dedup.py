@@ -6,7 +6,7 @@ Near-duplicate detection, as in the BigCode/The Stack pipelines:
 - signatures: datasketch `MinHash` (its default "affine32" permutations) with `num_perm` permutations (128 by
   default) and a fixed permutation seed, fed 32-bit shingle hashes computed with numpy (`shingle_hashes`);
 - candidates: LSH banding with the (bands, rows) that datasketch's `MinHashLSH` picks for the Jaccard threshold
-  (0.85 by default, i.e. 9 bands of 13 rows at 128 permutations);
+  (0.85 by default: 8 bands of 16 rows at 128 permutations);
 - a candidate pair is kept only when its estimated Jaccard similarity (share of equal signature values) reaches the
   threshold; clusters are the connected components of kept pairs and each keeps its first document.
 
@@ -159,12 +159,19 @@ def near_duplicate_clusters(sigs: np.ndarray, config: DedupConfig, *, num_proc: 
     return np.array([find(i) for i in range(n)])
 
 
-def exact_duplicate_mask(texts) -> np.ndarray:
-    """True for the first occurrence of each distinct text."""
+def _content_hashes(batch: dict) -> dict:
+    return {"_sha256": [hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest() for t in batch["text"]]}
+
+
+def exact_duplicate_mask(dataset, *, num_proc: int | None = None) -> np.ndarray:
+    """True for the first occurrence of each distinct text (SHA-256 of the UTF-8 bytes, hashed in parallel)."""
+    hashed = dataset.select_columns(["text"]).map(
+        _content_hashes, batched=True, remove_columns=["text"], desc="content hash",
+        num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) >= 2 * num_proc else None,
+    )  # fmt: skip
     seen: set[bytes] = set()
-    keep = np.zeros(len(texts), dtype=bool)
-    for i, text in enumerate(texts):
-        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+    keep = np.zeros(len(dataset), dtype=bool)
+    for i, digest in enumerate(hashed["_sha256"]):
         if digest not in seen:
             seen.add(digest)
             keep[i] = True
@@ -179,7 +186,7 @@ def deduplicate(dataset, config: DedupConfig | None = None, *, num_proc: int = 1
     config = config or DedupConfig()
     stats = DedupStats()
     if config.exact and len(dataset):
-        keep = exact_duplicate_mask(dataset["text"])
+        keep = exact_duplicate_mask(dataset, num_proc=num_proc)
         stats.exact_removed = int((~keep).sum())
         if stats.exact_removed:
             dataset = dataset.select(np.nonzero(keep)[0])

@@ -6,8 +6,11 @@ Presets (codellama.md §3.3):
 - "instruct_rehearsal": code 6% and natural language 2% of the instruct stage; the other 92% is `reserved` for the
   instruct data, which the caller passes as `extra` (or mixes itself with `Mixture.weights`).
 
-Each component is sampled with `datasets.interleave_datasets` at its probability. Table 1 gives proportions of the
-training tokens; here they are proportions of documents.
+Each component is sampled with `datasets.interleave_datasets`. Table 1 gives shares of the training tokens; the
+`balance` setting says what the weights are shares of:
+- "documents" (default): each document is drawn from component i with probability w_i;
+- "bytes": with probability proportional to w_i / (mean document size of i), so that each component's share of the
+  bytes, a proxy for its share of tokens, is w_i. Sizes are measured on up to 2,000 documents per component.
 
 Stop strategy: "all_exhausted" by default. A component that runs out starts over (is repeated) while the others
 continue, so the proportions hold for as long as you read, as in Table 1 where code is seen 2.03 epochs and
@@ -26,6 +29,7 @@ YAML format::
         languages: [python, c]  # optional: keep only these languages
       nl_code: 0.08             # shorthand for {weight: 0.08}; no sources: the embedded "nl_code" corpus
       nl: 0.07
+    balance: bytes              # or documents (default)
 
 Weights must be positive and, with `reserved`, sum to 1 (within 1e-6).
 """
@@ -41,6 +45,8 @@ from codellama_hf.corpus.embedded import KINDS, embedded_corpus, is_validation
 from codellama_hf.corpus.sources import read_sources
 
 STOPPING_STRATEGIES = ("all_exhausted", "first_exhausted", "all_exhausted_without_replacement")
+BALANCES = ("documents", "bytes")
+SIZE_SAMPLE = 2000
 TOLERANCE = 1e-6
 
 
@@ -58,6 +64,7 @@ class Mixture:
     components: tuple[Component, ...]
     reserved: float = 0.0  # probability left for data the caller adds (the instruct data)
     stopping_strategy: str = "all_exhausted"
+    balance: str = "documents"
 
     def __post_init__(self):
         where = f"mixture {self.name!r}"
@@ -80,6 +87,9 @@ class Mixture:
             raise ValueError(
                 f"{where}: stopping_strategy {self.stopping_strategy!r} is not one of {STOPPING_STRATEGIES}"
             )
+
+        if self.balance not in BALANCES:
+            raise ValueError(f"{where}: balance {self.balance!r} is not one of {BALANCES}")
 
     @property
     def weights(self) -> dict[str, float]:
@@ -124,7 +134,7 @@ def _component(name: str, value, base: Component | None) -> Component:
 def mixture_from_dict(data: dict, name: str = "custom") -> Mixture:
     if not isinstance(data, dict):
         raise ValueError(f"mixture {name!r} must be a mapping with 'components', got {type(data).__name__}")
-    unknown = set(data) - {"name", "preset", "components", "reserved", "stopping_strategy"}
+    unknown = set(data) - {"name", "preset", "components", "reserved", "stopping_strategy", "balance"}
     if unknown:
         raise ValueError(f"mixture {name!r} has unknown field(s) {sorted(unknown)}")
     base = get_mixture(data["preset"]) if data.get("preset") else None
@@ -139,6 +149,7 @@ def mixture_from_dict(data: dict, name: str = "custom") -> Mixture:
         tuple(components.values()),
         reserved=data.get("reserved", base.reserved if base else 0.0),
         stopping_strategy=data.get("stopping_strategy", base.stopping_strategy if base else "all_exhausted"),
+        balance=data.get("balance", base.balance if base else "documents"),
     )
 
 
@@ -205,6 +216,7 @@ def load_mixture(
     extra: dict | None = None,
     max_documents: int | None = None,
     corpus_seed: int = 0,
+    balance: str | None = None,
 ):
     """Sample a mixture's components at its probabilities: a Dataset (or IterableDataset) of `text`, `component`.
 
@@ -212,10 +224,13 @@ def load_mixture(
     to datasets with a `text` column, or to (dataset, weight), that fill the mixture's `reserved` share (split evenly
     when no weights are given). `max_documents` caps each component before mixing. `seed` drives the sampling;
     `corpus_seed` picks the embedded corpus and the held-out files, so changing `seed` reuses the same corpus.
+    `balance` ("documents" or "bytes") overrides the mixture's.
     """
     import datasets
 
     mixture = get_mixture(preset_or_path)
+    if balance is not None:
+        mixture = replace(mixture, balance=balance)
     if sources:
         unknown = set(sources) - set(mixture.weights)
         if unknown:
@@ -254,6 +269,23 @@ def load_mixture(
         raise ValueError(f"mixture {mixture.name!r} with extra data has weights summing to {sum(probabilities):g}")
     features = datasets.Features({"text": datasets.Value("string"), "component": datasets.Value("string")})
     parts = [p.cast(features) for p in parts]
+    if mixture.balance == "bytes":
+        per_byte = [w / _mean_bytes(p) for w, p in zip(probabilities, parts)]
+        probabilities = [x / sum(per_byte) for x in per_byte]
     return datasets.interleave_datasets(
         parts, probabilities=probabilities, seed=seed, stopping_strategy=mixture.stopping_strategy
     )
+
+
+def _mean_bytes(dataset) -> float:
+    """Mean UTF-8 size of (up to SIZE_SAMPLE of) a component's documents."""
+    import datasets
+
+    if isinstance(dataset, datasets.Dataset):
+        texts = dataset.select(range(min(SIZE_SAMPLE, len(dataset))))["text"]
+    else:
+        texts = [row["text"] for row in dataset.take(SIZE_SAMPLE)]
+    sizes = [len(t.encode("utf-8", "surrogatepass")) for t in texts]
+    if not sizes or not sum(sizes):
+        raise ValueError("a mixture component has no text to measure for balance: bytes")
+    return sum(sizes) / len(sizes)

@@ -139,7 +139,7 @@ class SourceSpec:
 def list_files(root: Path, stats: SkipCounter) -> list[str]:
     """Relative POSIX paths of the regular files under `root`, sorted; git checkouts list tracked files only."""
     if (root / ".git").exists() and shutil.which("git"):
-        result = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True)
+        result = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True, check=False)
         if result.returncode == 0:
             names = [n for n in result.stdout.decode("utf-8", "surrogateescape").split("\0") if n]
             return sorted(n for n in names if not set(PurePosixPath(n).parts) & SKIP_DIRS)
@@ -244,7 +244,7 @@ def _git_checkout(spec: SourceSpec, dest: Path) -> Path:
         raise RuntimeError(f"source git+{spec.git} needs the git executable on PATH")
     cmd = ["git", "clone", "--quiet", "--depth", "1"]
     cmd += ["--branch", spec.revision] if spec.revision else []
-    result = subprocess.run([*cmd, spec.git, str(dest)], capture_output=True, text=True)
+    result = subprocess.run([*cmd, spec.git, str(dest)], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"could not clone git+{spec.git}: {result.stderr.strip()[-500:]}")
     return dest
