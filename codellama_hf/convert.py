@@ -7,10 +7,12 @@ rotary embedding rotates interleaved pairs of each head (complex numbers); trans
 the head, so the rows of wq and wk are permuted per head (the same permutation transformers' converter applies).
 
 Unlike transformers' convert_llama_weights_to_hf.py, which holds every shard in RAM (codellama.md §2.3), we never
-hold more than one tensor: shards are opened with `torch.load(mmap=True, weights_only=True)`, each tensor is
-merged a block of rows at a time and written straight into its safetensors file, and its pages are then dropped
-from the process. Every tensor record is checked against the CRC-32 stored in the .pth zip, so a corrupted
-download is reported rather than converted. Output is written into a temporary folder and renamed on success.
+hold a whole tensor: shards are opened with `torch.load(mmap=True, weights_only=True)`; bytes that pass unchanged
+(most of a bf16 -> bf16 conversion) are copied file to file in the kernel, as `cp` does; the rest (rotary
+permutation of wq/wk, column-split merges, dtype changes) is merged a block of rows at a time; each tensor's
+mapped pages are dropped from the process once written. Every tensor record is checked against the CRC-32 stored
+in the .pth zip (in a thread, one tensor ahead), so a corrupted download is reported rather than converted.
+Output is written into a temporary folder and renamed on success.
 
 The reverse direction writes .pth files that are byte-for-byte what `torch.save` writes for the same state dict,
 one tensor at a time, so Meta's own `Llama.build` and Meta-format tools run our models.
@@ -103,6 +105,12 @@ class LlamaShape:
         missing = [key for key in ("dim", "n_layers", "n_heads") if key not in params]
         if missing:
             raise ValueError(f"{path}: missing required fields {missing}")
+        for key in ("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of"):
+            value = params.get(key, 1)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{path}: {key} must be a positive integer, got {value!r}")
+        if not isinstance(params.get("ffn_dim_multiplier") or 1.0, (int, float)):
+            raise ValueError(f"{path}: ffn_dim_multiplier must be a number, got {params['ffn_dim_multiplier']!r}")
         n_kv_heads = params.get("n_kv_heads") or params["n_heads"]
         ffn = ffn_hidden_size(params["dim"], params.get("multiple_of", 256), params.get("ffn_dim_multiplier"))
         shape = cls(dim=params["dim"], n_layers=params["n_layers"], n_heads=params["n_heads"], n_kv_heads=n_kv_heads,
@@ -166,7 +174,7 @@ class LlamaShape:
             params["rope_theta"] = self.rope_theta
         return params
 
-    def hf_config(self, dtype: torch.dtype, max_position_embeddings: int | None):
+    def hf_config(self, dtype: torch.dtype, max_position_embeddings: int | None, bos_token_id: int, eos_token_id: int):
         """LlamaConfig with Llama 2 conventions; context 16384 for Code Llama's theta, 4096 for Llama 2's."""
         from transformers import LlamaConfig
 
@@ -175,7 +183,7 @@ class LlamaShape:
         config = LlamaConfig(vocab_size=self.vocab_size, hidden_size=self.dim, intermediate_size=self.ffn_dim,
                              num_hidden_layers=self.n_layers, num_attention_heads=self.n_heads,
                              num_key_value_heads=self.n_kv_heads, rms_norm_eps=self.norm_eps, hidden_act="silu",
-                             tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                             tie_word_embeddings=False, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
                              architectures=["LlamaForCausalLM"])  # fmt: skip
         set_rope_theta(config, self.rope_theta, max_position_embeddings=max_position_embeddings)
         config.dtype = dtype
@@ -387,9 +395,10 @@ class MetaCheckpoint:
     def _check_shard_count(self, params: dict) -> None:
         """Shard 00's wq rows tell how many ways tensors are split, which tells missing from extra files."""
         wq, n = self.shards[0].tensors.get("layers.0.attention.wq.weight"), len(self.shards)
-        if wq is None or wq.ndim != 2 or not wq.shape[0] or params.get("dim", 0) % wq.shape[0]:
+        dim = params.get("dim")
+        if wq is None or wq.ndim != 2 or not wq.shape[0] or not isinstance(dim, int) or dim % wq.shape[0]:
             return  # the per-shard shape check reports it
-        ways = params["dim"] // wq.shape[0]
+        ways = dim // wq.shape[0]
         found = f"{self.shards[0].path.name} holds 1/{ways} of each split tensor but there are {n} shard files"
         if ways < n:
             raise ValueError(f"{self.folder}: {found}: consolidated.{ways:02d}.pth onward are extra")
@@ -444,7 +453,8 @@ class MetaCheckpoint:
                     raise ValueError(f"{shard.path}: replicated tensor {w.meta} differs from "
                                      f"{self.shards[0].path.name}'s")  # fmt: skip
             sources = sources[:1]
-        if not w.rotary and (w.split != 1 or len(sources) == 1) and all(s.dtype == dtype for s in sources):
+        unchanged = all(s.dtype == dtype and s.is_contiguous() for s in sources)
+        if unchanged and not w.rotary and (w.split != 1 or len(sources) == 1):
             for shard, source in zip(self.shards, sources):  # row-wise concatenation is byte concatenation
                 yield shard.span(source)
         elif w.split == 1:
@@ -621,7 +631,7 @@ def _atomic_output(output_dir: Path, overwrite: bool):
             old = tmp.with_name(tmp.name + "-old")
             os.rename(output_dir, old)
             os.rename(tmp, output_dir)
-            shutil.rmtree(old)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
         else:
             os.rename(tmp, output_dir)
     except BaseException:
@@ -776,8 +786,7 @@ def _with_mean_rows(blocks: Iterable[torch.Tensor | _FileSpan], extra_rows: int)
 def _write_hf_metadata(folder: Path, shape: LlamaShape, dtype: torch.dtype, max_positions: int | None, proto) -> None:
     from transformers import GenerationConfig
 
-    config = shape.hf_config(dtype, max_positions)
-    config.bos_token_id, config.eos_token_id = proto.trainer_spec.bos_id, proto.trainer_spec.eos_id
+    config = shape.hf_config(dtype, max_positions, proto.trainer_spec.bos_id, proto.trainer_spec.eos_id)
     config.save_pretrained(folder)
     write_config_with_both_rope_keys(folder)
     GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id).save_pretrained(folder)
@@ -821,19 +830,25 @@ class HFWeights:
                 raise ValueError(f"{index}: no weight_map")
             self.files = {name: folder / filename for name, filename in weight_map.items()}
         elif (folder / "model.safetensors").is_file():
-            with safe_open(folder / "model.safetensors", framework="pt") as f:
-                self.files = {name: folder / "model.safetensors" for name in f.keys()}
+            self.files = dict.fromkeys(self._header(folder / "model.safetensors"), folder / "model.safetensors")
         else:
             raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json "
                                     "(re-save the model with save_pretrained(safe_serialization=True))")  # fmt: skip
-        self.meta: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+        self.meta: dict[str, tuple[torch.dtype | None, tuple[int, ...]]] = {}
         for path in sorted(set(self.files.values())):
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: listed in the index but missing")
-            with safe_open(path, framework="pt") as f:
-                for name in f.keys():
-                    part = f.get_slice(name)
-                    self.meta[name] = (_DTYPES_FROM_SAFETENSORS.get(part.get_dtype()), tuple(part.get_shape()))
+            self.meta.update(self._header(path))
+
+    def _header(self, path: Path) -> dict[str, tuple[torch.dtype | None, tuple[int, ...]]]:
+        """dtype and shape of every tensor in one file (None for dtypes Meta's format does not take)."""
+        try:
+            with self._safe_open(path, framework="pt") as f:
+                parts = {name: f.get_slice(name) for name in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+                return {name: (_DTYPES_FROM_SAFETENSORS.get(part.get_dtype()), tuple(part.get_shape()))
+                        for name, part in parts.items()}  # fmt: skip
+        except Exception as err:  # safetensors raises SafetensorError for damaged headers
+            raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
 
     def read(self, name: str, rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor:
         with self._safe_open(self.files[name], framework="pt") as f:
@@ -880,7 +895,10 @@ def hf_to_meta(
     config_path = input_dir / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: not found")
-    config = AutoConfig.from_pretrained(input_dir)
+    try:
+        config = AutoConfig.from_pretrained(input_dir)
+    except OSError as err:  # transformers reports an unreadable config.json as OSError
+        raise ValueError(f"{config_path}: {err}") from None
     shape = LlamaShape.from_hf_config(config, config_path)
     shape.check_shards(shards, config_path)
     layout = weights(shape)
@@ -892,14 +910,14 @@ def hf_to_meta(
     unknown = sorted(n for n in source.meta if n not in known and not n.endswith("rotary_emb.inv_freq"))
     missing = sorted(known - set(source.meta))
     if unknown or missing:
-        raise ValueError(f"{input_dir}: " + "; ".join(
-            f"{label} tensors {names[:5]}{' ...' if len(names) > 5 else ''}"
-            for label, names in (("unknown", unknown), ("missing", missing)) if names))  # fmt: skip
+        problems = [f"{label} tensors {_listed(names)}"
+                    for label, names in (("unknown", unknown), ("missing", missing)) if names]  # fmt: skip
+        raise ValueError(f"{input_dir}: {'; '.join(problems)}")
     for w in layout:
-        dtype_, got = source.meta[hf_names[w.meta]]
-        if got != w.shape or dtype_ is None:
-            raise ValueError(f"{input_dir}: {hf_names[w.meta]} is {dtype_ or 'unsupported dtype'}{got}, "
-                             f"config.json gives {w.shape}")  # fmt: skip
+        found_dtype, found_shape = source.meta[hf_names[w.meta]]
+        if found_shape != w.shape or found_dtype is None:
+            raise ValueError(f"{input_dir}: {hf_names[w.meta]} is {found_dtype or 'of an unsupported dtype'} "
+                             f"{found_shape}; config.json gives {w.shape}")  # fmt: skip
 
     tok_path = Path(tokenizer_model) if tokenizer_model is not None else input_dir / "tokenizer.model"
     if not tok_path.is_file():

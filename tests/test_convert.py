@@ -369,6 +369,9 @@ def test_hf_to_meta_bad_input(tmp_path, tiny_hf, tiny_tokenizer_dir):
     save_file({**state, "model.layers.0.self_attn.q_proj.bias": torch.zeros(128)}, hf / "model.safetensors")
     with pytest.raises(ValueError, match=r"unknown tensors \['model.layers.0.self_attn.q_proj.bias'\]"):
         hf_to_meta(hf, out, progress=False)
+    (hf / "model.safetensors").write_bytes((hf / "model.safetensors").read_bytes()[:1000])
+    with pytest.raises(ValueError, match="model.safetensors: not a readable safetensors file"):
+        hf_to_meta(hf, out, progress=False)
     assert no_leftovers(out)
     out.mkdir()
     with pytest.raises(FileExistsError, match="already exists"):
