@@ -187,7 +187,7 @@ def test_mbpp_loader_errors(tmp_path):
     with pytest.raises(ValueError, match="must be .jsonl"):
         MBPP(str(tmp_path / "mbpp.csv"))
     # The Hub is unreachable here: the error says what to do instead.
-    with pytest.raises(RuntimeError, match="--mbpp-file"):
+    with pytest.raises(RuntimeError, match="--mbpp-source FILE"):
         MBPP("google-research-datasets/mbpp")
 
 

@@ -49,7 +49,7 @@ def load_rows(source: str) -> list[dict]:
         except Exception as err:
             raise RuntimeError(
                 f"could not load MBPP {source!r} from the Hub ({type(err).__name__}: {err}); "
-                "pass a local mbpp.jsonl with --mbpp-file"
+                "pass a local MBPP .jsonl/.json/.parquet instead (CLI --mbpp-source FILE)"
             ) from None
         rows = [row for split in splits.values() for row in split]
     for row in rows:
