@@ -324,6 +324,9 @@ def test_user_yaml_mixture_with_local_sources(tree, tmp_path, capsys):
     mixed = load_mixture(config, seed=0)
     code_texts = {row["text"] for row in mixed if row["component"] == "code"}
     assert code_texts and code_texts <= set(read_sources([str(tree)])["text"])
+    overridden = load_mixture("python", sources={"python": str(tree)}, max_documents=5, seed=0)
+    python_texts = [row["text"] for row in overridden if row["component"] == "python"]
+    assert python_texts and set(python_texts) <= set(read_sources([str(tree)])["text"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("components:\n  code: 0.8\n  nl: 0.1\n")
     with pytest.raises(ValueError, match=r"sum to 0\.9, not 1"):

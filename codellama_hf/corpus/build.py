@@ -23,7 +23,7 @@ from pathlib import Path
 from codellama_hf.corpus.dedup import DedupConfig, deduplicate
 from codellama_hf.corpus.embedded import KINDS, VALIDATION_FRACTION, embedded_corpus, is_validation, save_atomic
 from codellama_hf.corpus.filters import FilterConfig, SkipCounter
-from codellama_hf.corpus.sources import SourceSpec, features, read_sources
+from codellama_hf.corpus.sources import SourceSpec, dataset_from_generator, read_sources
 
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "corpus_summary.json"
@@ -90,13 +90,11 @@ class CorpusSummary:
 
 def _materialize(dataset):
     """Write a streamed dataset to Arrow (datasets' cache) so that it can be deduplicated by index."""
-    from datasets import Dataset, IterableDataset
+    from datasets import IterableDataset
 
     if not isinstance(dataset, IterableDataset):
         return dataset
-    return Dataset.from_generator(
-        _iterate, gen_kwargs={"dataset": dataset}, features=features(), fingerprint=uuid.uuid4().hex
-    )
+    return dataset_from_generator(_iterate, gen_kwargs={"dataset": dataset}, fingerprint=uuid.uuid4().hex)
 
 
 def _iterate(dataset):

@@ -10,8 +10,9 @@
 Files are picked in an order fixed by a hash of (seed, source, path), pass the usual filters, are deduplicated
 (exact + near, dedup.py) and split by file: a file's documents land in "validation" for about 5% of files, and the
 assignment depends only on (seed, source, path), so "code" and "python" agree on which files are held out.
-The result is saved under `cache_dir()/corpus/embedded/` keyed by everything it depends on (kind, seed, size,
-Python version, installed distributions), so later calls load it in well under a second.
+The result is saved under `cache_dir()/corpus/embedded/`, keyed by kind, seed, size and the Python installation,
+so later calls load it in well under a second. Packages installed later do not change a built corpus (pass
+`rebuild=True` for that); `embedded_manifest.json` beside the data records what was installed when it was built.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ KINDS = ("code", "python", "nl_code", "nl")
 DOCUMENTS_PER_KIND = 2000
 VALIDATION_FRACTION = 0.05
 EMBEDDED_MAX_BYTES = 100_000  # keeps the first build fast; long files still reach 100 kB
-EMBEDDED_VERSION = 1
+EMBEDDED_VERSION = 2
 MANIFEST = "embedded_manifest.json"
 SYSTEM_DOCS = Path("/usr/share/doc")
 PLAIN_TEXT_NAMES = ("readme", "news", "changes", "changelog", "history", "authors", "credits", "copyright",
@@ -81,9 +82,13 @@ def _roots() -> list[tuple[Path, str]]:
     return out
 
 
-def _distribution_licenses() -> dict[str, tuple[str, str | None]]:
-    """Top-level import name -> (distribution name, licence) for installed distributions."""
-    by_name = {}
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _distributions() -> tuple[dict[str, str], dict[str, tuple[str, str | None]]]:
+    """What is installed: (top-level import name -> distribution, normalized name -> (distribution, licence))."""
+    licenses = {}
     for dist in importlib.metadata.distributions():
         meta = dist.metadata
         license = meta.get("License-Expression")
@@ -93,28 +98,28 @@ def _distribution_licenses() -> dict[str, tuple[str, str | None]]:
         if not license:
             classifiers = [c.split(" :: ")[-1] for c in meta.get_all("Classifier") or [] if c.startswith("License ::")]
             license = ", ".join(classifiers) or None
-        by_name[meta["Name"]] = license
-    out = {}
-    for top, dists in importlib.metadata.packages_distributions().items():
-        out[top] = (dists[0], by_name.get(dists[0]))
-    return out
+        licenses[_normalize(meta["Name"])] = (meta["Name"], license)
+    owners = {top: dists[0] for top, dists in importlib.metadata.packages_distributions().items()}
+    return owners, licenses
 
 
 def _listing(stats: SkipCounter) -> list[tuple[Path, str, str, str | None]]:
     """(root, relative path, source, licence) of every file in the standard library and site-packages."""
-    licenses = _distribution_licenses()
+    owners, licenses = _distributions()
     out = []
     for root, label in _roots():
         for rel in list_files(root, stats):
             top = rel.split("/", 1)[0]
             if label == "stdlib":
-                if top in ("site-packages", "dist-packages"):
-                    continue
-                out.append((root, rel, "stdlib", "PSF-2.0"))
+                if top not in ("site-packages", "dist-packages"):
+                    out.append((root, rel, "stdlib", "PSF-2.0"))
+                continue
+            if top.endswith((".dist-info", ".egg-info")):
+                dist = top.rsplit(".", 1)[0].split("-")[0]
             else:
-                name = top.split(".dist-info")[0].split("-")[0] if top.endswith(".dist-info") else Path(top).stem
-                dist, license = licenses.get(name, (name, None))
-                out.append((root, rel, f"site-packages/{dist}", license))
+                dist = owners.get(Path(top).stem, Path(top).stem)
+            dist, license = licenses.get(_normalize(dist), (dist, None))
+            out.append((root, rel, f"site-packages/{dist}", license))
     return out
 
 

@@ -235,16 +235,15 @@ def load_mixture(
         unknown = set(sources) - set(mixture.weights)
         if unknown:
             raise ValueError(f"sources name components {sorted(unknown)} that mixture {mixture.name!r} lacks")
+        given = {
+            name: [specs] if isinstance(specs, (str, dict, os.PathLike)) else specs for name, specs in sources.items()
+        }
         mixture = replace(
             mixture,
             components=tuple(
-                replace(c, sources=tuple([sources[c.name]] if isinstance(sources[c.name], (str, dict)) else
-                                         sources[c.name])) if c.name in sources else c
-                for c in mixture.components
+                replace(c, sources=tuple(given[c.name])) if c.name in given else c for c in mixture.components
             ),
-        )  # fmt: skip
-    parts = [_component_dataset(c, split, seed, corpus_seed, streaming, max_documents) for c in mixture.components]
-    probabilities = [c.weight for c in mixture.components]
+        )
     extra = extra or {}
     if mixture.reserved and not extra:
         raise ValueError(
@@ -253,6 +252,8 @@ def load_mixture(
         )
     if extra and not mixture.reserved:
         raise ValueError(f"mixture {mixture.name!r} reserves no share for extra datasets {sorted(extra)}")
+    parts = [_component_dataset(c, split, seed, corpus_seed, streaming, max_documents) for c in mixture.components]
+    probabilities = [c.weight for c in mixture.components]
     for name, value in extra.items():
         data, weight = value if isinstance(value, tuple) else (value, mixture.reserved / len(extra))
         if "text" not in (data.column_names or []):

@@ -1,6 +1,6 @@
 """Where documents come from: local folders, git checkouts (local or cloned) and `datasets` names, paths or files.
 
-Every source becomes rows with the same columns (`FEATURES`): text, language, source, path, license. Files get a
+Every source becomes rows with the same columns (`COLUMNS`, all strings): text, language, source, path, license. Files get a
 language from their extension (or well-known name); rows of a dataset take theirs from the spec, a `language`/`lang`
 column or their path. Filters (filters.py) run while reading, and everything that is not kept is counted by reason
 in a `SkipCounter`: bad input is skipped and counted, never a crash halfway.
@@ -57,8 +57,7 @@ FILENAMES = {
 # Never descended into: version-control metadata and caches, not content.
 SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".tox"})
 SAVED_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
-DATA_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow",
-                      ".txt": "text"}  # fmt: skip
+DATA_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 
 
 def features():
@@ -311,20 +310,20 @@ def _read_folder(spec: SourceSpec, filters: FilterConfig, stats: SkipCounter, st
     if streaming:
         return IterableDataset.from_generator(_generate_folder, features=features(), gen_kwargs=gen_kwargs)
     if spec.git:  # a fresh clone each time: nothing to key a cache on before cloning
-        return _from_generator(_generate_folder, gen_kwargs=gen_kwargs, fingerprint=uuid.uuid4().hex)
+        return dataset_from_generator(_generate_folder, gen_kwargs=gen_kwargs, fingerprint=uuid.uuid4().hex)
     from codellama_hf.assets import cache_dir
 
     fingerprint = _folder_fingerprint(spec, filters)
     sidecar = cache_dir() / "corpus" / "reads" / f"{fingerprint}.json"
     ran = SkipCounter()
-    ds = _from_generator(
+    ds = dataset_from_generator(
         _generate_folder, gen_kwargs={**gen_kwargs, "stats": ran, "sidecar": str(sidecar)}, fingerprint=fingerprint
     )
     stats.update(ran if ran or not sidecar.exists() else json.loads(sidecar.read_text()))
     return ds
 
 
-def _from_generator(generator, *, gen_kwargs: dict, fingerprint: str):
+def dataset_from_generator(generator, *, gen_kwargs: dict, fingerprint: str):
     """Dataset.from_generator that gives an empty dataset, not an error, when the generator yields nothing."""
     from datasets import Dataset
 
