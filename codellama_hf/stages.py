@@ -370,7 +370,7 @@ def parse_stage_config(
                          f"{config['stage']}.py or a {stage} config")  # fmt: skip
     if "stage" not in config:
         argv += ["--stage", stage]
-    parser = TrlParser(ARGUMENT_CLASSES)
+    parser = TrlParser(ARGUMENT_CLASSES, allow_abbrev=False)  # `--learning_rat` must not pass for learning_rate
     try:
         model_args, data_args, stage_config = parser.parse_args_and_config(argv)
     except ValueError as err:

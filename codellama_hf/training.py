@@ -78,7 +78,7 @@ def _print(*args) -> None:
     if _state().is_main_process:
         from rich.console import Console
 
-        Console(highlight=False).print(*args)
+        Console(highlight=False).print(*args, soft_wrap=all(isinstance(a, str) for a in args))  # no wrap in logs
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -146,6 +146,9 @@ def load_tokenizer_and_model(model_args: ModelArguments, config: StageConfig):
     if theta is not None:
         if not theta > 0:
             raise ValueError(f"rope_theta={theta}: must be positive")
+        if all(getattr(model_config, key, None) is None for key in ("rope_parameters", "rope_theta")):
+            raise RuntimeError(f"rope_theta={theta:g} cannot take effect on {source}: its architecture "
+                               f"({model_config.model_type}) has no rotary position embedding")  # fmt: skip
         set_rope_theta(model_config, theta, max_position_embeddings=model_args.max_position_embeddings)
     elif model_args.max_position_embeddings is not None:
         model_config.max_position_embeddings = model_args.max_position_embeddings
@@ -294,9 +297,10 @@ def build_train_dataset(data_args: DataArguments, config: StageConfig, tokenizer
                          f"(columns: {documents.column_names}); set text_column")  # fmt: skip
 
     rows = config.plan.max_steps * config.plan.sequences_per_step
-    key = _digest({"documents": documents._fingerprint, "tokenizer": tokenizer.backend_tokenizer.to_str(),
-                   "fim": info["fim"], "seq_len": config.seq_len, "rows": rows, "seed": seed,
-                   "text_column": data_args.text_column})  # fmt: skip
+    # Keyed by the settings, not the corpus contents: within an output_dir the packed rows are the run's frozen
+    # data (a resume must read them even if the source files changed since), and a new run starts a new folder.
+    key = _digest({"data": asdict(data_args), "tokenizer": tokenizer.backend_tokenizer.to_str(),
+                   "seq_len": config.seq_len, "rows": rows, "seed": seed})  # fmt: skip
     folder = Path(config.output_dir) / PACKED_DIR / key
     with config.main_process_first(desc="packing the training data"):
         if not (folder / "rows.json").is_file():
@@ -371,20 +375,17 @@ class RunSignatureCallback(TrainerCallback):
                 _write_json_atomic(folder / SIGNATURE_FILE, self.signature)
 
 
-def run_signature(config: StageConfig, data_args: DataArguments, data_info: dict) -> dict:
+def run_signature(config: StageConfig, data_args: DataArguments) -> dict:
     """The settings that fix the sequence of batches; a checkpoint resumes only under the same ones."""
     plan = config.plan
     return {"stage": config.stage, "world_size": plan.world_size, "micro_batch": plan.micro_batch,
             "grad_accum": plan.grad_accum, "seq_len": plan.seq_len, "seed": config.seed, "data_seed": config.data_seed,
-            "data": asdict(data_args), "packed_dir": data_info.get("packed_dir")}  # fmt: skip
+            "data": asdict(data_args)}  # fmt: skip
 
 
-def check_final_weights_saved(trainer: Trainer) -> None:
+def check_zero3_saves_weights(deepspeed_config: dict) -> None:
     """ZeRO-3 without 16-bit gathering on save writes a model folder with no weights (toolkits.md §7): refuse."""
-    if not trainer.is_deepspeed_enabled:
-        return
-    plugin = trainer.accelerator.state.deepspeed_plugin
-    zero = plugin.deepspeed_config.get("zero_optimization", {})
+    zero = deepspeed_config.get("zero_optimization", {})
     if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save", False):
         raise ValueError("the DeepSpeed config runs ZeRO-3 without stage3_gather_16bit_weights_on_model_save: true, "
                          "so the final model would be saved without weights; set it (deepspeed_configs/zero3.json "
@@ -490,7 +491,8 @@ def _versions() -> dict:
     import transformers
 
     found = {"codellama_hf": codellama_hf.__version__, "transformers": transformers.__version__,
-             "torch": torch.__version__, "accelerate": accelerate.__version__, "datasets": datasets.__version__}  # fmt: skip
+             "torch": torch.__version__, "accelerate": accelerate.__version__,
+             "datasets": datasets.__version__}  # fmt: skip
     try:
         import deepspeed
 
@@ -615,9 +617,11 @@ def run_stage(stage: str, *, default_config: str | os.PathLike, argv: list[str] 
     init_distributed()
     # 2. Configuration: YAML + command line -> dataclasses, and the batch plan
     model_args, data_args, config = parse_stage_config(stage, argv, default_config=default_config)
-    _print(f"[bold]{stage} stage[/bold] -> {config.output_dir}\n{config.plan.describe()}")
     if config.plan_only:
+        print(config.plan.describe())
         return None
+    _ = config.device  # accelerate's state, set up the way TrainingArguments wants it (backend, timeout)
+    _print(f"[bold]{stage} stage[/bold] -> {config.output_dir}\n{config.plan.describe()}")
     prepare_output_dir(config)
     # 3. Tokenizer and model (theta set through rope_parameters and checked in the rotary embedding)
     tokenizer, model, base = load_tokenizer_and_model(model_args, config)
@@ -629,7 +633,7 @@ def run_stage(stage: str, *, default_config: str | os.PathLike, argv: list[str] 
     # 5. Trainer, resuming where a checkpoint left off
     from codellama_hf.packing import PackedCollator
 
-    signature = run_signature(config, data_args, data_info)
+    signature = run_signature(config, data_args)
     trainer = StageTrainer(
         model=model,
         args=config,
@@ -639,7 +643,8 @@ def run_stage(stage: str, *, default_config: str | os.PathLike, argv: list[str] 
         callbacks=[RunSignatureCallback(signature)],
         infill=infill_ids(tokenizer) if data_info["fim"] else None,
     )
-    check_final_weights_saved(trainer)
+    if trainer.is_deepspeed_enabled:
+        check_zero3_saves_weights(trainer.accelerator.state.deepspeed_plugin.deepspeed_config)
     resume = resume_checkpoint(config, signature)
     # 6. Train
     started = time.time()
