@@ -200,6 +200,23 @@ def test_bad_input_fails_clearly_without_partial_output(tree, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+def test_build_config_yaml_with_cli_overrides(tree, tmp_path, capsys):
+    config = tmp_path / "corpus.yaml"
+    config.write_text(
+        f"sources: ['{tree}']\nvalidation_fraction: 0\nfilters: {{max_line_length: 5000}}\n"
+        "dedup: {near: false, num_perm: 64}\n"
+    )
+    out = tmp_path / "out"
+    assert cli_main(["corpus", "build", "--config", str(config), "--out", str(out), "--max-line-length", "2000"]) == 0
+    summary = json.loads((out / "corpus_summary.json").read_text())
+    assert "long_lines" in summary["skipped"]  # the command line's 2000 beat the file's 5000 (the line has 3008)
+    assert summary["dedup"]["near_removed"] == 0 and summary["dedup"]["exact_removed"] == 1  # near dedup off
+    assert summary["splits"] == {"train": len(CLEAN) + 2}
+    config.write_text(f"sources: ['{tree}']\ndedup: {{treshold: 0.9}}\n")
+    assert cli_main(["corpus", "build", "--config", str(config), "--out", str(tmp_path / "bad")]) == 2
+    assert "unknown dedup field(s) ['treshold']" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 def test_dataset_file_and_saved_dataset_sources(tmp_path):
     rows = [
         {"content": (STDLIB / "bisect.py").read_text(), "lang": "Python", "path": "a/bisect.py", "license": "PSF"},
