@@ -12,6 +12,8 @@ COMMAND_MODULES = [
     "codellama_hf.convert",
     "codellama_hf.evaluation.cli",
     "codellama_hf.corpus",
+    "codellama_hf.cards",
+    "codellama_hf.hub",
     "codellama_hf.instruct",
 ]
 
