@@ -609,7 +609,8 @@ def write_pth(path: Path, entries: list[_Entry], tensors: Iterable[torch.Tensor]
             if tensor.dtype != entry.dtype or tuple(tensor.shape) != entry.shape:
                 raise RuntimeError(f"{path}: {entry.name} is {tensor.dtype}{tuple(tensor.shape)}, planned {entry}")
             tensor = tensor.contiguous()
-            archive.write_record(f"data/{i}", tensor.data_ptr(), entry.nbytes)
+            start = tensor.storage_offset() * tensor.element_size()  # a view shares its storage (e.g. a mapped file)
+            archive.write_record(f"data/{i}", tensor.untyped_storage()[start : start + entry.nbytes], entry.nbytes)
             progress.update(entry.nbytes)
 
 
