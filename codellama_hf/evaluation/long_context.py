@@ -22,15 +22,17 @@ import math
 import random
 import re
 import sysconfig
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from codellama_hf.generation import generate
 
-KEY_FUNCTION = 'def my_function() -> int:\n    """Note that this function is used at the end\n    """\n    return {value}\n'
+KEY_FUNCTION = (
+    'def my_function() -> int:\n    """Note that this function is used at the end\n    """\n    return {value}\n'
+)
 QUERY = "assert my_function() == "
 DEPTHS = (0.0, 0.2, 0.4)
 
@@ -51,7 +53,7 @@ def _statements(path: Path) -> list[str]:
     lines = text.splitlines(keepends=True)
     starts = [min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])]) - 1 for node in tree.body]
     bounds = [0, *starts[1:], len(lines)]
-    chunks = ["".join(lines[a:b]) for a, b in zip(bounds, bounds[1:])]
+    chunks = ["".join(lines[a:b]) for a, b in itertools.pairwise(bounds)]
     # `from __future__` must open a file; elsewhere in the haystack it would be a syntax error.
     return [c if c.endswith("\n") else c + "\n" for c in chunks if c and not c.lstrip().startswith("from __future__")]
 

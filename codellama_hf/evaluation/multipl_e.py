@@ -92,6 +92,7 @@ class MultiPLE(Benchmark):
             return Program(command=["sh", "-c", script], files=files, timeout=timeout, memory_bytes=8 << 30,
                            readable=[str(Path(jar).resolve().parent)])  # fmt: skip
         # C#, as MultiPL-E runs it: Debug.Assert needs DEBUG; a failed assert prints a trace and must fail the run.
-        script = ("mcs -d:DEBUG -r:System.Numerics.dll Problem.cs -out:Problem.exe && { mono Problem.exe > run.log 2>&1; "
-                  "code=$?; cat run.log; [ $code -eq 0 ] && ! grep -q DefaultTraceListener.Fail run.log; }")  # fmt: skip
+        script = ("mcs -d:DEBUG -r:System.Numerics.dll Problem.cs -out:Problem.exe && "
+                  "{ mono Problem.exe > run.log 2>&1; code=$?; cat run.log; "
+                  "[ $code -eq 0 ] && ! grep -q DefaultTraceListener.Fail run.log; }")  # fmt: skip
         return Program(command=["sh", "-c", script], files=files, timeout=timeout, memory_bytes=8 << 30)

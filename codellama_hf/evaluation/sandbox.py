@@ -1,15 +1,17 @@
 """Run model-written programs contained, in parallel, and fast enough to score thousands of samples.
 
 Trusted harnesses call their guard "not a security sandbox" and set no memory limit (evaluation.md §2, §7). Here
-each program runs in its own process, forked by a pre-started worker (sandbox_worker.py), with:
+each program runs in its own process, created by a pre-started worker (sandbox_worker.py), with:
 
-- its own session and temporary work dir (also HOME and TMPDIR), stdin from a file, stdout/stderr to files;
-- a wall-clock timeout enforced by a supervisor, RLIMIT_CPU, RLIMIT_AS (memory), RLIMIT_FSIZE (files and output),
+- its own session and work dir (also HOME and TMPDIR; a private size-limited tmpfs with namespaces), stdin,
+  stdout and stderr on memory files, and only the first `output_bytes` of each coming back;
+- a wall-clock timeout enforced by the worker, RLIMIT_CPU, RLIMIT_AS (memory), RLIMIT_FSIZE (files and output),
   RLIMIT_NOFILE, and a process cap (pids cgroup for root, RLIMIT_NPROC otherwise);
 - a scrubbed environment (PATH, HOME, TMPDIR, LANG: no tokens or credentials);
-- when the OS allows it (root): new pid, network and mount namespaces. The program is pid 1 of its namespace, so
-  the kernel kills everything it started when it ends, daemons included; the network namespace has no interface
-  but a down loopback. Otherwise a child subreaper collects and kills whatever the program left behind;
+- when the OS allows it (root): new pid and mount namespaces per program, in a network namespace per worker. The
+  program is pid 1 of its namespace, so the kernel kills everything it started when it ends, daemons included; it
+  sees only its own processes in /proc; the network namespace has no interface but a down loopback. Otherwise
+  the worker is a child subreaper and kills whatever the program left behind;
 - no capabilities (root keeps its uid but not its powers) and no new privileges;
 - Landlock (Linux >= 5.13, unprivileged): writes only under the work dir; reads only in system and Python folders
   (so ~/.cache/huggingface/token and ssh keys stay unreadable); TCP bind/connect denied (ABI >= 4); signals and
@@ -36,10 +38,10 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -58,7 +60,7 @@ class Limits:
     open_files: int = 256
     processes: int = 64
     output_bytes: int = 64 << 10  # how much of stdout/stderr comes back in a Result
-    disk_bytes: int = 256 << 20  # size of the private tmpfs work dir (namespaces only)
+    disk_bytes: int = 256 << 20  # size of the private tmpfs work dir (namespaces only; memory-backed)
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,8 @@ class Result:
         return self.status == PASSED
 
 
-def calibrated_timeout(reference_seconds: float, *, floor: float = 3.0, factor: float = 4.0, cap: float = 60.0) -> float:
+def calibrated_timeout(reference_seconds: float, *, floor: float = 3.0, factor: float = 4.0,
+                       cap: float = 60.0) -> float:  # fmt: skip
     """evalplus' rule: max(floor, factor x reference runtime), capped per program."""
     return min(cap, max(floor, factor * reference_seconds))
 

@@ -1,16 +1,20 @@
-"""The sandbox's worker process: started once per parallel worker, it forks one contained process per program.
+"""The sandbox's worker process: started once per parallel worker, it creates one contained process per program.
 
 Run as a script with only the standard library (`python -E -s sandbox_worker.py`), never imported by the harness:
 a small pre-started interpreter forks in about a millisecond, where starting Python per program costs 20-100 ms.
 Protocol: one JSON job per line on stdin, one JSON result per line on stdout (see sandbox.py for the fields).
 
-Per job the worker forks a supervisor S, which (when it may) enters new pid, network and mount namespaces and forks
-the program P. P is pid 1 of its pid namespace, so when it ends or is killed the kernel kills every process it left
-behind, daemons included. Without namespaces S is a child subreaper instead and kills what is reparented to it.
-Inside P, before any program code runs: its own /proc (namespaces), pids cgroup (root), own session, work dir,
-stdin from a file, stdout/stderr to size-limited files, resource limits, no capabilities, no new privileges, and a
-Landlock domain (writes only in the work dir, reads only in system and Python folders, no TCP, no signals or
-abstract sockets outside the domain). Python programs then run in P's interpreter, others are exec'd.
+Per job the worker creates the program's process P and supervises it (wall timeout, then cleanup). Where it may
+(root), the worker enters a network namespace of its own (no network) and clones P straight into new pid and
+mount namespaces: P is pid 1 of its pid namespace, so when it ends or is killed the kernel kills every process it
+left behind, daemons included. The clone is a raw
+clone(2) that behaves like fork(2) (Python's own fork hooks do not run in P, which only execs or runs one program
+and exits). Otherwise P is forked and the worker, a child subreaper, kills whatever is reparented to it.
+Inside P, before any program code runs: its own /proc and a size-limited tmpfs work dir (namespaces), pids cgroup
+(root), own session, stdin/stdout/stderr on memory files (size-limited by RLIMIT_FSIZE), resource limits, no
+capabilities, no new privileges, and a Landlock domain (writes only in the work dir, reads only in system and
+Python folders, no TCP, no signals or abstract sockets outside the domain). Python programs then run in P's
+interpreter, others are exec'd.
 """
 
 from __future__ import annotations
@@ -108,16 +112,24 @@ def drop_capabilities() -> None:
     _check(LIBC.capset(header, data), "capset")
 
 
-def _unshare(flags: int) -> bool:
-    return LIBC.unshare(flags) == 0
+SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(os.uname().machine)
 
 
-def probe_namespaces() -> bool:
-    """Whether this process may create pid+net+mount namespaces (root, in practice); tried in a throwaway child."""
-    pid = os.fork()
+def clone_into_namespaces() -> int:
+    """fork(2) with new pid and mount namespaces for the child (-1 with errno set when not allowed)."""
+    return LIBC.syscall(SYS_CLONE, CLONE_NEWPID | CLONE_NEWNS | signal.SIGCHLD, None, None, None, None)
+
+
+def enter_namespaces() -> bool:
+    """Move this worker into a network namespace of its own (no interface but a down loopback), which every program
+    it starts shares, and check that it may clone programs into new pid and mount namespaces (root, in practice).
+    One network namespace per worker: creating one per program would cost milliseconds each."""
+    if SYS_CLONE is None or LIBC.unshare(CLONE_NEWNET) != 0:
+        return False
+    pid = clone_into_namespaces()
     if pid == 0:
-        os._exit(0 if _unshare(CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWNS) else 1)
-    return os.waitpid(pid, 0)[1] == 0
+        os._exit(0)
+    return pid > 0 and os.waitpid(pid, 0)[1] == 0
 
 
 def pids_cgroup(name: str, max_processes: int) -> str | None:
@@ -153,9 +165,13 @@ def _children(parent: int) -> list[int]:
 
 
 def _kill_descendants() -> None:
-    """Subreaper fallback: kill and reap every process reparented to us until none is left."""
+    """Subreaper: kill and reap every process left to us (the program's orphans) until none is left."""
+    children = f"/proc/self/task/{os.getpid()}/children"
     while True:
-        kids = _children(os.getpid())
+        try:
+            kids = [int(k) for k in open(children).read().split()]
+        except FileNotFoundError:  # a kernel without CONFIG_PROC_CHILDREN
+            kids = _children(os.getpid())
         for kid in kids:
             try:
                 os.kill(kid, signal.SIGKILL)
@@ -174,20 +190,23 @@ def _tasks_on_system() -> int:
     return int(open("/proc/loadavg").read().split()[3].split("/")[1])
 
 
-def _enter_program(job: dict, caps: dict, folder: str, marker_fd: int) -> None:
+def _enter_program(job: dict, caps: dict, work: str, fds: tuple[int, int, int], marker_fd: int) -> None:
     """Runs in P: contain this process, then run the program. Never returns."""
-    work = os.path.join(folder, "work")
     if caps["namespaces"]:
+        _check(LIBC.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make mounts private")
         _check(LIBC.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount /proc")
+        size = f"size={job['limits']['disk_bytes']},mode=0700".encode()
+        _check(LIBC.mount(b"tmpfs", work.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, size), "mount tmpfs")
     if caps["cgroup"]:
         with open(os.path.join(caps["cgroup"], "cgroup.procs"), "w") as handle:
             handle.write(str(os.getpid()))
     os.setsid()
     os.chdir(work)
-    stdin = os.open(os.path.join(folder, "stdin"), os.O_RDONLY)
-    out = os.open(os.path.join(folder, "stdout"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    err = os.open(os.path.join(folder, "stderr"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    for fd, target in ((stdin, 0), (out, 1), (err, 2)):
+    for name, text in job["files"].items():
+        os.makedirs(os.path.dirname(name) or ".", exist_ok=True)
+        with open(name, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    for fd, target in zip(fds, (0, 1, 2)):
         os.dup2(fd, target)
     os.closerange(3, marker_fd)
     os.closerange(marker_fd + 1, 1 << 16)
@@ -232,90 +251,71 @@ def _run_python(source: str, work: str, marker_fd: int) -> None:
     os._exit(0)
 
 
-def _prepare_folder(job: dict, caps: dict, slot: str) -> str:
-    """The job's folder: a size-limited private tmpfs on `slot` (namespaces), else a fresh folder under it."""
-    if caps["namespaces"]:
-        _check(LIBC.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make mounts private")
-        size = f"size={job['limits']['disk_bytes']},mode=0700".encode()
-        _check(LIBC.mount(b"tmpfs", slot.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, size), "mount tmpfs")
-        folder = slot
-    else:
-        folder = os.path.join(slot, f"job{job['id']}")
-        os.mkdir(folder, 0o700)
-    work = os.path.join(folder, "work")
-    os.mkdir(work)
-    for name, text in job["files"].items():
-        path = os.path.join(work, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(text)
-    with open(os.path.join(folder, "stdin"), "w", encoding="utf-8") as handle:
-        handle.write(job["stdin"])
-    return folder
+def _memory_file(name: str, text: str = "") -> int:
+    fd = os.memfd_create(name, 0)
+    if text:
+        os.write(fd, text.encode())
+        os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
-def _read_capped(path: str, limit: int) -> str:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError:
-        return ""
+def _read_capped(fd: int, limit: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = os.read(fd, limit + 1)
+    os.close(fd)
     return data[:limit].decode("utf-8", errors="replace") + ("\n[... output truncated]" if len(data) > limit else "")
 
 
-def _supervise(job: dict, caps: dict, slot: str, result_fd: int) -> None:
-    """Runs in S: start P, enforce the wall timeout, make sure nothing of it survives, report. Never returns."""
-    LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if caps["namespaces"]:
-        _check(LIBC.unshare(CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWNS), "unshare")
-    else:
-        LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    folder = _prepare_folder(job, caps, slot)
+def run_job(job: dict, caps: dict, slot: str) -> dict:
+    """Create P for one job, enforce its wall timeout, make sure nothing of it survives, and report."""
+    fds = (_memory_file("stdin", job["stdin"]), _memory_file("stdout"), _memory_file("stderr"))
+    work = slot if caps["namespaces"] else os.path.join(slot, f"job{job['id']}")
+    if not caps["namespaces"]:
+        os.mkdir(work, 0o700)
     marker_r, marker_w = os.pipe()
     start = time.monotonic()
-    pid = os.fork()
+    pid = clone_into_namespaces() if caps["namespaces"] else os.fork()
     if pid == 0:
         try:
             LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             os.close(marker_r)
-            _enter_program(job, caps, folder, marker_w)
-        except BaseException as err:  # setup failed: say why on the real stderr file if we got that far
-            os.write(2, f"sandbox setup failed: {err!r}\n".encode())
+            _enter_program(job, caps, work, fds, marker_w)
+        except BaseException as err:  # setup failed: say why on the program's stderr
+            os.write(fds[2], f"sandbox setup failed: {err!r}\n".encode())
             os._exit(125)
+    _check(pid, "clone")
     os.close(marker_w)
+    os.close(fds[0])
     pidfd = os.pidfd_open(pid)
     timed_out = not select.select([pidfd], [], [], job["timeout"])[0]
     if timed_out:
         os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     duration = time.monotonic() - start
+    os.close(pidfd)
     if not caps["namespaces"]:  # with namespaces P was pid 1: the kernel has killed everything else in it
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         _kill_descendants()
+        _rmtree(work)
     os.set_blocking(marker_r, False)
     try:
         marks = os.read(marker_r, 2)
     except BlockingIOError:
         marks = b""
-    limit = job["output_bytes"]
-    result = {
+    os.close(marker_r)
+    return {
         "id": job["id"],
         "timed_out": timed_out,
         "returncode": os.waitstatus_to_exitcode(status),
         "setup": marks[:1] == b"s",
         "completed": marks == b"s1" and not timed_out,
         "duration": duration,
-        "stdout": _read_capped(os.path.join(folder, "stdout"), limit),
-        "stderr": _read_capped(os.path.join(folder, "stderr"), limit),
+        "stdout": _read_capped(fds[1], job["output_bytes"]),
+        "stderr": _read_capped(fds[2], job["output_bytes"]),
     }
-    with os.fdopen(result_fd, "w") as handle:
-        handle.write(json.dumps(result) + "\n")
-    if not caps["namespaces"]:
-        _rmtree(folder)
-    os._exit(0)  # with namespaces the tmpfs vanishes with this process
 
 
 def _rmtree(path: str) -> None:
@@ -334,7 +334,7 @@ def _rmtree(path: str) -> None:
 def main() -> None:
     max_processes, namespaces, slot = int(sys.argv[1]), sys.argv[2] == "auto", sys.argv[3]
     caps = {
-        "namespaces": namespaces and probe_namespaces(),
+        "namespaces": namespaces and enter_namespaces(),
         "landlock": landlock_abi(),
         "cgroup": pids_cgroup(f"codellama_hf_sandbox.{os.getpid()}", max_processes) if os.geteuid() == 0 else None,
         # RLIMIT_NPROC counts all of the user's processes (threads included), so allow what runs already.
@@ -346,24 +346,11 @@ def main() -> None:
     os.makedirs(slot, mode=0o700, exist_ok=True)
     gc.freeze()  # keep the interpreter's objects out of every fork's collections: fewer copied pages
     print(json.dumps({"ready": {k: v for k, v in caps.items() if k != "readable"}}), flush=True)
+    if not caps["namespaces"]:
+        LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     try:
         for line in sys.stdin:
-            job = json.loads(line)
-            result_r, result_w = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                os.close(result_r)
-                try:
-                    _supervise(job, caps, slot, result_w)
-                finally:
-                    os._exit(1)
-            os.close(result_w)
-            with os.fdopen(result_r) as handle:  # read before reaping: the reply may exceed a pipe's buffer
-                reply = handle.read().strip()
-            _, status = os.waitpid(pid, 0)
-            if not reply:
-                reply = json.dumps({"id": job["id"], "error": f"supervisor ended with status {status}"})
-            sys.stdout.write(reply + "\n")
+            sys.stdout.write(json.dumps(run_job(json.loads(line), caps, slot)) + "\n")
             sys.stdout.flush()
     finally:
         if caps["cgroup"]:

@@ -14,9 +14,9 @@ import os
 import platform
 import sys
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from codellama_hf.evaluation.benchmarks import Benchmark
 from codellama_hf.evaluation.passk import pass_at_k
@@ -55,8 +55,7 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     os.replace(tmp, path)
     return path
 
@@ -112,7 +111,7 @@ def score(
     timeout_floor: float | None = None,
     timeout_factor: float = 4.0,
     timeout_cap: float = 60.0,
-    limits: Limits = Limits(),
+    limits: Limits | None = None,
     progress: bool = True,
 ) -> Scored:
     """Execute every sample's test program and compute pass@k (see the module docstring)."""
@@ -130,7 +129,7 @@ def score(
     problems = [index[t] for t in dict.fromkeys(s["task_id"] for s in samples)]
     scored.num_problems = len(problems)
     floor = timeout_floor if timeout_floor is not None else benchmark.timeout_floor
-    with Sandbox(workers=workers, limits=limits, allow_code_execution=allow_code_execution) as sandbox:
+    with Sandbox(workers=workers, limits=limits or Limits(), allow_code_execution=allow_code_execution) as sandbox:
         scored.sandbox = sandbox.capabilities()
         with_reference = [p for p in problems if p.reference is not None]
         reference = _reference_durations(benchmark, with_reference, sandbox, timeout_cap) if with_reference else {}
