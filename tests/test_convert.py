@@ -43,8 +43,9 @@ def meta_ffn_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -
 def make_meta_checkpoint(folder: Path, tokenizer_model: Path, *, vocab: int, shards: int = 1, dim: int = 128,
                          n_layers: int = 2, n_heads: int = 8, n_kv_heads: int | None = None, theta: float = 1e4,
                          multiple_of: int = 32, ffn_dim_multiplier: float | None = None, norm_eps: float = 1e-5,
-                         seed: int = 0) -> Path:  # fmt: skip
-    """Random model-parallel shards: column-parallel rows, row-parallel and embedding columns split; norms shared."""
+                         rope_freqs: bool = False, seed: int = 0) -> Path:  # fmt: skip
+    """Random model-parallel shards: column-parallel rows, row-parallel and embedding columns split; norms shared.
+    `rope_freqs` adds the legacy buffer Llama checkpoints carry (Meta's code loads them with strict=False)."""
     gen = torch.Generator().manual_seed(seed)
 
     def rand(*shape):
@@ -73,6 +74,8 @@ def make_meta_checkpoint(folder: Path, tokenizer_model: Path, *, vocab: int, sha
             sd[p + "ffn_norm.weight"] = norms[p + "ffn_norm.weight"].clone()
         sd["norm.weight"] = norms["norm.weight"].clone()
         sd["output.weight"] = rand(vocab // shards, dim)
+        if rope_freqs:
+            sd["rope.freqs"] = 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
         torch.save(sd, folder / f"consolidated.{s:02d}.pth")
     params = {"dim": dim, "n_layers": n_layers, "n_heads": n_heads, "multiple_of": multiple_of, "norm_eps": norm_eps,
               "vocab_size": -1}  # fmt: skip
@@ -173,10 +176,12 @@ def hf_forward(folder: Path, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def assert_same_shards(a: Path, b: Path) -> None:
+    """Same tensors, names, order and dtypes (the unused legacy rope.freqs buffer is not written back)."""
     _, left = load_meta_shards(a)
     _, right = load_meta_shards(b)
     assert len(left) == len(right)
     for x, y in zip(left, right):
+        x.pop("rope.freqs", None)
         assert list(x) == list(y)
         for key in x:
             assert x[key].dtype == y[key].dtype and torch.equal(x[key], y[key]), key
@@ -206,7 +211,7 @@ def base_tokenizer_dir(tmp_path_factory) -> Path:
 
 # Pairwise cover of shards {1,2,4} x GQA x theta {1e4,1e6} x vocab {32000 (Llama 2), 32016 (Code Llama)}.
 CASES = [
-    dict(shards=1, n_kv_heads=None, theta=1e4, vocab=32000),
+    dict(shards=1, n_kv_heads=None, theta=1e4, vocab=32000, rope_freqs=True),
     dict(shards=1, n_kv_heads=2, theta=1e6, vocab=32016, ffn_dim_multiplier=1.3),
     dict(shards=2, n_kv_heads=None, theta=1e6, vocab=32016),
     dict(shards=2, n_kv_heads=2, theta=1e4, vocab=32000, norm_eps=1e-6),
