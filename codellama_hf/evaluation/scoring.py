@@ -75,7 +75,8 @@ class Scored:
         return self.num_problems == self.total_problems
 
 
-def _reference_durations(benchmark: Benchmark, problems, sandbox: Sandbox, cap: float) -> dict[str, float]:
+def _reference_durations(benchmark: Benchmark, problems, sandbox: Sandbox, cap: float,
+                         progress: bool) -> dict[str, float]:  # fmt: skip
     """Runtime of each problem's reference solution in the sandbox, cached per machine and data."""
     from codellama_hf.assets import cache_dir
 
@@ -86,7 +87,7 @@ def _reference_durations(benchmark: Benchmark, problems, sandbox: Sandbox, cap: 
     if cache.exists():
         return json.loads(cache.read_text())
     programs = [benchmark.program(p, p.reference, cap) for p in problems]
-    results = sandbox.run(programs, progress=f"{benchmark.name} reference timings")
+    results = sandbox.run(programs, progress=f"{benchmark.name} reference timings" if progress else None)
     durations = {}
     for problem, result in zip(problems, results):
         if not result.passed:
@@ -132,7 +133,8 @@ def score(
     with Sandbox(workers=workers, limits=limits or Limits(), allow_code_execution=allow_code_execution) as sandbox:
         scored.sandbox = sandbox.capabilities()
         with_reference = [p for p in problems if p.reference is not None]
-        reference = _reference_durations(benchmark, with_reference, sandbox, timeout_cap) if with_reference else {}
+        reference = (_reference_durations(benchmark, with_reference, sandbox, timeout_cap, progress)
+                     if with_reference else {})  # fmt: skip
         timeouts = {
             p.task_id: calibrated_timeout(reference[p.task_id], floor=floor, factor=timeout_factor, cap=timeout_cap)
             if p.task_id in reference else floor
