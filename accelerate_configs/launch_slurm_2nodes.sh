@@ -24,6 +24,7 @@ fi
 mkdir -p logs
 MAIN_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 MAIN_PORT=${MAIN_PORT:-29500}
+RECIPE_ARGS=$(printf ' %q' "$@")  # quoted again for the inner shell
 
 # \$SLURM_NODEID is expanded on each node by the inner shell, giving each launcher its machine rank.
 srun --ntasks="$SLURM_NNODES" --ntasks-per-node=1 bash -c "accelerate launch \
@@ -33,4 +34,4 @@ srun --ntasks="$SLURM_NNODES" --ntasks-per-node=1 bash -c "accelerate launch \
   --machine_rank \$SLURM_NODEID \
   --main_process_ip $MAIN_NODE \
   --main_process_port $MAIN_PORT \
-  $* --resume_from_checkpoint latest"
+  $RECIPE_ARGS --resume_from_checkpoint latest"

@@ -10,7 +10,8 @@ them with a different data builder:
 - `build_train_dataset`: documents -> FIM -> packed rows, exactly as many as the run needs, stored under
   output_dir/packed/ so every process and every resume reads the same rows;
 - `StageTrainer`: transformers' Trainer whose cosine ends *on* the last update, logging FIM counts;
-- `resume_checkpoint`, `save_final`, `write_lineage` / `read_lineage`.
+- `resume_checkpoint` (newest complete checkpoint, same settings), `save_final` (a plain HF folder, also after
+  ZeRO-3), `lineage_record` / `read_lineage` (lineage.json, which model cards read).
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ def _fim_config(data_args: DataArguments, tokenizer, seed: int):
         return None
     if not supports_infilling(tokenizer):
         raise ValueError(f"fim_rate={data_args.fim_rate} needs a tokenizer with the infilling pieces (<PRE> <SUF> "
-                         "<MID> <EOT>); build one with `codellama-hf tokenizer build` or set fim_rate: 0")  # fmt: skip
+                         "<MID> <EOT>); build one with `codellama-hf tokenizer --llama2 ... --out ...` or set fim_rate: 0")  # fmt: skip
     return FIMConfig(rate=data_args.fim_rate, spm_rate=data_args.fim_spm_rate, seed=seed)
 
 

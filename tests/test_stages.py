@@ -210,15 +210,23 @@ def test_streaming_sources_pack_on_the_fly(stage_args, tiny_tokenizer, tmp_path)
     assert not (Path(config.output_dir) / "packed").exists()  # nothing materialised
 
 
-def test_zero3_must_gather_weights_on_save():
+@pytest.mark.parametrize("path", sorted((ROOT / "accelerate_configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_load_and_zero3_saves_weights(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
     from codellama_hf.training import check_zero3_saves_weights
 
-    for name in ("zero3.json", "zero3_offload.json"):
-        shipped = json.loads((ROOT / "deepspeed_configs" / name).read_text())
+    config = ClusterConfig.from_yaml_file(str(path))
+    if config.distributed_type != "DEEPSPEED":
+        return
+    # accelerate refuses settings given both here and in the JSON file; they all live in the JSON
+    assert set(config.deepspeed_config) == {"deepspeed_config_file", "deepspeed_multinode_launcher", "zero3_init_flag"}
+    shipped = json.loads((ROOT / config.deepspeed_config["deepspeed_config_file"]).read_text())
+    assert shipped["zero_optimization"]["stage"] == 3 and shipped["train_batch_size"] == "auto"
+    check_zero3_saves_weights(shipped)
+    shipped["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = False
+    with pytest.raises(ValueError, match="without stage3_gather_16bit_weights_on_model_save: true"):
         check_zero3_saves_weights(shipped)
-        shipped["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = False
-        with pytest.raises(ValueError, match="without stage3_gather_16bit_weights_on_model_save: true"):
-            check_zero3_saves_weights(shipped)
 
 
 def test_fim_needs_the_infilling_pieces(stage_args, tmp_path):
