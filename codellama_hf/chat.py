@@ -23,7 +23,7 @@ Meta's code with the real Code Llama tokenizer (tests/test_chat.py):
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from codellama_hf.tokenizer import encode_batch
 
@@ -77,8 +77,9 @@ def exchanges(messages: Sequence[Mapping]) -> list[tuple[str, str | None]]:
     for i, role in enumerate(roles):
         expected = "user" if i % 2 == 0 else "assistant"
         if role != expected:
-            raise ValueError(f"dialog message {i + offset} has role {role!r} but {expected!r} was expected: messages "
-                             "must alternate user/assistant (after an optional system message), starting with user")  # fmt: skip
+            raise ValueError(f"dialog message {i + offset} has role {role!r} but {expected!r} was expected: "
+                             "messages must alternate user/assistant (after an optional system message), starting "
+                             "with user")  # fmt: skip
     users, answers = contents[0::2], contents[1::2]
     return [(user, answers[i] if i < len(answers) else None) for i, user in enumerate(users)]
 
@@ -110,9 +111,10 @@ def encode_dialogs(tokenizer, dialogs: Sequence[Sequence[Mapping]]) -> list[tupl
                 labels += [IGNORE_INDEX] * (1 + len(prompt))
                 continue
             if full[: len(prompt)] != prompt:  # SentencePiece always cuts before "▁"; another tokenizer might not
-                raise RuntimeError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} does not encode "
-                                   f"'{texts[index]}' as a prefix of the whole exchange, so the answer's tokens cannot "
-                                   "be told apart; use a SentencePiece-exact tokenizer (codellama-hf tokenizer)")  # fmt: skip
+                name = getattr(tokenizer, "name_or_path", "")
+                raise RuntimeError(f"tokenizer {name!r} does not encode '{texts[index]}' as a prefix of the whole "
+                                   "exchange, so the answer's tokens cannot be told apart; use a SentencePiece-exact "
+                                   "tokenizer (codellama-hf tokenizer)")  # fmt: skip
             answer = full[len(prompt) :]
             ids += [bos, *full, eos]
             labels += [IGNORE_INDEX] * (1 + len(prompt)) + answer + [eos]
@@ -127,5 +129,5 @@ def encode_dialog(tokenizer, messages: Sequence[Mapping]) -> tuple[list[int], li
 def prompt_ids(tokenizer, messages: Sequence[Mapping]) -> list[int]:
     """Meta's `chat_completion` prompt for a dialog that ends with a user message."""
     if exchanges(messages)[-1][1] is not None:
-        raise ValueError("the last message must be from the user to build a prompt (Meta's chat_completion asserts it)")
+        raise ValueError("the last message must be from the user to build a prompt (Meta's code asserts it)")
     return encode_dialog(tokenizer, messages)[0]

@@ -1,4 +1,4 @@
-"""Code Llama - Instruct: self-instruct data filtered by unit tests (paper §2.5), and the instruct stage's training data.
+"""Code Llama - Instruct: self-instruct data filtered by unit tests (paper §2.5), and the instruct stage's data.
 
 Self-instruct, as the paper builds it (codellama.md §3.5), ~14,000 question-tests-solution triplets:
 
@@ -35,15 +35,15 @@ import json
 import logging
 import os
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -107,7 +107,8 @@ def tests_prompt(question: str) -> Prompt:
 
 def solution_prompt(question: str, test: str) -> Prompt:
     return _prompt([("user", f"{SOLUTION_REQUEST}Problem: {EXAMPLE_PROBLEM}\nTest: {EXAMPLE_TEST}"),
-                    ("assistant", EXAMPLE_SOLUTION), ("user", f"Problem: {question}\nTest: {test}")], close="\n")  # fmt: skip
+                    ("assistant", EXAMPLE_SOLUTION),
+                    ("user", f"Problem: {question}\nTest: {test}")], close="\n")  # fmt: skip
 
 
 def solution_message(solution: str) -> str:
@@ -169,7 +170,7 @@ def _parses(code: str) -> bool:
 def parse_solution(text: str) -> str:
     """The code between [PYTHON] and [/PYTHON], without a Markdown fence around it ("" when there is none)."""
     code = _between(text, "[PYTHON]", "[/PYTHON]").strip("\n")
-    fenced = re.fullmatch(r"\s*```[\w+-]*\n(.*?)\n?```\s*", code, flags=re.S)
+    fenced = re.fullmatch(r"\s*```[\w+-]*\n(.*?)\n?```\s*", code, flags=re.DOTALL)
     return (fenced[1] if fenced else code).rstrip()
 
 
@@ -248,7 +249,7 @@ class OpenAIGenerator:
         if not re.match(r"^https?://", url):
             raise ValueError(f"--url {url!r}: give the server's base URL, e.g. http://127.0.0.1:8000/v1")
         if url.rstrip("/").endswith("completions"):
-            raise ValueError(f"--url {url!r}: give the base URL (ending in /v1), not an endpoint; choose it with --api")
+            raise ValueError(f"--url {url!r}: give the base URL (ending in /v1), not an endpoint (see --api)")
         self.base, self.api, self.concurrency = url.rstrip("/"), api, concurrency
         self.request_timeout, self.retries, self.backoff = request_timeout, retries, backoff
         self.model = model or self._served_model()
@@ -270,10 +271,10 @@ class OpenAIGenerator:
                 if err.code != 429 and err.code < 500:
                     raise EndpointError(f"{url} refused the request: HTTP {err.code} {body}") from None
                 problem = f"HTTP {err.code} {body}"
-            except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as err:
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
                 problem = str(getattr(err, "reason", err))
             except json.JSONDecodeError as err:
-                raise EndpointError(f"{url} did not answer with JSON ({err}); is --url an OpenAI-compatible API?") from None
+                raise EndpointError(f"{url} did not answer with JSON ({err}); is it OpenAI-compatible?") from None
             if attempt < retries:
                 time.sleep(self.backoff * 2**attempt)
         raise EndpointError(f"cannot reach the OpenAI-compatible endpoint {url}: {problem}. Start the server (e.g. "
@@ -413,14 +414,16 @@ def _settings(config: SelfInstructConfig, question_generator: Generator | None, 
             "question_generator": question_generator.name if question_generator else None,
             "code_generator": code_generator.name, "solutions": config.solutions, "timeout": config.timeout,
             "seed": config.seed, "question_sampling": asdict(config.question_sampling),
-            "test_sampling": asdict(config.test_sampling), "solution_sampling": asdict(config.solution_sampling)}  # fmt: skip
+            "test_sampling": asdict(config.test_sampling),
+            "solution_sampling": asdict(config.solution_sampling)}  # fmt: skip
 
 
 def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
     path = out / SETTINGS_FILE
     if path.exists() and not overwrite:
         saved = json.loads(path.read_text())
-        changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != json.loads(json.dumps(settings)).get(k))
+        settings = json.loads(json.dumps(settings))  # as it would be read back
+        changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
         if changed:
             detail = "; ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed)
             raise ValueError(f"{out} holds a run with other settings ({detail}); use another --out, the same "
@@ -482,7 +485,8 @@ def _judge_chunk(questions: list[str], generator: Generator, sandbox, config: Se
                                           n=config.solutions, sampling=config.solution_sampling,
                                           seed=_seed(config.seed, "solutions", ordinal))  # fmt: skip
     items = [{"id": question_id(q), "question": q, "tests": t, "tests_text": a[0], "solutions": [], "outcomes": [],
-              "kept": None, "skipped": None if t else "no_tests"} for q, t, a in zip(questions, tests, test_answers)]  # fmt: skip
+              "kept": None, "skipped": None if t else "no_tests"}
+             for q, t, a in zip(questions, tests, test_answers)]  # fmt: skip
     programs, slots = [], []
     for i, answers in zip(tested, solution_answers):
         for j, answer in enumerate(answers):
@@ -550,8 +554,8 @@ def generate_self_instruct(
     by_id = {row["id"]: row for row in cache.rows}
     items = [by_id[question_id(q)] for q in selected]
     summary = summarize(requests, generated, unique, items, config)
-    summary["generators"] = {"questions": question_generator.name if question_generator else str(config.questions_file),
-                             "code": code_generator.name}  # fmt: skip
+    asked = question_generator.name if question_generator else str(config.questions_file)
+    summary["generators"] = {"questions": asked, "code": code_generator.name}
     write_dataset(items, out / DATASET_DIR, generator=code_generator.name)
     summary["dataset"] = str(out / DATASET_DIR)
     tmp = out / f".{SUMMARY_FILE}.tmp"
@@ -643,7 +647,8 @@ def plot_summary(summary: dict, path: Path) -> None:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("instruct", help="Code Llama - Instruct data: self-instruct with unit tests",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+                                   description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     commands = parser.add_subparsers(dest="instruct_command", required=True, metavar="COMMAND")
     gen = commands.add_parser("generate", help="questions -> tests -> solutions -> sandbox -> dataset (resumable)",
                               description="Build a self-instruct dataset (paper §2.5). Rerun the same command to "
@@ -729,7 +734,7 @@ INSTRUCT = "instruct"  # the mixture component the dialogs fill: the mixture's `
 STDLIB = "stdlib"  # instruct source keyword: offline demo dialogs from the Python standard library
 
 
-def stdlib_dialogs(max_dialogs: int = 2000) -> "datasets.Dataset":  # noqa: F821
+def stdlib_dialogs(max_dialogs: int = 2000):
     """Offline demo dialogs for the tiny preset: documented public functions of this machine's standard library,
     asked for by signature and docstring, answered with their source. Real text and code, NOT the paper's data."""
     import sysconfig
@@ -759,7 +764,7 @@ def stdlib_dialogs(max_dialogs: int = 2000) -> "datasets.Dataset":  # noqa: F821
     return datasets.Dataset.from_dict({"text": [json.dumps(r, ensure_ascii=False) for r in rows]})
 
 
-def load_dialogs(sources: Sequence[str], split: str = "train") -> "datasets.Dataset":  # noqa: F821
+def load_dialogs(sources: Sequence[str], split: str = "train"):
     """Instruct dialogs from `datasets` with a `messages` column (our self-instruct output, JSON/JSONL/Parquet files,
     saved datasets or datasets names), or "stdlib": one `text` column of JSON dialogs, checked when tokenized."""
     import datasets
@@ -782,7 +787,7 @@ def load_dialogs(sources: Sequence[str], split: str = "train") -> "datasets.Data
         else:
             try:
                 data = datasets.load_dataset(spec, split=split)
-            except Exception as err:  # datasets raises many kinds; the user needs the name and the reason
+            except Exception as err:  # noqa: BLE001 - datasets raises many kinds; name the source and the reason
                 raise FileNotFoundError(f"instruct source {spec!r}: not a file, saved dataset or loadable datasets "
                                         f"name ({type(err).__name__}: {err})") from None  # fmt: skip
         if "messages" not in data.column_names:
@@ -804,56 +809,67 @@ def _label_spans(labels: Sequence[int]) -> list[int]:
     return np.flatnonzero(mask[1:] != mask[:-1]).tolist()
 
 
-def _encode_instruct(texts: list[str], tokenizer, seq_len: int, skipped: Counter) -> list[tuple[list, list]]:
-    """JSON dialogs -> (ids, label spans); invalid dialogs, dialogs without an answer or longer than seq_len are
-    skipped and counted (the first invalid one is logged with the reason)."""
-    dialogs = []
+def _encode_instruct(texts: list[str], tokenizer, seq_len: int, skipped: Counter | None) -> list[tuple[list, list]]:
+    """JSON dialogs -> (ids, label spans). Invalid dialogs, dialogs without an answer and dialogs longer than seq_len
+    are skipped; they are counted in `skipped` unless it is None, and the first invalid one is logged."""
+    counts, first_error, dialogs = Counter(), None, []
     for text in texts:
         try:
             dialog = json.loads(text)
             turns = exchanges(dialog)
         except ValueError as err:
-            if not skipped["invalid dialog"]:
-                logger.warning("skipping invalid instruct dialogs (first: %s)", err)
-            skipped["invalid dialog"] += 1
+            counts["invalid dialog"] += 1
+            first_error = first_error or err
             continue
         if turns[-1][1] is None:
             if len(turns) == 1:
-                skipped["no assistant answer"] += 1
+                counts["no assistant answer"] += 1
                 continue
             dialog = dialog[:-1]  # a trailing question has nothing to learn from
         dialogs.append(dialog)
     examples = []
     for ids, labels in encode_dialogs(tokenizer, dialogs):
         if len(ids) > seq_len:
-            skipped[f"dialog longer than seq_len {seq_len}"] += 1
+            counts[f"dialog longer than seq_len {seq_len}"] += 1
         else:
             examples.append((ids, _label_spans(labels)))
+    if skipped is not None:
+        if first_error and not skipped["invalid dialog"]:
+            logger.warning("skipping invalid instruct dialogs (first: %s)", first_error)
+        skipped.update(counts)
     return examples
 
 
-def _encode_documents(texts: list[str], tokenizer, seq_len: int, skipped: Counter) -> list[tuple[list, list]]:
+def _encode_documents(texts: list[str], tokenizer, seq_len: int, skipped: Counter | None) -> list[tuple[list, list]]:
     """Rehearsal documents as in the other stages (`<s> text </s>`, cut into seq_len chunks), loss on every token."""
     from codellama_hf.fim import tokenize_documents
     from codellama_hf.packing import chunk
 
     done = tokenize_documents(texts, None, tokenizer, seq_len=seq_len, fim=None)
-    skipped.update({f"document {reason}": count for reason, count in done.skipped.items()})
+    if skipped is not None:
+        skipped.update({f"document {reason}": count for reason, count in done.skipped.items()})
     return [(list(piece), [0, len(piece)]) for piece in chunk(done.input_ids, seq_len)]
 
 
 class _Component:
-    """Tokenized examples of one mixture component, reshuffled and repeated whenever it runs out."""
+    """Tokenized examples of one mixture component, reshuffled and repeated whenever it runs out.
 
-    def __init__(self, name: str, dataset, encode, seed: int):
-        self.name, self.dataset, self.encode, self.seed = name, dataset, encode, seed
+    `encode(texts, tokenizer, seq_len, skipped)` turns a batch of texts into examples; what it skips is counted
+    in `self.skipped` during the first pass over the component only (later passes skip the same rows again).
+    """
+
+    def __init__(self, name: str, dataset, encode, tokenizer, seq_len: int, seed: int, batch_size: int):
+        self.name, self.dataset, self.encode, self.seed, self.batch_size = name, dataset, encode, seed, batch_size
+        self.tokenizer, self.seq_len = tokenizer, seq_len
         self.tokens = self.examples = self.epochs = 0
+        self.skipped: Counter = Counter()
 
     def __iter__(self) -> Iterator[tuple[list, list]]:
         while True:
             before = self.examples
-            for batch in self.dataset.shuffle(seed=self.seed + self.epochs).iter(batch_size=256):
-                for example in self.encode(batch["text"]):
+            skipped = self.skipped if self.epochs == 0 else None
+            for batch in self.dataset.shuffle(seed=self.seed + self.epochs).iter(batch_size=self.batch_size):
+                for example in self.encode(batch["text"], self.tokenizer, self.seq_len, skipped):
                     self.examples += 1
                     self.tokens += len(example[0])
                     yield example
@@ -905,7 +921,7 @@ class SFTCollator:
         position_ids = torch.empty_like(input_ids)
         for b, row in enumerate(rows):
             spans = row["label_spans"]
-            for start, end in zip(spans[0::2], spans[1::2]):
+            for start, end in zip(spans[0::2], spans[1::2]):  # (start, end) pairs
                 labels[b, start:end] = input_ids[b, start:end]
             starts = np.cumsum([0, *row["seq_lengths"]])
             for start, end in zip(starts[:-1], starts[1:]):
@@ -979,15 +995,12 @@ def build_instruct_dataset(data_args, config, tokenizer):
     info = {"mixture": mixture.name, "mixture_weights": weights, "weights_are": "token shares",
             "instruct_sources": instruct_sources, "mixture_sources": sources, "split": data_args.dataset_split,
             "streaming": data_args.streaming, "seq_len": config.seq_len, "rows": rows, "fim": None}  # fmt: skip
-    skipped: Counter = Counter()
-    components = {
-        name: _Component(name, part, (lambda t: _encode_instruct(t, tokenizer, config.seq_len, skipped)) if
-                         name == INSTRUCT else (lambda t: _encode_documents(t, tokenizer, config.seq_len, skipped)),
-                         seed)
-        for name, part in parts.items()
-    }  # fmt: skip
-    gen_kwargs = dict(components=components, weights=weights, seq_len=config.seq_len, pad_id=tokenizer.eos_token_id,
-                      buffer=data_args.packing_buffer, rows=rows, seed=seed)  # fmt: skip
+    # Documents are long: encode a few at a time (a batch is encoded whole, however little of it gets used).
+    encoders = {name: (_encode_instruct, 256) if name == INSTRUCT else (_encode_documents, 8) for name in parts}
+    components = {name: _Component(name, part, encoders[name][0], tokenizer, config.seq_len, seed, encoders[name][1])
+                  for name, part in parts.items()}  # fmt: skip
+    gen_kwargs = {"components": components, "weights": weights, "seq_len": config.seq_len,
+                  "pad_id": tokenizer.eos_token_id, "buffer": data_args.packing_buffer, "rows": rows, "seed": seed}
     features = datasets.Features({"input_ids": datasets.List(datasets.Value("int32")),
                                   "label_spans": datasets.List(datasets.Value("int32")),
                                   "seq_lengths": datasets.List(datasets.Value("int32"))})  # fmt: skip
@@ -1009,12 +1022,13 @@ def build_instruct_dataset(data_args, config, tokenizer):
             total = sum(c.tokens for c in components.values()) or 1
             realised = {"components": {n: {"examples": c.examples, "tokens": c.tokens, "epochs": c.epochs,
                                            "token_share": round(c.tokens / total, 4)} for n, c in components.items()},
-                        "skipped": dict(skipped), "label_tokens": label_tokens}  # fmt: skip
+                        "skipped": {n: dict(c.skipped) for n, c in components.items() if c.skipped},
+                        "label_tokens": label_tokens}  # fmt: skip
             (tmp / "rows.json").write_text(json.dumps(realised, indent=2) + "\n")
             del packed
             shutil.rmtree(tmp / "cache")
-            if skipped:
-                logger.info("instruct data: skipped %s", dict(skipped))
+            if realised["skipped"]:
+                logger.info("instruct data: skipped %s", realised["skipped"])
             shutil.rmtree(folder, ignore_errors=True)
             os.replace(tmp, folder)
     packed = datasets.load_from_disk(str(folder / "rows"))
@@ -1053,9 +1067,11 @@ def run_instruct(*, default_config: str | os.PathLike, argv: list[str] | None = 
     training.init_distributed()
     # 2. Configuration: YAML + command line -> dataclasses, and the batch plan (paper: 524,288 tokens per step)
     model_args, data_args, config = parse_stage_config(INSTRUCT, argv, default_config=default_config)
-    say(f"[bold]instruct stage[/bold] -> {config.output_dir}\n{config.plan.describe()}")
     if config.plan_only:
+        print(config.plan.describe())
         return None
+    _ = config.device  # accelerate's state, set up the way TrainingArguments wants it (backend, timeout)
+    say(f"[bold]instruct stage[/bold] -> {config.output_dir}\n{config.plan.describe()}")
     training.prepare_output_dir(config)
     # 3. Tokenizer (with the Code Llama - Instruct chat template, saved with the model) and model
     tokenizer, model, base = training.load_tokenizer_and_model(model_args, config)
@@ -1070,7 +1086,8 @@ def run_instruct(*, default_config: str | os.PathLike, argv: list[str] | None = 
     trainer = training.StageTrainer(model=model, args=config, train_dataset=train_dataset, data_collator=SFTCollator(),
                                     processing_class=tokenizer,
                                     callbacks=[training.RunSignatureCallback(signature)])  # fmt: skip
-    training.check_final_weights_saved(trainer)
+    if trainer.is_deepspeed_enabled:
+        training.check_zero3_saves_weights(trainer.accelerator.state.deepspeed_plugin.deepspeed_config)
     resume = training.resume_checkpoint(config, signature)
     # 6. Train
     started = time.time()

@@ -25,14 +25,13 @@ class MetaChat:
 
     def dialog_tokens(self, dialog):
         if dialog[0]["role"] == "system":
-            dialog = [{"role": dialog[1]["role"],
-                       "content": self.B_SYS + dialog[0]["content"] + self.E_SYS + dialog[1]["content"]}] + dialog[2:]  # fmt: skip
+            merged = self.B_SYS + dialog[0]["content"] + self.E_SYS + dialog[1]["content"]
+            dialog = [{"role": dialog[1]["role"], "content": merged}] + dialog[2:]
         assert all(m["role"] == "user" for m in dialog[::2]) and all(m["role"] == "assistant" for m in dialog[1::2])
-        tokens = sum(
-            [self.encode(f"{self.B_INST} {p['content'].strip()} {self.E_INST} {a['content'].strip()} ", True, True)
-             for p, a in zip(dialog[::2], dialog[1::2])],
-            [],
-        )  # fmt: skip
+        tokens = []
+        for p, a in zip(dialog[::2], dialog[1::2]):
+            text = f"{self.B_INST} {p['content'].strip()} {self.E_INST} {a['content'].strip()} "
+            tokens += self.encode(text, True, True)
         if dialog[-1]["role"] == "user":  # Meta asserts this for prompts; a training dialog ends with an answer
             tokens += self.encode(f"{self.B_INST} {dialog[-1]['content'].strip()} {self.E_INST}", True, False)
         return tokens
@@ -63,14 +62,20 @@ def S(text):
     return {"role": "system", "content": text}
 
 
-CODE = 'def remove_non_ascii(s: str) -> str:\n    """Remove non-ASCII characters."""\n    return "".join(c for c in s if ord(c) < 128)\n'
+CODE = (
+    'def remove_non_ascii(s: str) -> str:\n    """Remove non-ASCII characters."""\n'
+    '    return "".join(c for c in s if ord(c) < 128)\n'
+)
 DIALOGS = {
     "one user turn": [U("Write a function that reverses a string.")],
-    "system + user": [S("Provide answers in JavaScript"), U("Write a function that computes the set of sums of all contiguous sublists of a given list.")],  # fmt: skip
+    "system + user": [S("Provide answers in JavaScript"),
+                      U("Write a function that computes the set of sums of all contiguous sublists of a given list.")],
     "multi-turn, open": [U("In Bash, how do I list all text files?"), A("Use `ls *.txt`."), U("And recursively?")],
-    "multi-turn with system, open": [S("Be terse."), U("Sort a dict by value?"), A("sorted(d.items(), key=lambda kv: kv[1])"), U("Descending?")],  # fmt: skip
+    "multi-turn with system, open": [S("Be terse."), U("Sort a dict by value?"),
+                                     A("sorted(d.items(), key=lambda kv: kv[1])"), U("Descending?")],
     "closed (training example)": [U("Remove non-ASCII characters from a string."), A(CODE)],
-    "system, closed, two exchanges": [S(" Answer in Python.\n"), U("  indented question\n"), A("\n\n" + CODE + "\n"), U("Now in C?"), A("```c\nint main(void) { return 0; }\n```")],  # fmt: skip
+    "system, closed, two exchanges": [S(" Answer in Python.\n"), U("  indented question\n"), A("\n\n" + CODE + "\n"),
+                                      U("Now in C?"), A("```c\nint main(void) { return 0; }\n```")],
     "unicode and emoji": [U("Traduis « bonjour » en 日本語 😀"), A("こんにちは — «hello»")],
     "tags as text": [U("What does [INST] mean? <<SYS>>"), A("[/INST] closes an instruction. [PYTHON]x[/PYTHON]")],
     "empty answer": [U("Say nothing."), A(""), U("Still nothing?")],
@@ -143,7 +148,7 @@ def test_random_dialogs_match_meta(system, turns, open_end, meta, instruct_token
 def test_special_token_text_stays_text_in_training(meta, instruct_tokenizer):
     """A message quoting "</s>" trains as Meta encodes it (text), never as an end of turn."""
     dialog = [U("What does </s> mean in Llama?"), A("It is the end-of-sequence token, written </s>.")]
-    ids, labels = chat.encode_dialog(instruct_tokenizer, dialog)
+    ids = chat.encode_dialog(instruct_tokenizer, dialog)[0]
     assert ids == meta.dialog_tokens(dialog)
     assert ids.count(instruct_tokenizer.eos_token_id) == 1 and ids[-1] == instruct_tokenizer.eos_token_id
 

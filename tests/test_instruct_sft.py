@@ -1,0 +1,126 @@
+"""The instruct stage: dialogs + rehearsal packed with assistant-only labels, and a real tiny fine-tuning run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from codellama_hf import chat
+from codellama_hf import instruct as I
+from codellama_hf.stages import parse_stage_config
+from tests.conftest import ROOT
+
+TINY = ROOT / "recipes" / "configs" / "tiny" / "instruct.yaml"
+CODE = "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n"
+GOOD = [
+    [{"role": "user", "content": "Write fib(n)."}, {"role": "assistant", "content": I.solution_message(CODE)}],
+    [{"role": "system", "content": "Answer with code only."}, {"role": "user", "content": "Reverse a list `xs`."},
+     {"role": "assistant", "content": "xs[::-1]"}, {"role": "user", "content": "In place?"},
+     {"role": "assistant", "content": "xs.reverse()"}],
+    [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"},
+     {"role": "user", "content": "A trailing question is dropped."}],
+]  # fmt: skip
+BAD = [
+    [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],  # does not alternate
+    [{"role": "assistant", "content": "hello"}],  # starts with the assistant
+    [{"role": "user", "content": "no answer"}],
+    [{"role": "user", "content": "long " * 400}, {"role": "assistant", "content": "ok"}],
+]
+
+
+def write_dialogs(path: Path) -> Path:
+    path.write_text("".join(json.dumps({"messages": d, "source": "test"}) + "\n" for d in GOOD + BAD))
+    return path
+
+
+def stage_config(tmp_path, *overrides):
+    I._accept_instruct_stage()
+    argv = ["--config", str(TINY), "--output_dir", str(tmp_path / "out"), "--seq_len", "256",
+            "--tokens_per_step", "1024", "--per_device_train_batch_size", "2", "--max_steps", "4",
+            "--report_to", "none", "--packing_buffer", "16", *overrides]  # fmt: skip
+    return parse_stage_config("instruct", argv)
+
+
+def test_packed_rows_carry_labels_only_on_answers(tmp_path, codellama_tokenizer):
+    dialogs = write_dialogs(tmp_path / "dialogs.jsonl")
+    _, data_args, config = stage_config(tmp_path, "--mixture_sources", json.dumps({"instruct": [str(dialogs)]}))
+    packed, info = I.build_instruct_dataset(data_args, config, codellama_tokenizer)
+    assert len(packed) == 4 * 4 and info["rows"] == 16
+    assert info["skipped"] == {"instruct": {"invalid dialog": 2, "no assistant answer": 1,
+                                            "dialog longer than seq_len 256": 1}}  # fmt: skip
+    # Token shares follow the weights: each component is at most one example (<= seq_len tokens) ahead.
+    total = sum(c["tokens"] for c in info["components"].values())
+    for name, weight in info["mixture_weights"].items():
+        bound = (len(info["mixture_weights"]) - 1) * config.seq_len / total
+        assert abs(info["components"][name]["token_share"] - weight) <= bound, info["components"]
+    expected = {}
+    for dialog in GOOD:
+        ids, labels = chat.encode_dialog(codellama_tokenizer, dialog[:-1] if dialog[-1]["role"] == "user" else dialog)
+        expected[tuple(ids)] = labels
+    batch = I.SFTCollator()(list(packed))
+    seen_dialogs = documents = 0
+    for b, row in enumerate(packed):
+        ids, labels, positions = (batch[k][b].tolist() for k in ("input_ids", "labels", "position_ids"))
+        start = 0
+        for length in row["seq_lengths"]:
+            segment = tuple(ids[start : start + length])
+            assert positions[start : start + length] == list(range(length))
+            if segment in expected:  # a dialog: labels exactly those of Meta's encoding (answers and their </s>)
+                assert labels[start : start + length] == expected[segment]
+                seen_dialogs += 1
+            else:  # a rehearsal document (or a chunk of a long one): every token but the first
+                assert labels[start : start + length] == [chat.IGNORE_INDEX, *segment[1:]]
+                documents += 1
+            start += length
+        assert set(labels[start:]) <= {chat.IGNORE_INDEX}  # padding
+    assert seen_dialogs >= len(GOOD) and documents >= 2
+    again, _ = I.build_instruct_dataset(data_args, config, codellama_tokenizer)  # stored: every process, every resume
+    assert again["input_ids"] == packed["input_ids"]
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        ({"mixture_sources": "{}"}, ValueError, "no 'instruct' entry"),
+        ({"dataset_mixture": "code"}, ValueError, "reserves no share"),
+        ({"fim_rate": "0.9"}, ValueError, "without FIM"),
+        ({"mixture_sources": '{"instruct": ["stdlib"], "python": ["x"]}'}, ValueError, "'python'"),
+        ({"mixture_sources": '{"instruct": ["DOES/NOT/EXIST"]}'}, FileNotFoundError, "DOES/NOT/EXIST"),
+        ({"mixture_sources": '{"instruct": ["DIALOGS_NO_MESSAGES"]}'}, ValueError, "needs a 'messages' column"),
+    ],
+)
+def test_bad_instruct_data_is_a_clear_error(tmp_path, tiny_tokenizer, overrides, error, message):
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"prompt": "x", "completion": "y"}) + "\n")
+    argv = [x for k, v in overrides.items() for x in (f"--{k}", v.replace("DIALOGS_NO_MESSAGES", str(other)))]
+    _, data_args, config = stage_config(tmp_path, *argv)
+    with pytest.raises(error, match=message):
+        I.build_instruct_dataset(data_args, config, tiny_tokenizer)
+
+
+@pytest.mark.slow
+def test_tiny_instruct_run_learns_and_saves_the_chat_template(tmp_path):
+    """`accelerate launch recipes/instruct.py` (tiny, shortened): the loss falls; the tokenizer has the template."""
+    out = tmp_path / "instruct"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    args = ["--output_dir", str(out), "--model_name_or_path", str(tmp_path / "no-lcft-yet"), "--max_steps", "10",
+            "--seq_len", "256", "--tokens_per_step", "1024", "--learning_rate", "3e-3", "--warmup_steps", "1",
+            "--logging_steps", "1", "--save_steps", "5", "--report_to", "none", "--packing_buffer", "32"]  # fmt: skip
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1"]
+    done = subprocess.run([*launch, str(ROOT / "recipes" / "instruct.py"), *args], check=False, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    losses = [e["loss"] for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+    assert len(losses) == 10 and losses[-1] < losses[0] - 1.0, losses
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["stage"] == "instruct" and lineage["plan"]["tokens_per_step"] == 1024
+    assert lineage["data"]["mixture_weights"] == {"instruct": 0.92, "code": 0.06, "nl": 0.02}
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.chat_template == chat.CHAT_TEMPLATE
+    dialog = GOOD[1] + [{"role": "user", "content": "And a copy?"}]
+    assert tokenizer.apply_chat_template(dialog)["input_ids"] == chat.prompt_ids(tokenizer, dialog)
+    assert (out / "checkpoint-10").is_dir() and (out / "model.safetensors").is_file()
