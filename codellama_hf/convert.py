@@ -244,8 +244,13 @@ def weights(shape: LlamaShape) -> list[_Weight]:
 
 def meta_to_hf_rotary(rows: torch.Tensor, head_dim: int) -> torch.Tensor:
     """Whole heads of wq/wk from Meta's interleaved pairs (x0,y0,x1,y1..) to HF's halves (x0,x1..,y0,y1..)."""
+    return _meta_to_hf_rotary_view(rows, head_dim).reshape(rows.shape)
+
+
+def _meta_to_hf_rotary_view(rows: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """The same permutation as a strided view (heads, 2, head_dim / 2, cols), copied out only when written."""
     n, cols = rows.shape
-    return rows.view(n // head_dim, head_dim // 2, 2, cols).transpose(1, 2).reshape(n, cols)
+    return rows.view(n // head_dim, head_dim // 2, 2, cols).transpose(1, 2)
 
 
 def hf_to_meta_rotary(rows: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -466,7 +471,7 @@ class MetaCheckpoint:
             for source in sources:
                 for start in range(0, source.shape[0], step):
                     block = source[start : start + step]
-                    yield meta_to_hf_rotary(block, head_dim) if w.rotary else block
+                    yield _meta_to_hf_rotary_view(block, head_dim) if w.rotary else block
         for shard in self.shards:
             shard.release(w.meta)
 
@@ -515,6 +520,7 @@ class _SafetensorsWriter:
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # tensor data starts 8-byte aligned, as safetensors itself writes
         self.path, self._pending, self._header = path, list(entries), struct.pack("<Q", len(raw)) + raw
+        self._staging = torch.empty(0, dtype=torch.uint8)
 
     def __enter__(self) -> _SafetensorsWriter:
         self._file = open(self.path, "wb", buffering=0)  # closed in __exit__
@@ -530,12 +536,22 @@ class _SafetensorsWriter:
             if isinstance(block, _FileSpan):
                 n = _copy_span(block, self._file)
             else:
-                block = block.to(entry.dtype)
-                n = _write_all(self._file, _raw(block))
+                n = _write_all(self._file, _raw(self._materialize(block, entry.dtype)))
             written += n
             progress.update(n)
         if written != entry.nbytes:
             raise RuntimeError(f"{self.path}: {name} produced {written} bytes, expected {entry.nbytes}")
+
+    def _materialize(self, block: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """`block` contiguous in `dtype`: permuted views and dtype changes are copied in one pass into a reused
+        buffer (fresh memory for every block would cost page faults and zeroing)."""
+        if block.dtype == dtype and block.is_contiguous():
+            return block
+        nbytes = block.numel() * dtype.itemsize
+        if self._staging.numel() < nbytes:
+            self._staging = torch.empty(nbytes, dtype=torch.uint8)
+        out = self._staging[:nbytes].view(dtype).view(block.shape)
+        return out.copy_(block)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._file.close()
