@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -148,7 +149,7 @@ def load_tokenizer_and_model(model_args: ModelArguments, config: StageConfig):
         if not theta > 0:
             raise ValueError(f"rope_theta={theta}: must be positive")
         if all(getattr(model_config, key, None) is None for key in ("rope_parameters", "rope_theta")):
-            raise RuntimeError(f"rope_theta={theta:g} cannot take effect on {source}: its architecture "
+            raise ValueError(f"rope_theta={theta:g} cannot take effect on {source}: its architecture "
                                f"({model_config.model_type}) has no rotary position embedding")  # fmt: skip
         set_rope_theta(model_config, theta, max_position_embeddings=model_args.max_position_embeddings)
     elif model_args.max_position_embeddings is not None:
@@ -171,8 +172,8 @@ def load_tokenizer_and_model(model_args: ModelArguments, config: StageConfig):
     if theta is not None:
         try:
             assert_rope_theta(model, theta)
-        except ValueError as err:
-            raise RuntimeError(f"rope_theta={theta:g} cannot take effect on {source}: {err}") from None
+        except (ValueError, RuntimeError) as err:
+            raise ValueError(f"rope_theta={theta:g} cannot take effect on {source}: {err}") from None
     _check_vocabulary(model, tokenizer, model_args, source or "the new model", tokenizer_path)
     base["tokenizer"] = str(tokenizer_path)
     return tokenizer, model, base
@@ -657,3 +658,12 @@ def run_stage(stage: str, *, default_config: str | os.PathLike, argv: list[str] 
     if _state().is_main_process:
         print_summary(lineage, out, config)
     return out
+
+
+def main(stage: str, *, default_config: str | os.PathLike) -> None:
+    """Entry point of recipes/<stage>.py: bad input ends in one line that names the problem (exit 2), as in the CLI."""
+    try:
+        run_stage(stage, default_config=default_config)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"{stage} stage: error: {err}", file=sys.stderr)
+        sys.exit(2)

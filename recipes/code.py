@@ -13,7 +13,7 @@ documents (half PSM, half SPM) for 7B and 13B, none for 34B.
 
 from pathlib import Path
 
-from codellama_hf.training import run_stage
+from codellama_hf.training import main
 
 if __name__ == "__main__":
-    run_stage("code", default_config=Path(__file__).parent / "configs" / "tiny" / "code.yaml")
+    main("code", default_config=Path(__file__).parent / "configs" / "tiny" / "code.yaml")

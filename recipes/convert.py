@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from trl import TrlParser
@@ -28,7 +29,7 @@ from codellama_hf.models import assert_rope_theta, rope_theta
 class ConvertConfig:
     input: str = field(default="", metadata={"help": "Meta checkpoint folder (meta-to-hf) or HF folder"})
     output: str = field(default="", metadata={"help": "output folder; must not exist unless overwrite"})
-    direction: str = field(default="meta-to-hf", metadata={"help": "meta-to-hf or hf-to-meta"})
+    direction: Literal["meta-to-hf", "hf-to-meta"] = "meta-to-hf"
     dtype: str = field(default="", metadata={"help": "bfloat16/float16/float32/auto; default bf16 to HF, auto back"})
     extend_vocab: bool = field(default=False, metadata={"help": "Llama 2 -> Code Llama 7B/13B vocabulary"})
     tokenizer_model: str | None = field(default=None, metadata={"help": "tokenizer.model if not beside the input"})
@@ -54,11 +55,9 @@ def main() -> None:
         out = meta_to_hf(config.input, config.output, dtype=config.dtype or "bfloat16",
                          extend_vocab=config.extend_vocab, tokenizer_model=config.tokenizer_model,
                          max_shard_size=config.max_shard_size, overwrite=config.overwrite)  # fmt: skip
-    elif config.direction == "hf-to-meta":
+    else:
         out = hf_to_meta(config.input, config.output, shards=config.shards, dtype=config.dtype or "auto",
                          tokenizer_model=config.tokenizer_model, overwrite=config.overwrite)  # fmt: skip
-    else:
-        raise SystemExit(f"convert: unknown direction {config.direction!r}; use meta-to-hf or hf-to-meta")
 
     # 3. Check the result the way its users will open it.
     if config.direction == "hf-to-meta":

@@ -15,7 +15,7 @@ not exist, a random tiny model.
 
 from pathlib import Path
 
-from codellama_hf.training import run_stage
+from codellama_hf.training import main
 
 if __name__ == "__main__":
-    run_stage("lcft", default_config=Path(__file__).parent / "configs" / "tiny" / "lcft.yaml")
+    main("lcft", default_config=Path(__file__).parent / "configs" / "tiny" / "lcft.yaml")

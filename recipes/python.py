@@ -11,7 +11,7 @@ to 1/30 of the peak, 4M-token batches of 4,096-token sequences). The Python mode
 
 from pathlib import Path
 
-from codellama_hf.training import run_stage
+from codellama_hf.training import main
 
 if __name__ == "__main__":
-    run_stage("python", default_config=Path(__file__).parent / "configs" / "tiny" / "python.yaml")
+    main("python", default_config=Path(__file__).parent / "configs" / "tiny" / "python.yaml")

@@ -110,6 +110,21 @@ def test_command_line_overrides_the_yaml_and_unknown_keys_are_errors(tmp_path):
         parse_stage_config("code", ["--config", str(tmp_path / "nowhere.yaml")])
 
 
+def test_recipe_reports_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
+    from codellama_hf.training import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stage: lcft\noutput_dir: out\nrope_thetta: 1.0e6\n")
+    monkeypatch.setattr("sys.argv", ["lcft.py", "--config", str(bad)])
+    with pytest.raises(SystemExit) as exit_info:
+        main("lcft", default_config=config_path("lcft"))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"lcft stage: error: {bad}: unknown key 'rope_thetta' (did you mean rope_theta?); keys must be fields of "
+        "ModelArguments, DataArguments or StageConfig (see `--help`)"
+    )
+
+
 def test_bad_values_are_named():
     with pytest.raises(ValueError, match="fim_rate=1.5: must be between 0 and 1"):
         _parse(config_path("code"), "--fim_rate", "1.5")
@@ -168,7 +183,7 @@ def test_theta_is_set_through_rope_parameters_and_checked(stage_args, tiny_token
     gpt2 = tmp_path / "gpt2"  # learned positions: no rotary embedding for a theta to act on
     GPT2LMHeadModel(GPT2Config(vocab_size=4016, n_embd=32, n_layer=1, n_head=2)).save_pretrained(gpt2)
     model_args.model_name_or_path = str(gpt2)
-    with pytest.raises(RuntimeError, match=r"rope_theta=1e\+06 cannot take effect on .*gpt2: .* no rotary"):
+    with pytest.raises(ValueError, match=r"rope_theta=1e\+06 cannot take effect on .*gpt2: .* no rotary"):
         load_tokenizer_and_model(model_args, config)
 
     model_args.model_name_or_path, model_args.rope_theta = str(folder), -1.0
