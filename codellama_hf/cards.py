@@ -310,14 +310,25 @@ def _architecture(facts: ModelFacts) -> str:
     return "\n".join(["| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])
 
 
+def _method(stage: dict) -> str:
+    """Full fine-tuning, or the LoRA settings merge_and_save recorded."""
+    adapter = stage.get("adapter")
+    if not adapter:
+        return "full"
+    lora = adapter.get("lora") or {}
+    quantized = {"4bit": ", 4-bit base (QLoRA)", "8bit": ", 8-bit base"}.get(adapter.get("quantization"), "")
+    return f"LoRA r={lora.get('r')}, alpha {lora.get('alpha')}{quantized}"
+
+
 def _stage_table(facts: ModelFacts, options: CardOptions) -> str:
-    lines = ["| # | stage | started from | tokens seen | steps | tokens/step | seq len | peak lr | theta | FIM rate | "
-             "finished |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| # | stage | started from | method | tokens seen | steps | tokens/step | seq len | peak lr | theta | "
+             "FIM rate | finished |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for i, s in enumerate(facts.stages, 1):
         data, hp, plan = s.get("data") or {}, s.get("hyperparameters") or {}, s.get("plan") or {}
         fim = (data.get("fim") or {}).get("rate")
-        lines.append(f"| {i} | {s['stage']} | {_started_from(s, options)} | {_fmt_int(s.get('tokens_seen', 0))} | "
-                     f"{_fmt_int(s.get('steps', 0))} | {_fmt_int(plan.get('tokens_per_step', 0))} | "
+        lines.append(f"| {i} | {s['stage']} | {_started_from(s, options)} | {_method(s)} | "
+                     f"{_fmt_int(s.get('tokens_seen', 0))} | {_fmt_int(s.get('steps', 0))} | "
+                     f"{_fmt_int(plan.get('tokens_per_step', 0))} | "
                      f"{_fmt_int(plan.get('seq_len', data.get('seq_len', 0)))} | "
                      f"{_fmt_float(hp.get('learning_rate'))} | "
                      f"{s.get('rope_theta', 0):,.0f} | {fim if fim is not None else 'none'} | "

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
-
 CODE_DATA = {"mixture": "code", "mixture_weights": {"code": 0.85, "nl_code": 0.08, "nl": 0.07}, "documents": 120,
              "fim": {"rate": 0.9, "spm_rate": 0.5, "seed": 3}}
 PYTHON_DATA = {"mixture": "python", "mixture_weights": {"python": 0.75, "code": 0.25}, "fim": None,
@@ -215,9 +213,11 @@ def test_bad_input_is_a_clear_error(family, tmp_path):
         read_results(tmp_path / "r")
 
 
-def test_card_cli(family, results, tmp_path):
+def test_card_cli(family, results, tmp_path, capsys):
+    from codellama_hf.cli import main
+
     out = tmp_path / "README.md"
-    proc = run_cli("card", str(family["tiny"]), "--results", str(results), "--variant", "tiny",
-                   "--repo-id", "me/CodeLlama-tiny-hf", "--out", str(out))  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    assert main(["card", str(family["tiny"]), "--results", str(results), "--variant", "tiny",
+                 "--repo-id", "me/CodeLlama-tiny-hf", "--out", str(out)]) == 0  # fmt: skip
+    assert capsys.readouterr().out == f"wrote {out}\n"
     assert out.read_text().startswith("---\n") and "# **CodeLlama-tiny-hf**" in out.read_text()

@@ -438,13 +438,17 @@ def test_dry_run_stages_exactly_what_push_uploads(family, results, hub, tmp_path
     assert json.loads((folder / "config.json").read_text())["rope_theta"] == 10_000.0
 
 
-def test_push_without_token_is_a_clear_error(family, hub, tmp_path):
-    home = tmp_path / "empty_home"
-    home.mkdir()
-    env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(home), "HF_HUB_OFFLINE": "0"}
-    proc = cli(["push", "--model", f"tiny={family['tiny']}", "--stage-dir", str(tmp_path / "s")], env)
-    assert proc.returncode == 2
-    assert "no Hugging Face token: set HF_TOKEN or run `hf auth login`" in proc.stderr
+def test_push_without_token_is_a_clear_error(family, hub, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    from codellama_hf.cli import main
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no_login" / "token"))  # empty login store
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    code = main(["push", "--model", f"tiny={family['tiny']}", "--stage-dir", str(tmp_path / "s")])
+    assert code == 2
+    assert "no Hugging Face token: set HF_TOKEN or run `hf auth login`" in capsys.readouterr().err
     assert hub.log == []
 
 

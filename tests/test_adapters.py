@@ -1,0 +1,210 @@
+"""LoRA / QLoRA (codellama_hf.adapters): options, a QLoRA step on CPU, merge-and-save, the base check."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from codellama_hf.adapters import (
+    METADATA_FILE,
+    AdapterArguments,
+    apply_adapters,
+    load_adapter,
+    merge_and_save,
+    model_loading_kwargs,
+    save_adapter,
+)
+
+
+@pytest.fixture(scope="module")
+def base_dirs(tmp_path_factory, tiny_tokenizer_dir):
+    """Two tiny pretrained-looking folders (different weights, same shapes; bitsandbytes-friendly FFN size)."""
+    from transformers import LlamaForCausalLM
+
+    from codellama_hf.models import llama_config
+
+    root = tmp_path_factory.mktemp("bases")
+    out = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        folder = root / f"base{seed}"
+        LlamaForCausalLM(llama_config("tiny", vocab_size=4016, intermediate_size=384)).save_pretrained(folder)
+        for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+            shutil.copyfile(tiny_tokenizer_dir / name, folder / name)
+        out.append(folder)
+    return out
+
+
+def _batch():
+    return torch.randint(3, 4016, (2, 24), generator=torch.Generator().manual_seed(0))
+
+
+def _train(model, steps: int) -> list[float]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = model(input_ids=_batch(), labels=_batch()).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(path))
+    return out
+
+
+def _lora_deltas(adapter_dir: Path) -> dict[str, torch.Tensor]:
+    """base weight name -> (alpha / r) * B @ A, computed from the saved adapter files."""
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    scale = config["lora_alpha"] / config["r"]
+    tensors = _tensors(adapter_dir)
+    deltas = {}
+    for name, a in tensors.items():
+        if name.endswith("lora_A.weight"):
+            b = tensors[name.replace("lora_A", "lora_B")]
+            target = name.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
+            deltas[target] = scale * (b.double() @ a.double())
+    return deltas
+
+
+def test_options_validate_and_map_to_peft_and_bitsandbytes():
+    options = AdapterArguments(use_peft=True, lora_r=8, lora_alpha=16, load_in_4bit=True)
+    lora = options.lora_config()
+    assert (lora.r, lora.lora_alpha, lora.target_modules, lora.bias) == (8, 16, "all-linear", "none")
+    bnb = options.quantization_config("float32")
+    assert (bnb.load_in_4bit, bnb.bnb_4bit_quant_type, bnb.bnb_4bit_compute_dtype, bnb.bnb_4bit_use_double_quant) == (
+        True, "nf4", torch.float32, True)
+    assert AdapterArguments(use_peft=True, load_in_8bit=True).quantization_config().load_in_8bit
+    assert AdapterArguments().lora_config() is None and AdapterArguments().quantization_config() is None
+    for kwargs, message in [({"load_in_4bit": True, "load_in_8bit": True, "use_peft": True}, "exclusive"),
+                            ({"load_in_4bit": True}, "need use_peft"),
+                            ({"use_peft": True, "bnb_4bit_quant_type": "int3"}, "bnb_4bit_quant_type='int3'"),
+                            ({"lora_r": 0}, "lora_r=0"), ({"lora_dropout": 1.5}, "lora_dropout=1.5")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            AdapterArguments(**kwargs)
+
+
+def test_options_are_one_more_dataclass_of_the_stage_recipes(tmp_path):
+    """The fields do not clash with the stage dataclasses, so TrlParser can route all four from one YAML/CLI."""
+    from dataclasses import fields
+
+    from trl import TrlParser
+
+    from codellama_hf.stages import ARGUMENT_CLASSES
+
+    ours = {f.name for f in fields(AdapterArguments)}
+    for cls in ARGUMENT_CLASSES:
+        assert not ours & {f.name for f in fields(cls)}, cls
+    *_, adapter = TrlParser((*ARGUMENT_CLASSES, AdapterArguments)).parse_args_and_config(
+        ["--stage", "python", "--output_dir", str(tmp_path), "--max_steps", "1", "--dataset_sources", str(tmp_path),
+         "--use_peft", "true", "--lora_r", "8", "--load_in_4bit", "true", "--lora_target_modules", "q_proj", "v_proj",
+         "--report_to", "none"])  # fmt: skip
+    assert (adapter.use_peft, adapter.lora_r, adapter.quantized, adapter.lora_target_modules) == (
+        True, 8, "4bit", ["q_proj", "v_proj"])
+
+
+def test_qlora_step_on_cpu_then_merge_equals_base_plus_delta(base_dirs, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.models.llama.modeling_llama import LlamaForCausalLM
+
+    options = AdapterArguments(use_peft=True, load_in_4bit=True, lora_r=8, lora_alpha=16, lora_dropout=0.0)
+    model = AutoModelForCausalLM.from_pretrained(base_dirs[0], dtype=torch.float32,
+                                                 **model_loading_kwargs(options, torch.float32))  # fmt: skip
+    peft_model = apply_adapters(model, options)
+    up = peft_model.base_model.model.model.layers[0].mlp.up_proj
+    assert type(up.base_layer).__name__ == "Linear4bit" and up.base_layer.weight.dtype == torch.uint8
+    frozen = up.base_layer.weight.data.clone()
+    lora_b = up.lora_B["default"].weight.detach().clone()
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+
+    losses = _train(peft_model, steps=3)
+    assert losses[-1] < losses[0]
+    assert torch.equal(up.base_layer.weight.data, frozen)  # the 4-bit base stays frozen
+    assert not torch.equal(up.lora_B["default"].weight, lora_b)  # the adapters learn
+
+    adapter_dir = save_adapter(peft_model, tmp_path / "adapter", AutoTokenizer.from_pretrained(base_dirs[0]))
+    metadata = json.loads((adapter_dir / METADATA_FILE).read_text())
+    assert metadata["quantization"] == "4bit" and metadata["base_model"] == str(base_dirs[0])
+    merged_dir = merge_and_save(adapter_dir, tmp_path / "merged")
+
+    base, merged = _tensors(base_dirs[0]), _tensors(merged_dir)
+    deltas = _lora_deltas(adapter_dir)
+    assert len(deltas) == 4 * 7  # every linear layer of every block
+    assert set(merged) == set(base)
+    for name, weight in merged.items():
+        expected = base[name].double() + deltas.get(name, 0)  # full-precision base, not the 4-bit one
+        torch.testing.assert_close(weight.double(), expected, rtol=0, atol=1e-6)
+    reloaded = LlamaForCausalLM.from_pretrained(merged_dir)  # a plain folder
+    assert json.loads((merged_dir / "config.json").read_text())["rope_theta"] == 10_000.0
+    assert len(AutoTokenizer.from_pretrained(merged_dir)) == reloaded.get_input_embeddings().num_embeddings
+
+
+def test_lora_merge_keeps_the_trained_theta_and_matches_the_adapter(base_dirs, tmp_path):
+    """An LCFT-style stage: theta 1e6 and longer context set on the config, LoRA trained, then merged."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from codellama_hf.models import effective_rope_theta, set_rope_theta
+
+    config = AutoConfig.from_pretrained(base_dirs[0])
+    set_rope_theta(config, 1e6, max_position_embeddings=8192)
+    model = AutoModelForCausalLM.from_pretrained(base_dirs[0], config=config)
+    peft_model = apply_adapters(model, AdapterArguments(use_peft=True, lora_r=4, lora_dropout=0.0,
+                                                        lora_target_modules=["q_proj", "v_proj"]))  # fmt: skip
+    _train(peft_model, steps=2)
+    adapter_dir = save_adapter(peft_model, tmp_path / "adapter")
+    (adapter_dir / "lineage.json").write_text(json.dumps({"format": 1, "stage": "lcft", "base_model": {}}))
+    # (a stage writes its real lineage there; the card then names the LoRA settings from merge_and_save's entry)
+    merged_dir = merge_and_save(adapter_dir, tmp_path / "merged")
+
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    assert effective_rope_theta(merged) == pytest.approx(1e6) and merged.config.max_position_embeddings == 8192
+    saved = json.loads((merged_dir / "config.json").read_text())
+    assert saved["rope_theta"] == saved["rope_parameters"]["rope_theta"] == 1e6
+    peft_model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(_batch()).logits, peft_model(input_ids=_batch()).logits, atol=1e-4, rtol=0)
+    lineage = json.loads((merged_dir / "lineage.json").read_text())
+    assert lineage["adapter"]["lora"]["target_modules"] == ["q_proj", "v_proj"]
+    from codellama_hf.cards import CardOptions, read_facts, render_card
+
+    card = render_card(read_facts(merged_dir), [], CardOptions())
+    assert "| lcft | `?` | LoRA r=4, alpha 32 |" in card.text and "| RoPE theta | 1,000,000 |" in card.text
+    with pytest.raises(FileExistsError, match="already exists"):
+        merge_and_save(adapter_dir, merged_dir)
+
+
+def test_an_adapter_refuses_another_base(base_dirs, tmp_path):
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    from codellama_hf.models import llama_config
+
+    model = AutoModelForCausalLM.from_pretrained(base_dirs[0])
+    peft_model = apply_adapters(model, AdapterArguments(use_peft=True, lora_r=4))
+    adapter_dir = save_adapter(peft_model, tmp_path / "adapter")
+    with pytest.raises(ValueError, match=r"trained on another base model .*base0.*differ"):
+        merge_and_save(adapter_dir, tmp_path / "merged", base_model=base_dirs[1])
+    assert not (tmp_path / "merged").exists()
+    # The same base in another dtype is still its base.
+    bf16 = AutoModelForCausalLM.from_pretrained(base_dirs[0], dtype=torch.bfloat16)
+    assert load_adapter(bf16, adapter_dir).peft_config["default"].r == 4
+    # An adapter without our metadata (trained elsewhere) on a model of other shapes: PEFT's error, explained.
+    (adapter_dir / METADATA_FILE).unlink()
+    other = LlamaForCausalLM(llama_config("tiny", vocab_size=4016, hidden_size=64, intermediate_size=384))
+    with pytest.raises(ValueError, match="does not fit .*other shapes"):
+        load_adapter(other, adapter_dir)
+    with pytest.raises(ValueError, match="initialised at random"):
+        apply_adapters(other, AdapterArguments(use_peft=True))
