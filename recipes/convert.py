@@ -14,6 +14,7 @@ trained HF model goes back to Meta's format, for Meta's own code and Meta-format
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -48,8 +49,15 @@ def main() -> None:
     # 1. Config: YAML (--config) and/or command-line flags.
     (config,) = TrlParser([ConvertConfig]).parse_args_and_config()
     if not config.input or not config.output:
-        raise SystemExit("convert: --input and --output are required")
+        raise SystemExit("convert: error: --input and --output are required")
+    try:
+        convert_and_check(config)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+        print(f"convert: error: {err}", file=sys.stderr)  # bad input ends in one line, as in the CLI
+        raise SystemExit(2) from None
 
+
+def convert_and_check(config: ConvertConfig) -> None:
     # 2. Convert, streaming tensor by tensor into a temporary folder renamed on success.
     if config.direction == "meta-to-hf":
         out = meta_to_hf(config.input, config.output, dtype=config.dtype or "bfloat16",
@@ -68,14 +76,14 @@ def main() -> None:
 
     hf_config, tokenizer = AutoConfig.from_pretrained(out), AutoTokenizer.from_pretrained(out)
     if len(tokenizer) != hf_config.vocab_size:
-        raise SystemExit(f"check failed: tokenizer has {len(tokenizer)} tokens, config {hf_config.vocab_size}")
+        raise RuntimeError(f"check failed: tokenizer has {len(tokenizer)} tokens, config {hf_config.vocab_size}")
     if config.load_check:
         model = AutoModelForCausalLM.from_pretrained(out, dtype="auto").eval()
         assert_rope_theta(model, rope_theta(hf_config))
         with torch.no_grad():
             logits = model(**tokenizer("def fibonacci(n):", return_tensors="pt")).logits
         if not torch.isfinite(logits).all():
-            raise SystemExit("check failed: non-finite logits")
+            raise RuntimeError("check failed: non-finite logits")
     logger.info("check: %s loads with AutoTokenizer%s; theta %g, vocab %d", out,
                  " and AutoModelForCausalLM (finite logits)" if config.load_check else "", rope_theta(hf_config),
                  hf_config.vocab_size)  # fmt: skip
