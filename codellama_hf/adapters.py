@@ -238,6 +238,18 @@ def fingerprint_mismatch(expected: dict, model) -> str | None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _check_grown_vocabulary(model, options: AdapterArguments) -> None:
+    """New embedding rows (Llama 2 -> Code Llama's infilling pieces) must be trained and saved with the adapter."""
+    from transformers import AutoConfig
+
+    saved = AutoConfig.from_pretrained(model.name_or_path).vocab_size
+    rows = model.get_input_embeddings().num_embeddings
+    needed = {"embed_tokens", "lm_head"} - set(options.lora_modules_to_save or [])
+    if rows != saved and needed:
+        raise ValueError(f"the vocabulary grew from {saved} to {rows} rows: LoRA alone would leave the new rows "
+                         f"untrained and unsaved; add lora_modules_to_save: [embed_tokens, lm_head]")
+
+
 def apply_adapters(model, options: AdapterArguments, *, gradient_checkpointing: bool = False):
     """Wrap `model` with trainable LoRA adapters (QLoRA when it was loaded quantized); unchanged without use_peft."""
     if not options.use_peft:
@@ -252,6 +264,7 @@ def apply_adapters(model, options: AdapterArguments, *, gradient_checkpointing: 
         raise ValueError(f"load_in_{options.quantized} is set but the model was loaded "
                          f"{'as ' + quantized if quantized else 'unquantized'}: load it with "
                          "model_loading_kwargs(options)")  # fmt: skip
+    _check_grown_vocabulary(model, options)
     fingerprint = base_fingerprint(model)
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
@@ -369,8 +382,8 @@ def load_adapter(model, folder: str | os.PathLike, *, base_name: str | None = No
 
     config, metadata = read_adapter(folder)
     base_name = base_name or getattr(model, "name_or_path", "the model")
+    _grow_vocabulary(model, metadata)  # before the check: the fingerprint was taken after the stage grew it
     check_base(model, folder, metadata, base_name)
-    _grow_vocabulary(model, metadata)
     try:
         return PeftModel.from_pretrained(model, str(folder), is_trainable=is_trainable)
     except RuntimeError as err:

@@ -208,3 +208,24 @@ def test_an_adapter_refuses_another_base(base_dirs, tmp_path):
         load_adapter(other, adapter_dir)
     with pytest.raises(ValueError, match="initialised at random"):
         apply_adapters(other, AdapterArguments(use_peft=True))
+
+
+def test_a_grown_vocabulary_is_trained_saved_and_merged(base_dirs, tmp_path):
+    """Llama 2 -> Code Llama adds infilling rows: they must be modules_to_save, and merging restores them."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dirs[0])
+    model.resize_token_embeddings(4032, mean_resizing=True)
+    with pytest.raises(ValueError, match="vocabulary grew from 4016 to 4032 rows.*lora_modules_to_save"):
+        apply_adapters(model, AdapterArguments(use_peft=True))
+    options = AdapterArguments(use_peft=True, lora_r=4, lora_dropout=0.0,
+                               lora_modules_to_save=["embed_tokens", "lm_head"])  # fmt: skip
+    peft_model = apply_adapters(model, options)
+    _train(peft_model, steps=1)
+    merged = AutoModelForCausalLM.from_pretrained(merge_and_save(save_adapter(peft_model, tmp_path / "a"),
+                                                                 tmp_path / "merged")).eval()  # fmt: skip
+    assert merged.get_input_embeddings().num_embeddings == 4032
+    tokens = torch.tensor([[1, 4020, 4031, 77]])  # new rows included
+    with torch.no_grad():
+        torch.testing.assert_close(merged(tokens).logits, peft_model.eval()(input_ids=tokens).logits, atol=1e-4,
+                                   rtol=0)  # fmt: skip
