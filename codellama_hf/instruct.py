@@ -270,16 +270,15 @@ class OpenAIGenerator:
                 body = err.read().decode("utf-8", "replace")[:500]
                 if err.code != 429 and err.code < 500:
                     raise EndpointError(f"{url} refused the request: HTTP {err.code} {body}") from None
-                problem = f"HTTP {err.code} {body}"
+                problem = f"the OpenAI-compatible endpoint {url} keeps failing: HTTP {err.code} {body}"
             except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
-                problem = str(getattr(err, "reason", err))
+                problem = f"cannot reach the OpenAI-compatible endpoint {url}: {getattr(err, 'reason', err)}"
             except json.JSONDecodeError as err:
                 raise EndpointError(f"{url} did not answer with JSON ({err}); is it OpenAI-compatible?") from None
             if attempt < retries:
                 time.sleep(self.backoff * 2**attempt)
-        raise EndpointError(f"cannot reach the OpenAI-compatible endpoint {url}: {problem}. Start the server (e.g. "
-                            "`vllm serve MODEL`) or fix --url; finished work is cached, so rerun the same command "
-                            "to resume")  # fmt: skip
+        raise EndpointError(f"{problem}. Start the server (e.g. `vllm serve MODEL`) or fix --url; finished work is "
+                            "cached, so rerunning the same command resumes")  # fmt: skip
 
     def _served_model(self) -> str:
         """The first model the server lists (vLLM needs the name; TGI ignores it); fails fast when unreachable."""
@@ -302,10 +301,15 @@ class OpenAIGenerator:
                              key=lambda c: c.get("index", 0))  # fmt: skip
             if not choices:
                 raise EndpointError(f"{self.base}{path} answered without choices")
-            texts += [(c.get("message") or {}).get("content") or "" if self.api == "chat" else c.get("text") or ""
-                      for c in choices][: n - len(texts)]  # fmt: skip
+            texts += [self._text(choice) for choice in choices][: n - len(texts)]
             payload["seed"] = None if seed is None else seed + len(texts)
         return texts
+
+    def _text(self, choice: dict) -> str:
+        """A choice's text; None (an empty generation) becomes "" and is counted downstream."""
+        if self.api == "chat":
+            return (choice.get("message") or {}).get("content") or ""
+        return choice.get("text") or ""
 
     def complete(self, prompts: Sequence[Prompt], *, n: int, sampling: Sampling, seed: int) -> list[list[str]]:
         with ThreadPoolExecutor(self.concurrency) as pool:
@@ -371,6 +375,8 @@ class SelfInstructConfig:
             raise ValueError(f"timeout={self.timeout}: must be positive")
         if self.solutions > 1 and self.solution_sampling.temperature <= 0:
             raise ValueError(f"{self.solutions} solutions per question need sampling (temperature > 0)")
+        if self.questions_file is not None and not Path(self.questions_file).is_file():
+            raise FileNotFoundError(f"questions file {self.questions_file}: no such file")
 
 
 def _seed(base: int, *key) -> int:
@@ -393,7 +399,12 @@ class _Jsonl:
             if len(complete) != len(raw):
                 logger.warning("%s: dropping an incomplete last line (interrupted run); that item is redone", path)
                 path.write_bytes(complete)
-            self.rows = [json.loads(line) for line in complete.decode("utf-8").splitlines() if line.strip()]
+            for number, line in enumerate(complete.decode("utf-8").splitlines(), 1):
+                try:
+                    self.rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{number}: not JSON ({err}); the cache was edited or damaged: fix or "
+                                     "delete that line (its item is then redone)") from None
 
     def append(self, rows: Iterable[dict]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
@@ -438,8 +449,6 @@ def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
 
 
 def _read_questions_file(path: Path) -> list[str]:
-    if not path.is_file():
-        raise FileNotFoundError(f"--questions-file {path}: no such file")
     lines = path.read_text(encoding="utf-8").splitlines()
     if path.suffix == ".jsonl":
         questions = []
