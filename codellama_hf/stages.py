@@ -24,7 +24,6 @@ import yaml
 from transformers import TrainingArguments
 
 STAGES = ("code", "python", "lcft")
-SIZES = ("tiny", "7b", "13b", "34b")
 PAPER_MIN_LR_RATE = 1 / 30  # "final learning rate 1/30th of the peak" (codellama.md §3.4)
 
 
@@ -40,7 +39,7 @@ class ModelArguments:
     tokenizer_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Tokenizer folder; default: the model's own. The code stage from Llama 2 needs Code "
-                          "Llama's tokenizer (`codellama-hf tokenizer build`)."},
+                          "Llama's tokenizer (`codellama-hf tokenizer --llama2 ... --out ...`)."},
     )
     init_model_size: str | None = field(
         default=None,
@@ -79,19 +78,19 @@ class DataArguments:
     dataset_mixture: str | None = field(
         default=None,
         metadata={"help": "A mixture preset ('code' or 'python': the paper's Table 1 proportions) or a mixture "
-                          "YAML file, read by codellama_hf.corpus.load_mixture."},
+                          "YAML file, read by codellama_hf.corpus.load_mixture; 'none' to use dataset_sources."},
     )
     dataset_sources: list[str] | None = field(
         default=None,
-        metadata={"help": "Local folders of source files, or datasets names / paths. With dataset_mixture they "
-                          "feed the mixture's sources; alone they are read as one corpus."},
+        metadata={"help": "Local folders of source files, data files, or datasets names / paths, read as one "
+                          "corpus without a mixture (e.g. --dataset_mixture none --dataset_sources ~/src/repo)."},
     )
     mixture_sources: dict | str | None = field(
         default=None,
         metadata={"help": "Sources per mixture component, e.g. {code: [~/src/repo], nl: [{dataset: wikitext}]} "
                           "(JSON on the command line); components left out use their default (embedded) corpus."},
     )
-    dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of the mixture's components to train on."})
     streaming: bool = field(
         default=False,
         metadata={"help": "Stream large datasets instead of materialising them. Resuming then replays the stream "
@@ -109,6 +108,8 @@ class DataArguments:
     )
 
     def __post_init__(self):
+        if isinstance(self.dataset_mixture, str) and self.dataset_mixture.lower() == "none":
+            self.dataset_mixture = None
         for name in ("fim_rate", "fim_spm_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

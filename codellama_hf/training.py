@@ -219,7 +219,8 @@ def _fim_config(data_args: DataArguments, tokenizer, seed: int):
         return None
     if not supports_infilling(tokenizer):
         raise ValueError(f"fim_rate={data_args.fim_rate} needs a tokenizer with the infilling pieces (<PRE> <SUF> "
-                         "<MID> <EOT>); build one with `codellama-hf tokenizer --llama2 ... --out ...` or set fim_rate: 0")  # fmt: skip
+                         "<MID> <EOT>); build one with `codellama-hf tokenizer --llama2 ... --out ...` or set "
+                         "fim_rate: 0")  # fmt: skip
     return FIMConfig(rate=data_args.fim_rate, spm_rate=data_args.fim_spm_rate, seed=seed)
 
 

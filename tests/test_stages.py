@@ -201,8 +201,7 @@ def test_empty_corpus_is_an_error(stage_args, tiny_tokenizer, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "blank.py").write_text("")
-    _, data_args, config = stage_args("python")
-    data_args.dataset_mixture, data_args.dataset_sources = None, [str(empty)]
+    _, data_args, config = stage_args("python", "--dataset_mixture", "none", "--dataset_sources", str(empty))
     with pytest.raises(ValueError, match="no documents kept from"):
         build_train_dataset(data_args, config, tiny_tokenizer)
 
@@ -273,7 +272,7 @@ def _checkpoint(out: Path, step: int, signature: dict | None) -> Path:
 def test_resume_takes_the_newest_complete_checkpoint_with_the_same_settings(stage_args, tmp_path):
     from codellama_hf.training import latest_checkpoint, prepare_output_dir, resume_checkpoint, run_signature
 
-    model_args, data_args, config = stage_args("code", "--resume_from_checkpoint")
+    _, data_args, config = stage_args("code", "--resume_from_checkpoint")
     assert config.resume_from_checkpoint == "latest"
     out = Path(config.output_dir)
     assert resume_checkpoint(config, run_signature(config, data_args)) is None  # nothing yet: a fresh start

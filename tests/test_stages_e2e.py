@@ -1,9 +1,10 @@
 """End-to-end training stages: real 2-process DeepSpeed ZeRO-3 runs on CPU through `accelerate launch`.
 
-One module-scoped code-stage run (FIM on) is the reference for three checks: the saved folder, the learning rate
-at the last step, and a run killed with SIGKILL mid-way then resumed, which must log the same losses and FIM
-counts step for step. The long-context stage then continues the code stage's output, launched the way the README's
-main job is (no --config: the tiny preset, which finds outputs/tiny/code in its working directory).
+One code-stage run (FIM on; made once per session, even across xdist workers) is the reference for three checks:
+the saved folder, the learning rate at the last step, and a run killed with SIGKILL mid-way then resumed, which
+must log the same losses and FIM counts step for step. The long-context stage then continues the code stage's
+output, launched the way the README's main job is (no --config: the tiny preset, which finds outputs/tiny/code in
+its working directory).
 """
 
 from __future__ import annotations
@@ -75,63 +76,64 @@ def _history(folder: Path) -> dict[int, dict]:
     return {e["step"]: e for e in state["log_history"] if "loss" in e}
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("stages")
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory, request) -> Path:
+    """A folder every xdist worker of this session sees, so the reference run is made once, not once per worker."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if hasattr(request.config, "workerinput") else base) / "stages-e2e"
 
 
-@pytest.fixture(scope="module")
-def corpus(work) -> Path:
+def _make_corpus(folder: Path) -> None:
     """Small real source files (standard library modules), so that most documents fit a context and get FIM."""
-    folder = work / "corpus"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     picked = [p for p in sorted(stdlib.rglob("*.py")) if 400 <= p.stat().st_size <= 1600 and "test" not in p.parts]
     for i, path in enumerate(picked[:240]):
         shutil.copy(path, folder / f"{i:03d}_{path.name}")
-    return folder
 
 
-@pytest.fixture(scope="module")
-def accelerate_config(work) -> Path:
+def _make_accelerate_config(path: Path) -> None:
     """The shipped CPU ZeRO-3 config, with its DeepSpeed file made absolute so runs can start in any folder."""
     config = yaml.safe_load((ROOT / "accelerate_configs" / "cpu_zero3.yaml").read_text())
     ds = config["deepspeed_config"]
     assert ds["deepspeed_config_file"] == "deepspeed_configs/zero3.json"
     ds["deepspeed_config_file"] = str(ROOT / ds["deepspeed_config_file"])
-    path = work / "cpu_zero3.yaml"
     path.write_text(yaml.safe_dump(config))
-    return path
 
 
-@pytest.fixture(scope="module")
-def code_config(work, corpus) -> Path:
+def _make_code_config(path: Path, corpus: Path) -> None:
     """The tiny code preset on the small corpus: 8 steps of 2,048 tokens, checkpoints every 3."""
     config = yaml.safe_load((ROOT / "recipes/configs/tiny/code.yaml").read_text())
     del config["dataset_mixture"]
     config.update(dataset_sources=[str(corpus)], max_steps=CODE_STEPS, tokens_per_step=CODE_TOKENS,
                   per_device_train_batch_size=1, save_steps=3, save_total_limit=5,
                   logging_steps=1, warmup_steps=2, learning_rate=PEAK_LR, overwrite_output_dir=False)  # fmt: skip
-    path = work / "code.yaml"
     path.write_text(yaml.safe_dump(config))
-    return path
 
 
-@pytest.fixture(scope="module")
-def code_run(work, code_config, accelerate_config) -> Path:
-    out = work / "code"
-    _run(_launch_cmd(accelerate_config, "code.py", "--config", str(code_config), "--output_dir", str(out)), ROOT,
-         work / "code.log")  # fmt: skip
-    return out
+@pytest.fixture(scope="session")
+def code_run(shared) -> Path:
+    """The reference code-stage run (2 processes, ZeRO-3, FIM), with its corpus and configs beside it."""
+    from filelock import FileLock
+
+    with FileLock(f"{shared}.lock"):
+        if not (shared / "code" / "lineage.json").exists():
+            shutil.rmtree(shared, ignore_errors=True)
+            _make_corpus(shared / "corpus")
+            _make_accelerate_config(shared / "cpu_zero3.yaml")
+            _make_code_config(shared / "code.yaml", shared / "corpus")
+            cmd = _launch_cmd(shared / "cpu_zero3.yaml", "code.py", "--config", str(shared / "code.yaml"),
+                              "--output_dir", str(shared / "code"))  # fmt: skip
+            _run(cmd, ROOT, shared / "code.log")
+    return shared / "code"
 
 
-def test_code_stage_zero3_fim(code_run, work):
-    import torch
+def test_code_stage_zero3_fim(code_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from codellama_hf.tokenizer import supports_infilling
 
-    log = (work / "code.log").read_text()
+    log = (code_run.parent / "code.log").read_text()
     assert "2 processes x 1 sequences x 2 accumulation steps x 512 tokens" in log  # the plan, printed first
     history = _history(code_run)
     assert sorted(history) == list(range(1, CODE_STEPS + 1))
@@ -159,10 +161,11 @@ def test_code_stage_zero3_fim(code_run, work):
     assert list((code_run / "runs").rglob("events.out.tfevents.*"))
 
 
-def test_sigkill_and_resume_reproduce_the_run(code_run, code_config, accelerate_config, work):
-    out = work / "killed"
-    log = work / "killed.log"
-    cmd = _launch_cmd(accelerate_config, "code.py", "--config", str(code_config), "--output_dir", str(out))
+def test_sigkill_and_resume_reproduce_the_run(code_run, tmp_path):
+    out = tmp_path / "killed"
+    log = tmp_path / "killed.log"
+    cmd = _launch_cmd(code_run.parent / "cpu_zero3.yaml", "code.py", "--config", str(code_run.parent / "code.yaml"),
+                      "--output_dir", str(out))  # fmt: skip
     with open(log, "w") as sink:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=sink, stderr=subprocess.STDOUT)
         deadline = time.time() + 500
@@ -178,8 +181,8 @@ def test_sigkill_and_resume_reproduce_the_run(code_run, code_config, accelerate_
         proc.wait()
     assert not (out / "lineage.json").exists(), "the run finished before it could be killed"
 
-    _run(cmd + ["--resume_from_checkpoint"], ROOT, work / "resumed.log")
-    resumed_log = (work / "resumed.log").read_text()
+    _run(cmd + ["--resume_from_checkpoint"], ROOT, tmp_path / "resumed.log")
+    resumed_log = (tmp_path / "resumed.log").read_text()
     assert "resuming from" in resumed_log and "checkpoint-" in resumed_log
 
     reference, resumed = _history(code_run), _history(out)
@@ -191,20 +194,20 @@ def test_sigkill_and_resume_reproduce_the_run(code_run, code_config, accelerate_
     assert json.loads((out / "lineage.json").read_text())["tokens_seen"] == CODE_STEPS * CODE_TOKENS
 
 
-def test_lcft_main_job_zero3_continues_the_code_stage(code_run, corpus, accelerate_config, work):
+def test_lcft_main_job_zero3_continues_the_code_stage(code_run, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from codellama_hf.models import effective_rope_theta
 
-    cwd = work / "main-job"
+    cwd = tmp_path / "main-job"
     shutil.copytree(code_run, cwd / "outputs" / "tiny" / "code", ignore=shutil.ignore_patterns("checkpoint-*"))
-    sources = json.dumps({name: [str(corpus)] for name in ("code", "nl_code", "nl")})
-    _run(_launch_cmd(accelerate_config, "lcft.py", "--mixture_sources", sources, "--seq_len", "1024",
+    sources = json.dumps({name: [str(code_run.parent / "corpus")] for name in ("code", "nl_code", "nl")})
+    _run(_launch_cmd(code_run.parent / "cpu_zero3.yaml", "lcft.py", "--mixture_sources", sources, "--seq_len", "1024",
                      "--tokens_per_step", "2048", "--max_steps", "6", "--warmup_steps", "1", "--logging_steps", "1"),
-         cwd, work / "lcft.log")  # fmt: skip
+         cwd, tmp_path / "lcft.log")  # fmt: skip
     out = cwd / "outputs" / "tiny" / "lcft"
-    log = (work / "lcft.log").read_text()
+    log = (tmp_path / "lcft.log").read_text()
     assert "lcft stage finished" in log and "rope theta 1,000,000" in log
 
     history = _history(out)
