@@ -274,7 +274,7 @@ class RepoPlan:
 def hub_errors(action: str, endpoint: str):
     """Turn the client's HTTP errors into one-line errors that say what to do (never echoing the token)."""
     import httpx2
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     try:
         yield
@@ -285,6 +285,9 @@ def hub_errors(action: str, endpoint: str):
         first_line = str(err).splitlines()[0]
         raise RuntimeError(f"{action} failed on {endpoint} (HTTP {status}): {first_line}"
                            + (f"; {hint}" if hint else "")) from None  # fmt: skip
+    except OfflineModeIsEnabled:
+        raise RuntimeError(f"{action}: HF_HUB_OFFLINE is set, and pushing (or comparing with --dry-run) needs the "
+                           "Hub; unset HF_HUB_OFFLINE") from None  # fmt: skip
     except httpx2.TransportError as err:
         raise RuntimeError(f"{action}: cannot reach {endpoint} ({type(err).__name__}: {err})") from None
 
@@ -440,10 +443,15 @@ def print_report(report: dict, stage_dir: Path) -> None:
     console.print(table)
     collection = report.get("collection")
     if collection:
-        action = ("create it" if collection["create"] else f"add to {collection['slug']}" if collection["add"]
-                  else f"{collection['slug']} is up to date")  # fmt: skip
-        added = f": {', '.join(collection['add'])}" if collection["add"] else ""
-        console.print(f"collection {collection['title']!r}: {action}{added}")
+        dry = report["dry_run"]
+        if collection["create"]:
+            action = "would be created" if dry else f"created as {collection['slug']}"
+        elif collection["add"]:
+            action = f"{collection['slug']}: {'would add' if dry else 'added'}"
+        else:
+            action = f"{collection['slug']} is up to date"
+        added = f" ({', '.join(collection['add'])})" if collection["add"] else ""
+        console.print(f"collection {collection['title']!r} {action}{added}")
     console.print(f"staged repositories and {PLAN_FILE} in {stage_dir}")
 
 

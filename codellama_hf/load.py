@@ -31,9 +31,9 @@ logger = logging.getLogger(__name__)
 KINDS = ("base", "python", "instruct")
 META_SIZES = ("7b", "13b", "34b")
 HUB_NAMESPACE = "codellama"  # where Meta's HF-format models live (also mirrored under meta-llama/)
-# Files a model needs from a Hub repo: weights, configs, tokenizer, chat template, lineage and evaluation JSON.
-MODEL_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja"]
-ADAPTER_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja"]
+# Files a model (or adapter) needs from a Hub repo: safetensors weights, configs, tokenizer, chat template, lineage
+# and evaluation JSON; not the pickled .bin copies many repos also hold.
+HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja"]
 _NAME = re.compile(r"^codellama-(?P<size>7b|13b|34b|tiny)(?:-(?P<kind>python|instruct))?(?:-hf)?$", re.IGNORECASE)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -155,7 +155,7 @@ def _cached_revisions(repo_id: str) -> list[str]:
     return sorted(p.name for p in refs.iterdir()) if refs.is_dir() else []
 
 
-def hub_snapshot(repo_id: str, *, revision: str | None = None, patterns: list[str] = MODEL_PATTERNS) -> Path:
+def hub_snapshot(repo_id: str, *, revision: str | None = None) -> Path:
     """Local folder of a Hub repo at `revision`: downloaded into the HF cache, or found there when offline."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
@@ -168,7 +168,7 @@ def hub_snapshot(repo_id: str, *, revision: str | None = None, patterns: list[st
 
     shown = f"{repo_id}@{revision}" if revision else repo_id
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
     except HFValidationError as err:
         raise ValueError(f"{repo_id!r} is neither a local folder nor a valid Hub model id ({err})") from None
     except RevisionNotFoundError:
@@ -222,11 +222,15 @@ def resolve(name_or_path: str | os.PathLike, *, revision: str | None = None) -> 
                                 "params.json)")  # fmt: skip
     variant = variant_from_name(text)
     if "/" not in text and variant is not None and variant.hub_id:
-        return Source(hub_snapshot(variant.hub_id, revision=revision), variant.hub_id, variant)
-    if not _HUB_ID.match(text):
+        text = variant.hub_id
+    elif not _HUB_ID.match(text):
         raise FileNotFoundError(f"{text}: no such folder, and not a Hub id (namespace/name) or a family name "
                                 f"({', '.join(v.name for v in FAMILY[:3])}, ...)")  # fmt: skip
-    return Source(hub_snapshot(text, revision=revision), text, variant)
+    folder = hub_snapshot(text, revision=revision)
+    if not any(folder.glob("*.safetensors")):
+        raise FileNotFoundError(f"{text} has no safetensors weights (codellama_hf does not load pickled .bin "
+                                "files); use a repository with model*.safetensors")  # fmt: skip
+    return Source(folder, text, variant)
 
 
 def _adapter_folder(adapter: str | os.PathLike) -> Path:
@@ -235,7 +239,7 @@ def _adapter_folder(adapter: str | os.PathLike) -> Path:
         return path
     if not _HUB_ID.match(str(adapter)):
         raise FileNotFoundError(f"adapter {adapter}: no such folder, and not a Hub id")
-    return hub_snapshot(str(adapter), patterns=ADAPTER_PATTERNS)
+    return hub_snapshot(str(adapter))
 
 
 # ---------------------------------------------------------------------------------------------------------------

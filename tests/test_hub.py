@@ -483,13 +483,13 @@ def test_load_from_the_hf_cache_offline(online, family, tmp_path):
     from huggingface_hub import snapshot_download
 
     from codellama_hf.hub import Member, PushConfig, push_family
+    from codellama_hf.load import HUB_PATTERNS
 
     hub = online
     push_family(PushConfig(models=[Member("tiny", family["tiny"])], stage_dir=tmp_path / "s", endpoint=hub.url,
                            collection=None))  # fmt: skip
     cache = tmp_path / "hf_cache"
-    snapshot_download("tester/CodeLlama-tiny-hf", cache_dir=cache, endpoint=hub.url,
-                      allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.jinja"])  # fmt: skip
+    snapshot_download("tester/CodeLlama-tiny-hf", cache_dir=cache, endpoint=hub.url, allow_patterns=HUB_PATTERNS)
     script = (
         "import json, sys\n"
         "from codellama_hf import load\n"
