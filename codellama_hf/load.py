@@ -161,6 +161,7 @@ def hub_snapshot(repo_id: str, *, revision: str | None = None) -> Path:
     from huggingface_hub.errors import (
         GatedRepoError,
         HFValidationError,
+        IncompleteSnapshotError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -180,6 +181,8 @@ def hub_snapshot(repo_id: str, *, revision: str | None = None) -> Path:
     except RepositoryNotFoundError:
         raise FileNotFoundError(f"{repo_id}: no such model on {constants.ENDPOINT}, nor a local folder (a private "
                                 "repo needs a token: `hf auth login` or HF_TOKEN)") from None  # fmt: skip
+    except IncompleteSnapshotError as err:  # its message names the missing files and what to do
+        raise FileNotFoundError(str(err)) from None
     except LocalEntryNotFoundError:
         cached = _cached_revisions(repo_id)
         where = f"the HF cache ({_cache_root()})"
