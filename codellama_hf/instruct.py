@@ -963,7 +963,8 @@ def build_instruct_dataset(data_args, config, tokenizer):
 
     `dataset_mixture` (preset "instruct_rehearsal": code 6%, natural language 2%, 92% reserved) gives the rehearsal
     components and weights; `mixture_sources.instruct` names the dialogs that fill the reserved share, and other
-    keys override component sources as in the other stages. Weights are shares of the training tokens.
+    keys override component sources as in the other stages. Weights are shares of the training tokens. Without a
+    mixture (`dataset_mixture: none`), `dataset_sources` name the dialogs and nothing is rehearsed.
     Map-style data is packed once by the main process into exactly max_steps x sequences_per_step rows under
     output_dir/packed/, which every process and every resume reads; with `streaming` rows are packed on the fly
     (deterministically, so a resume replays the same stream).
@@ -977,31 +978,36 @@ def build_instruct_dataset(data_args, config, tokenizer):
 
     if data_args.fim_rate:
         raise ValueError(f"fim_rate={data_args.fim_rate}: the instruct stage trains on dialogs without FIM; set 0")
-    mixture = get_mixture(data_args.dataset_mixture)
-    sources = dict(data_args.mixture_sources_dict() or {})
-    instruct_sources = sources.pop(INSTRUCT, None)
-    if not instruct_sources:
-        raise ValueError("mixture_sources has no 'instruct' entry: name the instruct dialogs (a self-instruct dataset "
-                         "folder, messages files, datasets names, or 'stdlib' for the offline demo)")  # fmt: skip
-    if not mixture.reserved:
-        raise ValueError(f"mixture {mixture.name!r} reserves no share for the instruct dialogs; give it `reserved` "
-                         "(instruct_rehearsal reserves 0.92)")  # fmt: skip
-    unknown = set(sources) - set(mixture.weights)
-    if unknown:
-        raise ValueError(f"mixture_sources names {sorted(unknown)}, which mixture {mixture.name!r} lacks "
-                         f"(components: {sorted(mixture.weights)} and {INSTRUCT!r})")  # fmt: skip
+    if data_args.dataset_mixture is None:  # dialogs only, no rehearsal
+        name, rehearsal, weights, sources = "none (dialogs only)", (), {INSTRUCT: 1.0}, {}
+        instruct_sources = data_args.dataset_sources
+    else:
+        mixture = get_mixture(data_args.dataset_mixture)
+        name, rehearsal, weights = mixture.name, mixture.components, {INSTRUCT: mixture.reserved, **mixture.weights}
+        sources = dict(data_args.mixture_sources_dict() or {})
+        instruct_sources = sources.pop(INSTRUCT, None)
+        if not instruct_sources:
+            raise ValueError("mixture_sources has no 'instruct' entry: name the instruct dialogs (a self-instruct "
+                             "dataset folder, messages files, datasets names, or 'stdlib' for the offline "
+                             "demo)")  # fmt: skip
+        if not mixture.reserved:
+            raise ValueError(f"mixture {name!r} reserves no share for the instruct dialogs; give it `reserved` "
+                             "(instruct_rehearsal reserves 0.92)")  # fmt: skip
+        unknown = set(sources) - set(mixture.weights)
+        if unknown:
+            raise ValueError(f"mixture_sources names {sorted(unknown)}, which mixture {name!r} lacks "
+                             f"(components: {sorted(mixture.weights)} and {INSTRUCT!r})")  # fmt: skip
     seed = config.data_seed if config.data_seed is not None else config.seed
-    weights = {INSTRUCT: mixture.reserved, **mixture.weights}
     with config.main_process_first(desc="reading the instruct data and the rehearsal corpus"):
         parts = {INSTRUCT: load_dialogs(instruct_sources, data_args.dataset_split)}
-        for component in mixture.components:
+        for component in rehearsal:
             parts[component.name] = load_mixture(
                 Mixture(component.name, (replace(component, weight=1.0),)), data_args.dataset_split, seed=seed,
                 streaming=data_args.streaming,
                 sources={component.name: sources[component.name]} if component.name in sources else None,
             )  # fmt: skip
     rows = config.plan.max_steps * config.plan.sequences_per_step
-    info = {"mixture": mixture.name, "mixture_weights": weights, "weights_are": "token shares",
+    info = {"mixture": name, "mixture_weights": weights, "weights_are": "token shares",
             "instruct_sources": instruct_sources, "mixture_sources": sources, "split": data_args.dataset_split,
             "streaming": data_args.streaming, "seq_len": config.seq_len, "rows": rows, "fim": None}  # fmt: skip
     # Documents are long: encode a few at a time (a batch is encoded whole, however little of it gets used).

@@ -1,5 +1,6 @@
 """The instruct stage: dialogs + rehearsal packed with assistant-only labels, and a real tiny fine-tuning run."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from transformers import AutoTokenizer
 
 from codellama_hf import chat
@@ -37,9 +39,9 @@ def write_dialogs(path: Path) -> Path:
     return path
 
 
-def stage_config(tmp_path, *overrides):
+def stage_config(tmp_path, *overrides, config_file=TINY):
     I._accept_instruct_stage()
-    argv = ["--config", str(TINY), "--output_dir", str(tmp_path / "out"), "--seq_len", "256",
+    argv = ["--config", str(config_file), "--output_dir", str(tmp_path / "out"), "--seq_len", "256",
             "--tokens_per_step", "1024", "--per_device_train_batch_size", "2", "--max_steps", "4",
             "--report_to", "none", "--packing_buffer", "16", *overrides]  # fmt: skip
     return parse_stage_config("instruct", argv)
@@ -80,6 +82,20 @@ def test_packed_rows_carry_labels_only_on_answers(tmp_path, codellama_tokenizer)
     assert seen_dialogs >= len(GOOD) and documents >= 2
     again, _ = I.build_instruct_dataset(data_args, config, codellama_tokenizer)  # stored: every process, every resume
     assert again["input_ids"] == packed["input_ids"]
+
+
+def test_dialogs_only_without_rehearsal(tmp_path, tiny_tokenizer):
+    dialogs = write_dialogs(tmp_path / "dialogs.jsonl")
+    recipe = {k: v for k, v in yaml.safe_load(TINY.read_text()).items() if k != "mixture_sources"}
+    recipe.update(dataset_mixture="none", dataset_sources=[str(dialogs)])
+    (tmp_path / "dialogs_only.yaml").write_text(yaml.safe_dump(recipe))
+    _, data_args, config = stage_config(tmp_path, config_file=tmp_path / "dialogs_only.yaml")
+    packed, info = I.build_instruct_dataset(data_args, config, tiny_tokenizer)
+    assert info["mixture_weights"] == {"instruct": 1.0} and list(info["components"]) == ["instruct"]
+    encoded = {tuple(chat.encode_dialog(tiny_tokenizer, d[:-1] if d[-1]["role"] == "user" else d)[0]) for d in GOOD}
+    for row in packed:
+        starts = [0, *itertools.accumulate(row["seq_lengths"])]
+        assert all(tuple(row["input_ids"][s:e]) in encoded for s, e in zip(starts[:-1], starts[1:]))
 
 
 @pytest.mark.parametrize(
