@@ -811,7 +811,6 @@ def load_dialogs(sources: Sequence[str], split: str = "train"):
     return datasets.concatenate_datasets(parts)
 
 
-
 def _label_spans(labels: Sequence[int]) -> list[int]:
     """[start, end, start, end, ...] of the runs of positions that carry a label."""
     mask = np.concatenate([[False], np.asarray(labels) != IGNORE_INDEX, [False]])
