@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import ast
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -932,7 +933,7 @@ class SFTCollator:
             for start, end in zip(spans[0::2], spans[1::2]):  # (start, end) pairs
                 labels[b, start:end] = input_ids[b, start:end]
             starts = np.cumsum([0, *row["seq_lengths"]])
-            for start, end in zip(starts[:-1], starts[1:]):
+            for start, end in itertools.pairwise(starts):
                 position_ids[b, start:end] = torch.arange(end - start)
                 labels[b, start] = IGNORE_INDEX
             position_ids[b, starts[-1] :] = torch.arange(input_ids.shape[1] - starts[-1])  # padding: its own segment

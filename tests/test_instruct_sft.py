@@ -95,7 +95,7 @@ def test_dialogs_only_without_rehearsal(tmp_path, tiny_tokenizer):
     encoded = {tuple(chat.encode_dialog(tiny_tokenizer, d[:-1] if d[-1]["role"] == "user" else d)[0]) for d in GOOD}
     for row in packed:
         starts = [0, *itertools.accumulate(row["seq_lengths"])]
-        assert all(tuple(row["input_ids"][s:e]) in encoded for s, e in zip(starts[:-1], starts[1:]))
+        assert all(tuple(row["input_ids"][s:e]) in encoded for s, e in itertools.pairwise(starts))
 
 
 @pytest.mark.parametrize(
