@@ -1,4 +1,8 @@
-"""`codellama-hf` command line: one subcommand per concept, each registered by its own module."""
+"""`codellama-hf` command line: one subcommand per concept, each registered by its own module.
+
+Only the module of the command being run is imported (the others pull in torch and transformers, which take
+seconds to import); `codellama-hf --help` imports them all to list every command.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +10,30 @@ import argparse
 import importlib
 import sys
 
-# Each module exposes `register(subparsers)`, which adds its subcommand and sets `func` on the parser.
-COMMAND_MODULES = [
-    "codellama_hf.tokenizer",
-    "codellama_hf.convert",
-    "codellama_hf.evaluation.cli",
-    "codellama_hf.corpus",
-    "codellama_hf.cards",
-    "codellama_hf.hub",
-    "codellama_hf.instruct",
-]
+# command -> module exposing `register(subparsers)`, which adds that subcommand and sets `func` on its parser.
+COMMANDS = {
+    "tokenizer": "codellama_hf.tokenizer",
+    "convert": "codellama_hf.convert",
+    "corpus": "codellama_hf.corpus",
+    "evaluate": "codellama_hf.evaluation.cli",
+    "instruct": "codellama_hf.instruct",
+    "card": "codellama_hf.cards",
+    "push": "codellama_hf.hub",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="codellama-hf", description=__doc__)
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="codellama-hf", description=__doc__.split("\n")[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    wanted = next((a for a in (argv or []) if not a.startswith("-")), None)
+    for module in [COMMANDS[wanted]] if wanted in COMMANDS else COMMANDS.values():
+        importlib.import_module(module).register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
