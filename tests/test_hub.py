@@ -354,7 +354,7 @@ def _config(family, results, hub, tmp_path, **overrides):
 
 
 def test_push_family_then_rerun_uploads_nothing(online, family, results, tmp_path):
-    from huggingface_hub import ModelCard
+    from huggingface_hub import HfApi, ModelCard
 
     from codellama_hf.evaluation.report import new_result, write_result
     from codellama_hf.hub import push_family
@@ -402,6 +402,15 @@ def test_push_family_then_rerun_uploads_nothing(online, family, results, tmp_pat
     commits = [w[1] for w in hub.writes(before) if w[1].endswith("/commit/main")]
     assert commits == [f"/api/models/{repos[0]}/commit/main"]
     assert json.loads(hub.files(repos[0])["evaluation/humaneval.json"])["metrics"]["pass@1"] == 0.5
+
+    # A file the staged repository no longer has (e.g. a shard of an earlier upload) goes with delete_stale only.
+    HfApi(endpoint=hub.url, token=TOKEN).upload_file(path_or_fileobj=b"old", path_in_repo="model-00002.safetensors",
+                                                     repo_id=repos[2])  # fmt: skip
+    kept = push_family(_config(family, newer, hub, tmp_path))
+    assert kept["repos"][repos[2]]["delete"] == [] and "model-00002.safetensors" in hub.files(repos[2])
+    cleaned = push_family(_config(family, newer, hub, tmp_path, delete_stale=True))
+    assert cleaned["repos"][repos[2]]["delete"] == ["model-00002.safetensors"]
+    assert "model-00002.safetensors" not in hub.files(repos[2]) and "README.md" in hub.files(repos[2])
 
 
 def test_dry_run_stages_exactly_what_push_uploads(family, results, hub, tmp_path):
