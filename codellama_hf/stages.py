@@ -297,19 +297,29 @@ class StageConfig(TrainingArguments):
         if self.plan_only:  # nothing is trained: no run folders, and a GPU config previews on a laptop
             self.report_to = "none"
             self.bf16 = self.fp16 = False
-        self._use_configured_gloo_state()
+        self._hand_gloo_to_accelerate()
         super().__post_init__()
 
-    def _use_configured_gloo_state(self) -> None:
-        """Hand the gloo state made by `init_distributed` to the Trainer (DeepSpeed on CPU, verified-here.md)."""
+    def _hand_gloo_to_accelerate(self) -> None:
+        """DeepSpeed on a machine without CUDA: create accelerate's state with gloo before TrainingArguments does.
+
+        accelerate finds no backend on CPU and would run a 2-process DeepSpeed launch as one process
+        (verified-here.md). Creating the state first, as a DeepSpeed state with gloo, and handing it over
+        (`use_configured_state`) makes `accelerate launch --config_file accelerate_configs/cpu_zero3.yaml` and
+        `torchrun ... --deepspeed` both work; DeepSpeed's own communication is then up before ZeRO-3 builds the model.
+        """
+        import torch
         from accelerate import PartialState
 
-        if PartialState._shared_state.get("backend") != "gloo":
+        deepspeed = self.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true", "yes")
+        if torch.cuda.is_available() or launch_world_size() == 1 or self.plan_only or not deepspeed:
             return
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        PartialState(backend="gloo")
         if self.accelerator_config is None:
             self.accelerator_config = {}
         if not isinstance(self.accelerator_config, dict):
-            raise ValueError("accelerator_config must be a mapping when training on CPU with gloo")
+            raise ValueError("accelerator_config must be a mapping when DeepSpeed runs on CPU")
         self.accelerator_config["use_configured_state"] = True
 
     def hyperparameters(self) -> dict:

@@ -4,7 +4,6 @@
 call it with their stage name. The pieces are public so that other stages (instruct, LoRA variants) can reuse
 them with a different data builder:
 
-- `init_distributed`: gloo for DeepSpeed/DDP on CPU, before any TrainingArguments exist (verified-here.md);
 - `load_tokenizer_and_model`: continue from a folder (or start a random tiny model), set RoPE theta through
   `rope_parameters` and check it in the rotary embedding, insist that embedding and tokenizer sizes agree;
 - `build_train_dataset`: documents -> FIM -> packed rows, exactly as many as the run needs, stored under
@@ -40,7 +39,7 @@ from codellama_hf.models import (
     set_rope_theta,
     write_config_with_both_rope_keys,
 )
-from codellama_hf.stages import DataArguments, ModelArguments, StageConfig, launch_world_size, parse_stage_config
+from codellama_hf.stages import DataArguments, ModelArguments, StageConfig, parse_stage_config
 
 logger = logging.getLogger(__name__)
 
@@ -52,21 +51,8 @@ _RUN_ARTIFACTS = ("lineage.json", "training_args.bin", "trainer_state.json", "ru
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# 1. Distributed state
+# 1. Printing from the main process
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def init_distributed() -> None:
-    """On a machine without CUDA, create accelerate's state with gloo before TrainingArguments exist.
-
-    accelerate finds no backend on CPU and would treat a 2-process DeepSpeed launch as one process; handing it
-    gloo first (and `use_configured_state`, which StageConfig sets) makes DeepSpeed and DDP work on CPU.
-    """
-    if torch.cuda.is_available() or launch_world_size() == 1:
-        return
-    from accelerate import PartialState
-
-    PartialState(backend="gloo")
 
 
 def _state():
@@ -584,7 +570,9 @@ def print_summary(lineage: dict, out: Path, config: StageConfig) -> None:
     from rich.panel import Panel
     from rich.table import Table
 
-    losses = [e["loss"] for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    losses = [e["loss"] for e in history if "loss" in e]
+    average = next((e["train_loss"] for e in history if "train_loss" in e), None)
     table = Table.grid(padding=(0, 2))
     base = lineage["base_model"]
     started = base["name_or_path"] or f"random {base['random_init']} model (seed {base['seed']})"
@@ -593,7 +581,7 @@ def print_summary(lineage: dict, out: Path, config: StageConfig) -> None:
         ("started from", started),
         ("steps", f"{lineage['steps']:,} x {config.plan.tokens_per_step:,} tokens; {lineage['tokens_seen']:,} "
                   f"tokens seen in {lineage['train_runtime_s']:.0f} s"),
-        ("loss", f"{losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "not logged"),
+        ("loss", f"{losses[0]:.3f} -> {losses[-1]:.3f}" if losses else f"{average:.3f} on average (no step logged)"),
         ("rope theta", f"{lineage['rope_theta']:,.0f} (config.json: rope_parameters and rope_theta), "
                        f"max positions {lineage['max_position_embeddings']:,}"),
         ("vocabulary", f"{lineage['vocab_size']:,} tokens = embedding rows; infilling "
@@ -616,9 +604,8 @@ def run_stage(stage: str, *, default_config: str | os.PathLike, argv: list[str] 
     """Parse the recipe, train the stage and save it; returns the output folder (None with plan_only)."""
     from codellama_hf.tokenizer import infill_ids
 
-    # 1. Distributed state, before any TrainingArguments
-    init_distributed()
-    # 2. Configuration: YAML + command line -> dataclasses, and the batch plan
+    # 1. Configuration: YAML + command line -> dataclasses, the batch plan, and the distributed state (gloo for
+    # DeepSpeed on CPU, created by StageConfig before transformers would)
     model_args, data_args, config = parse_stage_config(stage, argv, default_config=default_config)
     if config.plan_only:
         print(config.plan.describe())
@@ -626,14 +613,14 @@ def run_stage(stage: str, *, default_config: str | os.PathLike, argv: list[str] 
     _ = config.device  # accelerate's state, set up the way TrainingArguments wants it (backend, timeout)
     _print(f"[bold]{stage} stage[/bold] -> {config.output_dir}\n{config.plan.describe()}")
     prepare_output_dir(config)
-    # 3. Tokenizer and model (theta set through rope_parameters and checked in the rotary embedding)
+    # 2. Tokenizer and model (theta set through rope_parameters and checked in the rotary embedding)
     tokenizer, model, base = load_tokenizer_and_model(model_args, config)
     parameters = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3 partitions them
     _print(f"model: {parameters:,} parameters, rope theta {effective_rope_theta(model):,.0f}, "
            f"vocabulary {len(tokenizer):,}")  # fmt: skip
-    # 4. Data: documents -> FIM -> packed rows
+    # 3. Data: documents -> FIM -> packed rows
     train_dataset, data_info = build_train_dataset(data_args, config, tokenizer)
-    # 5. Trainer, resuming where a checkpoint left off
+    # 4. Trainer, resuming where a checkpoint left off
     from codellama_hf.packing import PackedCollator
 
     signature = run_signature(config, data_args)
@@ -649,10 +636,10 @@ def run_stage(stage: str, *, default_config: str | os.PathLike, argv: list[str] 
     if trainer.is_deepspeed_enabled:
         check_zero3_saves_weights(trainer.accelerator.state.deepspeed_plugin.deepspeed_config)
     resume = resume_checkpoint(config, signature)
-    # 6. Train
+    # 5. Train
     started = time.time()
     trainer.train(resume_from_checkpoint=resume)
-    # 7. Save the final model with its lineage, and say where it went
+    # 6. Save the final model with its lineage, and say where it went
     lineage = lineage_record(config=config, base=base, data_info=data_info, model=trainer.model, tokenizer=tokenizer,
                              trainer=trainer, runtime=time.time() - started)  # fmt: skip
     out = save_final(trainer, lineage)
