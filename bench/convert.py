@@ -146,7 +146,8 @@ def main() -> None:
         src = work / "meta"
         size = write_checkpoint(src, args.layers, args.shards)
         print(f"synthetic checkpoint: {args.layers} layers of Llama 2 7B, {args.shards} shard(s), {size / 1e9:.2f} GB")
-        # cp and ours alternate `--repeat` times and the medians are compared: the disk is shared and noisy.
+        # cp and ours alternate `--repeat` times: the disk and CPUs are shared and noisy, so each ours run is
+        # compared with the cp run just before it, and the median of those ratios is the figure.
         cp_walls, ours_runs = [], []
         for i in range(args.repeat):
             cp_walls.append(time_cp(src, work / "cp"))
@@ -162,16 +163,16 @@ def main() -> None:
 
         print(f"cp: median {cp_wall:.2f} s of {[round(w, 2) for w in cp_walls]} ({size / cp_wall / 1e9:.2f} GB/s); "
               f"ours (meta-to-hf): {[round(r['wall'], 2) for r in ours_runs]}")  # fmt: skip
-        print(f"{'':10} {'wall s':>8} {'÷ cp':>7} {'peak RSS growth GB':>19} {'÷ checkpoint':>13}")
+        print(f"{'':10} {'wall s':>8} {'÷ cp med':>9} {'peak RSS growth GB':>19} {'÷ checkpoint':>13}")
         for kind, r in results.items():
             growth = (r["peak_kib"] - r["base_kib"]) * 1024
-            print(f"{kind:10} {r['wall']:8.2f} {r['wall'] / cp_wall:7.2f} {growth / 1e9:19.2f} {growth / size:13.3f}")
-        ours = results["ours"]
-        time_ratio = ours["wall"] / cp_wall
+            print(f"{kind:10} {r['wall']:8.2f} {r['wall'] / cp_wall:9.2f} {growth / 1e9:19.2f} {growth / size:13.3f}")
+        time_ratio = statistics.median(r["wall"] / cp for r, cp in zip(ours_runs, cp_walls))
         mem_ratio = max((r["peak_kib"] - r["base_kib"]) * 1024 / size for r in ours_runs)
         verdict = {True: "ok", False: "MISSED"}
-        print(f"meta-to-hf targets: time ÷ cp {time_ratio:.2f} (<= 2.0: {verdict[time_ratio <= 2.0]}), "
-              f"RSS growth ÷ checkpoint {mem_ratio:.3f} (<= 0.15: {verdict[mem_ratio <= 0.15]})")  # fmt: skip
+        print(f"meta-to-hf targets: time ÷ cp (median of pairs) {time_ratio:.2f} "
+              f"(<= 2.0: {verdict[time_ratio <= 2.0]}), RSS growth ÷ checkpoint {mem_ratio:.3f} "
+              f"(<= 0.15: {verdict[mem_ratio <= 0.15]})")  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
