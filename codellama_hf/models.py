@@ -25,7 +25,7 @@ SIZES: dict[str, dict] = {
                 num_key_value_heads=40),
     "34b": dict(hidden_size=8192, intermediate_size=22016, num_hidden_layers=48, num_attention_heads=64,
                 num_key_value_heads=8),
-    "tiny": dict(hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=4,
+    "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2),
 }  # fmt: skip
 

@@ -174,9 +174,10 @@ def test_4bit_and_8bit_on_cpu(tiny_dir, tmp_path):
         assert type(up).__name__ == layer and model.quantization == quantization
         assert isinstance(model.generate("import os", max_new_tokens=2), str)
         packed_kernel |= getattr(up, "support_avx512bf16_for_cpu", False)
-    # The tiny preset's FFN size (344) is not a multiple of 32: fine for bitsandbytes' generic CPU path, refused
-    # up front where its packed AVX512-BF16 kernel would assert in the middle of a forward pass.
-    odd = _model_folder(tmp_path / "odd", LlamaForCausalLM(llama_config("tiny", vocab_size=4016)), tiny_dir)
+    # An FFN size that is not a multiple of 32 (344) is fine for bitsandbytes' generic CPU path, and refused up
+    # front where its packed AVX512-BF16 kernel would assert in the middle of a forward pass.
+    odd_model = LlamaForCausalLM(llama_config("tiny", vocab_size=4016, intermediate_size=344))
+    odd = _model_folder(tmp_path / "odd", odd_model, tiny_dir)
     if packed_kernel:
         with pytest.raises(ValueError, match="cannot run 4-bit on this CPU: .*divisible by 32"):
             load(odd, quantization="4bit")
