@@ -958,23 +958,10 @@ def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def build_instruct_dataset(data_args, config, tokenizer):
-    """Packed SFT rows for the instruct stage and a description of them for the lineage.
-
-    `dataset_mixture` (preset "instruct_rehearsal": code 6%, natural language 2%, 92% reserved) gives the rehearsal
-    components and weights; `mixture_sources.instruct` names the dialogs that fill the reserved share, and other
-    keys override component sources as in the other stages. Weights are shares of the training tokens. Without a
-    mixture (`dataset_mixture: none`), `dataset_sources` name the dialogs and nothing is rehearsed.
-    Map-style data is packed once by the main process into exactly max_steps x sequences_per_step rows under
-    output_dir/packed/, which every process and every resume reads; with `streaming` rows are packed on the fly
-    (deterministically, so a resume replays the same stream).
-    """
-    import shutil
-
-    import datasets
-
-    from codellama_hf.corpus import Mixture, get_mixture, load_mixture
-    from codellama_hf.training import PACKED_DIR
+def instruct_mixture(data_args):
+    """(name, rehearsal components, token weights, component sources, instruct sources) from the data arguments,
+    checked; cheap, so the stage calls it before loading a model."""
+    from codellama_hf.corpus import get_mixture
 
     if data_args.fim_rate:
         raise ValueError(f"fim_rate={data_args.fim_rate}: the instruct stage trains on dialogs without FIM; set 0")
@@ -997,6 +984,28 @@ def build_instruct_dataset(data_args, config, tokenizer):
         if unknown:
             raise ValueError(f"mixture_sources names {sorted(unknown)}, which mixture {name!r} lacks "
                              f"(components: {sorted(mixture.weights)} and {INSTRUCT!r})")  # fmt: skip
+    return name, rehearsal, weights, sources, instruct_sources
+
+
+def build_instruct_dataset(data_args, config, tokenizer):
+    """Packed SFT rows for the instruct stage and a description of them for the lineage.
+
+    `dataset_mixture` (preset "instruct_rehearsal": code 6%, natural language 2%, 92% reserved) gives the rehearsal
+    components and weights; `mixture_sources.instruct` names the dialogs that fill the reserved share, and other
+    keys override component sources as in the other stages. Weights are shares of the training tokens. Without a
+    mixture (`dataset_mixture: none`), `dataset_sources` name the dialogs and nothing is rehearsed.
+    Map-style data is packed once by the main process into exactly max_steps x sequences_per_step rows under
+    output_dir/packed/, which every process and every resume reads; with `streaming` rows are packed on the fly
+    (deterministically, so a resume replays the same stream).
+    """
+    import shutil
+
+    import datasets
+
+    from codellama_hf.corpus import Mixture, load_mixture
+    from codellama_hf.training import PACKED_DIR
+
+    name, rehearsal, weights, sources, instruct_sources = instruct_mixture(data_args)
     seed = config.data_seed if config.data_seed is not None else config.seed
     with config.main_process_first(desc="reading the instruct data and the rehearsal corpus"):
         parts = {INSTRUCT: load_dialogs(instruct_sources, data_args.dataset_split)}
@@ -1077,26 +1086,26 @@ def run_instruct(*, default_config: str | os.PathLike, argv: list[str] | None = 
         if PartialState().is_main_process:
             Console(highlight=False).print(*text)
 
-    # 1. Distributed state, before any TrainingArguments
+    # 1. Configuration: YAML + command line -> dataclasses, the batch plan (paper: 524,288 tokens per step) and the
+    # distributed state (StageConfig hands gloo to accelerate for DeepSpeed on CPU)
     _accept_instruct_stage()
-    training.init_distributed()
-    # 2. Configuration: YAML + command line -> dataclasses, and the batch plan (paper: 524,288 tokens per step)
     model_args, data_args, config = parse_stage_config(INSTRUCT, argv, default_config=default_config)
     if config.plan_only:
         print(config.plan.describe())
         return None
     _ = config.device  # accelerate's state, set up the way TrainingArguments wants it (backend, timeout)
     say(f"[bold]instruct stage[/bold] -> {config.output_dir}\n{config.plan.describe()}")
+    instruct_mixture(data_args)  # bad data settings fail before a model is loaded
     training.prepare_output_dir(config)
-    # 3. Tokenizer (with the Code Llama - Instruct chat template, saved with the model) and model
+    # 2. Tokenizer (with the Code Llama - Instruct chat template, saved with the model) and model
     tokenizer, model, base = training.load_tokenizer_and_model(model_args, config)
     tokenizer.chat_template = CHAT_TEMPLATE
-    # 4. Data: dialogs (loss on answers only) + rehearsal, mixed by tokens, packed
+    # 3. Data: dialogs (loss on answers only) + rehearsal, mixed by tokens, packed
     train_dataset, data_info = build_instruct_dataset(data_args, config, tokenizer)
     if "components" in data_info:
         shares = ", ".join(f"{n} {c['token_share']:.1%}" for n, c in data_info["components"].items())
         say(f"data: {data_info['rows']:,} rows; token shares {shares}; skipped {data_info['skipped'] or 'nothing'}")
-    # 5. Trainer, resuming where a checkpoint left off
+    # 4. Trainer, resuming where a checkpoint left off
     signature = training.run_signature(config, data_args)
     trainer = training.StageTrainer(model=model, args=config, train_dataset=train_dataset, data_collator=SFTCollator(),
                                     processing_class=tokenizer,
@@ -1104,10 +1113,10 @@ def run_instruct(*, default_config: str | os.PathLike, argv: list[str] | None = 
     if trainer.is_deepspeed_enabled:
         training.check_zero3_saves_weights(trainer.accelerator.state.deepspeed_plugin.deepspeed_config)
     resume = training.resume_checkpoint(config, signature)
-    # 6. Train
+    # 5. Train
     started = time.time()
     trainer.train(resume_from_checkpoint=resume)
-    # 7. Save the model (its tokenizer carries the chat template) with its lineage
+    # 6. Save the model (its tokenizer carries the chat template) with its lineage
     lineage = training.lineage_record(config=config, base=base, data_info=data_info, model=trainer.model,
                                       tokenizer=tokenizer, trainer=trainer, runtime=time.time() - started)  # fmt: skip
     lineage["chat_template"] = "codellama_hf.chat.CHAT_TEMPLATE (Meta's chat_completion encoding)"
@@ -1115,3 +1124,14 @@ def run_instruct(*, default_config: str | os.PathLike, argv: list[str] | None = 
     if PartialState().is_main_process:
         training.print_summary(lineage, out, config)
     return out
+
+
+def main(*, default_config: str | os.PathLike) -> None:
+    """Entry point of recipes/instruct.py: bad input ends in one line that names the problem (exit 2)."""
+    import sys
+
+    try:
+        run_instruct(default_config=default_config)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"instruct stage: error: {err}", file=sys.stderr)
+        sys.exit(2)
