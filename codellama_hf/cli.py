@@ -19,6 +19,7 @@ COMMANDS = {
     "instruct": "codellama_hf.instruct",
     "card": "codellama_hf.cards",
     "push": "codellama_hf.hub",
+    "reproduce": "codellama_hf.reproduce",
 }
 
 
