@@ -203,11 +203,15 @@ def code_pieces(run: Run) -> None:
 
     FIM transforms only documents that fit one context (paper: whole files in 4,096 tokens); at a 256-token
     context almost no file fits, so the miniature trains on top-level blocks (split at blank lines, merged up to
-    ~3 characters per token of the context) instead of whole files. Validation files stay whole and unseen.
+    2 characters per token of the context) instead of whole files. Validation files stay whole and unseen.
+    The stage's mixture is Table 1's code preset with these blocks as its code component, balanced by bytes (Table
+    1 gives token shares; the prose documents are whole files, so balancing documents would make them most tokens).
     """
+    import yaml
+
     from codellama_hf.corpus import embedded_corpus
 
-    limit = 3 * run.preset.stages["code"].seq_len
+    limit = 2 * run.preset.stages["code"].seq_len
     rows = []
     for doc in embedded_corpus("code", "train"):
         pieces, current = [], ""
@@ -229,7 +233,11 @@ def code_pieces(run: Run) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
     os.replace(tmp, path)
-    console.print(f"{len(rows):,} code blocks of at most {limit:,} characters -> {path}")
+    mixture = {"balance": "bytes", "components": {"code": {"weight": 0.85, "sources": [str(path)]}, "nl_code": 0.08,
+                                                    "nl": 0.07}}  # fmt: skip
+    mixture_path = run.path("data", "code-mixture.yaml")
+    mixture_path.write_text(yaml.safe_dump(mixture))
+    console.print(f"{len(rows):,} code blocks of at most {limit:,} characters -> {path}, mixture {mixture_path}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -708,9 +716,9 @@ def reproduce(out: str | os.PathLike, *, preset: str = "tiny", seed: int = 0, hu
         init / "config.json",
         lambda: meta_to_hf(meta, init, extend_vocab=True, dtype="float32", progress=False),
     )
-    pieces = run.path("data", "code-pieces.jsonl")
-    run.step("data", pieces, lambda: code_pieces(run))
-    start = ["--model_name_or_path", str(init), "--mixture_sources", json.dumps({"code": [str(pieces)]})]
+    mixture = run.path("data", "code-mixture.yaml")
+    run.step("data", mixture, lambda: code_pieces(run))
+    start = ["--model_name_or_path", str(init), "--dataset_mixture", str(mixture)]
     for name, fim in (("code", "0.9"), ("code-nofim", "0.0")):
         folder = run.model(name)
         run.step(
