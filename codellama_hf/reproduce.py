@@ -333,10 +333,10 @@ def _load(path: Path):
     return load_model(str(path), dtype="float32", device="cpu")
 
 
-def _validation_texts(kind: str, run: Run) -> list[str]:
+def _validation_texts(kind: str, documents: int) -> list[str]:
     from codellama_hf.corpus import embedded_corpus
 
-    return list(embedded_corpus(kind, "validation", max_documents=run.preset.eval_documents)["text"])
+    return list(embedded_corpus(kind, "validation", max_documents=documents)["text"])
 
 
 def validation_loss(run: Run, model_dir: Path, kind: str) -> dict:
@@ -345,7 +345,7 @@ def validation_loss(run: Run, model_dir: Path, kind: str) -> dict:
 
     length = run.preset.stages["code"].seq_len
     model, tokenizer = _load(model_dir)
-    result = perplexity_by_length(model, tokenizer, _validation_texts(kind, run), [length],
+    result = perplexity_by_length(model, tokenizer, _validation_texts(kind, run.preset.eval_documents), [length],
                                   max_tokens_per_text=run.preset.eval_tokens_per_file)  # fmt: skip
     ppl = result["perplexity"][str(length)]
     return {"model": model_dir.name, "corpus": f"{kind} (validation)", "context": length, "loss": math.log(ppl),
@@ -356,7 +356,8 @@ def perplexity_by_context(run: Run, model_dir: Path) -> dict:
     from codellama_hf.evaluation.long_context import perplexity_by_length
 
     model, tokenizer = _load(model_dir)
-    result = perplexity_by_length(model, tokenizer, _validation_texts("code", run), run.preset.lcft_lengths,
+    texts = _validation_texts("code", run.preset.eval_documents)
+    result = perplexity_by_length(model, tokenizer, texts, run.preset.lcft_lengths,
                                   max_tokens_per_text=run.preset.eval_tokens_per_file)  # fmt: skip
     return {"model": model_dir.name, **result}
 
@@ -365,7 +366,7 @@ def infilling_examples(run: Run) -> list[dict]:
     """Single-line middles cut from held-out Python files: one line per file, chosen by the seed."""
     examples = []
     rng = random.Random(run.seed)
-    for text in _validation_texts("python", run) + _validation_texts("code", run):
+    for text in _validation_texts("python", 4 * run.preset.infill_examples):
         lines = text.splitlines(keepends=True)
         candidates = [i for i, line in enumerate(lines[5:-5], 5)
                       if 8 <= len(line.strip()) <= 60 and not line.strip().startswith(("#", '"', "'"))]  # fmt: skip
