@@ -1065,73 +1065,33 @@ def build_instruct_dataset(data_args, config, tokenizer):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _accept_instruct_stage() -> None:
-    """StageConfig checks `stage` against stages.STAGES; until that tuple lists "instruct", add it here."""
-    from codellama_hf import stages
-
-    if INSTRUCT not in stages.STAGES:
-        stages.STAGES = (*stages.STAGES, INSTRUCT)
-
-
-def run_instruct(*, default_config: str | os.PathLike, argv: list[str] | None = None) -> Path | None:
-    """Parse the recipe, fine-tune on dialogs + rehearsal and save the model with the chat template in its
-    tokenizer; the same distributed, resume, saving and lineage machinery as the other stages (training.py)."""
+def _build_and_describe(data_args, config, tokenizer):
+    """The instruct rows, with the realised token shares printed for the person at the terminal."""
     from accelerate import PartialState
     from rich.console import Console
 
-    from codellama_hf import training
-    from codellama_hf.stages import parse_stage_config
+    rows, info = build_instruct_dataset(data_args, config, tokenizer)
+    if "components" in info and PartialState().is_main_process:
+        shares = ", ".join(f"{n} {c['token_share']:.1%}" for n, c in info["components"].items())
+        Console(highlight=False).print(f"data: {info['rows']:,} rows; token shares {shares}; skipped "
+                                       f"{info['skipped'] or 'nothing'}")  # fmt: skip
+    return rows, info
 
-    def say(*text):
-        if PartialState().is_main_process:
-            Console(highlight=False).print(*text)
 
-    # 1. Configuration: YAML + command line -> dataclasses, the batch plan (paper: 524,288 tokens per step) and the
-    # distributed state (StageConfig hands gloo to accelerate for DeepSpeed on CPU)
-    _accept_instruct_stage()
-    model_args, data_args, config = parse_stage_config(INSTRUCT, argv, default_config=default_config)
-    if config.plan_only:
-        print(config.plan.describe())
-        return None
-    _ = config.device  # accelerate's state, set up the way TrainingArguments wants it (backend, timeout)
-    say(f"[bold]instruct stage[/bold] -> {config.output_dir}\n{config.plan.describe()}")
-    instruct_mixture(data_args)  # bad data settings fail before a model is loaded
-    training.prepare_output_dir(config)
-    # 2. Tokenizer (with the Code Llama - Instruct chat template, saved with the model) and model
-    tokenizer, model, base = training.load_tokenizer_and_model(model_args, config)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    # 3. Data: dialogs (loss on answers only) + rehearsal, mixed by tokens, packed
-    train_dataset, data_info = build_instruct_dataset(data_args, config, tokenizer)
-    if "components" in data_info:
-        shares = ", ".join(f"{n} {c['token_share']:.1%}" for n, c in data_info["components"].items())
-        say(f"data: {data_info['rows']:,} rows; token shares {shares}; skipped {data_info['skipped'] or 'nothing'}")
-    # 4. Trainer, resuming where a checkpoint left off
-    signature = training.run_signature(config, data_args)
-    trainer = training.StageTrainer(model=model, args=config, train_dataset=train_dataset, data_collator=SFTCollator(),
-                                    processing_class=tokenizer,
-                                    callbacks=[training.RunSignatureCallback(signature)])  # fmt: skip
-    if trainer.is_deepspeed_enabled:
-        training.check_zero3_saves_weights(trainer.accelerator.state.deepspeed_plugin.deepspeed_config)
-    resume = training.resume_checkpoint(config, signature)
-    # 5. Train
-    started = time.time()
-    trainer.train(resume_from_checkpoint=resume)
-    # 6. Save the model (its tokenizer carries the chat template) with its lineage
-    lineage = training.lineage_record(config=config, base=base, data_info=data_info, model=trainer.model,
-                                      tokenizer=tokenizer, trainer=trainer, runtime=time.time() - started)  # fmt: skip
-    lineage["chat_template"] = "codellama_hf.chat.CHAT_TEMPLATE (Meta's chat_completion encoding)"
-    out = training.save_final(trainer, lineage)
-    if PartialState().is_main_process:
-        training.print_summary(lineage, out, config)
-    return out
+INSTRUCT_HOOKS = dict(build_data=_build_and_describe, collator=SFTCollator(), chat_template=CHAT_TEMPLATE,
+                      check_data=instruct_mixture)  # fmt: skip
+
+
+def run_instruct(*, default_config: str | os.PathLike, argv: list[str] | None = None) -> Path | None:
+    """Fine-tune on dialogs + rehearsal and save the model with the chat template in its tokenizer: the shared
+    stage machinery (training.run_stage) with the instruct data, its collator and the chat template."""
+    from codellama_hf.training import run_stage
+
+    return run_stage(INSTRUCT, default_config=default_config, argv=argv, **INSTRUCT_HOOKS)
 
 
 def main(*, default_config: str | os.PathLike) -> None:
     """Entry point of recipes/instruct.py: bad input ends in one line that names the problem (exit 2)."""
-    import sys
+    from codellama_hf.training import main as stage_main
 
-    try:
-        run_instruct(default_config=default_config)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"instruct stage: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    stage_main(INSTRUCT, default_config=default_config, **INSTRUCT_HOOKS)

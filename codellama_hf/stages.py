@@ -23,13 +23,15 @@ from pathlib import Path
 import yaml
 from transformers import TrainingArguments
 
-STAGES = ("code", "python", "lcft")
+from codellama_hf.adapters import AdapterArguments
+
+STAGES = ("code", "python", "lcft", "instruct")
 PAPER_MIN_LR_RATE = 1 / 30  # "final learning rate 1/30th of the peak" (codellama.md §3.4)
 
 
 @dataclass
-class ModelArguments:
-    """What a stage starts from."""
+class ModelArguments(AdapterArguments):
+    """What a stage starts from, and how it is trained: all weights, or LoRA / QLoRA adapters (AdapterArguments)."""
 
     model_name_or_path: str | None = field(
         default=None,

@@ -31,6 +31,13 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback
 
 import codellama_hf
+from codellama_hf.adapters import (
+    AdapterArguments,
+    apply_adapters,
+    merge_and_save,
+    model_loading_kwargs,
+    write_adapter_metadata,
+)
 from codellama_hf.models import (
     assert_rope_theta,
     effective_rope_theta,
@@ -146,6 +153,11 @@ def load_tokenizer_and_model(model_args: ModelArguments, config: StageConfig):
     model_config.use_cache = False  # packed rows: no cache, or documents would see each other (verified-here.md)
 
     kwargs = {"dtype": _torch_dtype(model_args.dtype), "attn_implementation": model_args.attn_implementation}
+    if model_args.quantized:
+        if fresh:
+            raise ValueError(f"load_in_{model_args.quantized} quantizes a pretrained base for QLoRA; a random "
+                             f"{model_args.init_model_size} model has none: set model_name_or_path")  # fmt: skip
+        kwargs.update(model_loading_kwargs(model_args, torch.bfloat16 if config.bf16 else torch.float32))
     if fresh:
         torch.manual_seed(config.seed)
         model = AutoModelForCausalLM.from_config(model_config, **kwargs)
@@ -161,6 +173,7 @@ def load_tokenizer_and_model(model_args: ModelArguments, config: StageConfig):
         except (ValueError, RuntimeError) as err:
             raise ValueError(f"rope_theta={theta:g} cannot take effect on {source}: {err}") from None
     _check_vocabulary(model, tokenizer, model_args, source or "the new model", tokenizer_path)
+    model = apply_adapters(model, model_args, gradient_checkpointing=config.gradient_checkpointing)
     base["tokenizer"] = str(tokenizer_path)
     return tokenizer, model, base
 
@@ -534,25 +547,37 @@ def plot_training_curves(log_history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def save_final(trainer: Trainer, lineage: dict) -> Path:
+def save_final(trainer: Trainer, lineage: dict, adapter: AdapterArguments | None = None) -> Path:
     """Write the final model as a plain HF folder (weights, config with both rope keys, tokenizer, lineage).
 
     Everything goes to a temporary folder first (under ZeRO-3 every process takes part in gathering the weights);
     files then move into output_dir with lineage.json last, so a folder with lineage.json is a finished model.
+    A LoRA stage saves its adapter in output_dir/adapter and, with merge_adapter, the merged model beside it.
     """
     out = Path(trainer.args.output_dir)
     tmp = out / ".final.tmp"
+    lora = adapter is not None and adapter.use_peft
     state = _state()
     if state.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     state.wait_for_everyone()
     trainer.model.config.use_cache = True  # for the saved config: inference wants the cache
-    trainer.save_model(str(tmp))
+    trainer.save_model(str(tmp / "adapter" if lora else tmp))
     if state.is_main_process:
-        if not any(tmp.glob("*.safetensors")):
+        if lora:
+            write_adapter_metadata(trainer.accelerator.unwrap_model(trainer.model), tmp / "adapter")
+            _write_json_atomic(tmp / "adapter" / LINEAGE_FILE, lineage)
+            if adapter.merge_adapter:
+                merged = merge_and_save(tmp / "adapter", tmp / ".merged")
+                lineage = json.loads((merged / LINEAGE_FILE).read_text())  # now with an "adapter" entry
+                for path in merged.iterdir():
+                    os.replace(path, tmp / path.name)
+                merged.rmdir()
+        elif not any(tmp.glob("*.safetensors")):
             raise RuntimeError(f"no weights were written to {tmp} (DeepSpeed ZeRO-3 needs "
                                "stage3_gather_16bit_weights_on_model_save: true)")  # fmt: skip
-        write_config_with_both_rope_keys(tmp)
+        if (tmp / "config.json").is_file():
+            write_config_with_both_rope_keys(tmp)
         trainer.save_state()
         plot_training_curves(trainer.state.log_history, tmp / "training_curves.png")
         _write_json_atomic(tmp / LINEAGE_FILE, lineage)
@@ -600,8 +625,23 @@ def print_summary(lineage: dict, out: Path, config: StageConfig) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def run_stage(stage: str, *, default_config: str | os.PathLike, argv: list[str] | None = None) -> Path | None:
-    """Parse the recipe, train the stage and save it; returns the output folder (None with plan_only)."""
+def run_stage(
+    stage: str,
+    *,
+    default_config: str | os.PathLike,
+    argv: list[str] | None = None,
+    build_data=None,
+    collator=None,
+    chat_template: str | None = None,
+    check_data=None,
+) -> Path | None:
+    """Parse the recipe, train the stage and save it; returns the output folder (None with plan_only).
+
+    A stage is its data: `build_data(data_args, config, tokenizer) -> (rows, info)` (default: documents -> FIM ->
+    packed rows) and the `collator` for those rows; `chat_template` goes into the saved tokenizer; `check_data`
+    validates the data settings before a model is loaded. Everything else is shared by all stages.
+    """
+    from codellama_hf.packing import PackedCollator
     from codellama_hf.tokenizer import infill_ids
 
     # 1. Configuration: YAML + command line -> dataclasses, the batch plan, and the distributed state (gloo for
@@ -612,26 +652,28 @@ def run_stage(stage: str, *, default_config: str | os.PathLike, argv: list[str] 
         return None
     _ = config.device  # accelerate's state, set up the way TrainingArguments wants it (backend, timeout)
     _print(f"[bold]{stage} stage[/bold] -> {config.output_dir}\n{config.plan.describe()}")
+    if check_data is not None:
+        check_data(data_args)
     prepare_output_dir(config)
-    # 2. Tokenizer and model (theta set through rope_parameters and checked in the rotary embedding)
+    # 2. Tokenizer and model (theta set through rope_parameters and checked in the rotary embedding; LoRA adapters)
     tokenizer, model, base = load_tokenizer_and_model(model_args, config)
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
     parameters = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3 partitions them
     _print(f"model: {parameters:,} parameters, rope theta {effective_rope_theta(model):,.0f}, "
            f"vocabulary {len(tokenizer):,}")  # fmt: skip
-    # 3. Data: documents -> FIM -> packed rows
-    train_dataset, data_info = build_train_dataset(data_args, config, tokenizer)
+    # 3. Data: rows for this stage (documents -> FIM -> packed rows by default)
+    train_dataset, data_info = (build_data or build_train_dataset)(data_args, config, tokenizer)
     # 4. Trainer, resuming where a checkpoint left off
-    from codellama_hf.packing import PackedCollator
-
     signature = run_signature(config, data_args)
     trainer = StageTrainer(
         model=model,
         args=config,
         train_dataset=train_dataset,
-        data_collator=PackedCollator(),
+        data_collator=collator or PackedCollator(),
         processing_class=tokenizer,
         callbacks=[RunSignatureCallback(signature)],
-        infill=infill_ids(tokenizer) if data_info["fim"] else None,
+        infill=infill_ids(tokenizer) if data_info.get("fim") else None,
     )
     if trainer.is_deepspeed_enabled:
         check_zero3_saves_weights(trainer.accelerator.state.deepspeed_plugin.deepspeed_config)
@@ -642,16 +684,18 @@ def run_stage(stage: str, *, default_config: str | os.PathLike, argv: list[str] 
     # 6. Save the final model with its lineage, and say where it went
     lineage = lineage_record(config=config, base=base, data_info=data_info, model=trainer.model, tokenizer=tokenizer,
                              trainer=trainer, runtime=time.time() - started)  # fmt: skip
-    out = save_final(trainer, lineage)
+    if chat_template is not None:
+        lineage["chat_template"] = chat_template
+    out = save_final(trainer, lineage, model_args)
     if _state().is_main_process:
-        print_summary(lineage, out, config)
+        print_summary(json.loads((out / LINEAGE_FILE).read_text()), out, config)
     return out
 
 
-def main(stage: str, *, default_config: str | os.PathLike) -> None:
+def main(stage: str, *, default_config: str | os.PathLike, **stage_hooks) -> None:
     """Entry point of recipes/<stage>.py: bad input ends in one line that names the problem (exit 2), as in the CLI."""
     try:
-        run_stage(stage, default_config=default_config)
+        run_stage(stage, default_config=default_config, **stage_hooks)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"{stage} stage: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -97,23 +97,21 @@ def test_options_validate_and_map_to_peft_and_bitsandbytes():
             AdapterArguments(**kwargs)
 
 
-def test_options_are_one_more_dataclass_of_the_stage_recipes(tmp_path):
-    """The fields do not clash with the stage dataclasses, so TrlParser can route all four from one YAML/CLI."""
-    from dataclasses import fields
+def test_options_are_fields_of_every_stage_recipe(tmp_path):
+    """Stage recipes read the adapter options (TRL's names) from the same YAML / command line as everything else."""
+    from codellama_hf.stages import ModelArguments, parse_stage_config
 
-    from trl import TrlParser
-
-    from codellama_hf.stages import ARGUMENT_CLASSES
-
-    ours = {f.name for f in fields(AdapterArguments)}
-    for cls in ARGUMENT_CLASSES:
-        assert not ours & {f.name for f in fields(cls)}, cls
-    *_, adapter = TrlParser((*ARGUMENT_CLASSES, AdapterArguments)).parse_args_and_config(
-        ["--stage", "python", "--output_dir", str(tmp_path), "--max_steps", "1", "--dataset_sources", str(tmp_path),
-         "--use_peft", "true", "--lora_r", "8", "--load_in_4bit", "true", "--lora_target_modules", "q_proj", "v_proj",
-         "--report_to", "none"])  # fmt: skip
-    assert (adapter.use_peft, adapter.lora_r, adapter.quantized, adapter.lora_target_modules) == (
+    assert issubclass(ModelArguments, AdapterArguments)
+    config = tmp_path / "python.yaml"
+    config.write_text(f"stage: python\noutput_dir: {tmp_path / 'out'}\nmax_steps: 1\ndataset_sources: [{tmp_path}]\n"
+                      "seq_len: 64\ntokens_per_step: 64\nper_device_train_batch_size: 1\nreport_to: none\n"
+                      "use_peft: true\nlora_r: 8\n")  # fmt: skip
+    model_args, *_ = parse_stage_config("python", ["--config", str(config), "--load_in_4bit", "true",
+                                                   "--lora_target_modules", "q_proj", "v_proj"])  # fmt: skip
+    assert (model_args.use_peft, model_args.lora_r, model_args.quantized, model_args.lora_target_modules) == (
         True, 8, "4bit", ["q_proj", "v_proj"])
+    with pytest.raises(ValueError, match="need use_peft"):
+        parse_stage_config("python", ["--config", str(config), "--use_peft", "false", "--load_in_4bit", "true"])
 
 
 def test_qlora_step_on_cpu_then_merge_equals_base_plus_delta(base_dirs, tmp_path):
@@ -229,3 +227,36 @@ def test_a_grown_vocabulary_is_trained_saved_and_merged(base_dirs, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(merged(tokens).logits, peft_model.eval()(input_ids=tokens).logits, atol=1e-4,
                                    rtol=0)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_stage_recipe_trains_qlora_and_saves_adapter_and_merged_model(base_dirs, tmp_path):
+    """recipes/python.py with use_peft + load_in_4bit: adapter in output_dir/adapter, merged plain model beside it."""
+    import os
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    from codellama_hf.models import rope_theta
+    from tests.conftest import ROOT
+
+    out = tmp_path / "python-qlora"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "python.py"), "--model_name_or_path", str(base_dirs[0]),
+         "--output_dir", str(out), "--use_peft", "true", "--load_in_4bit", "true", "--lora_r", "4",
+         "--seq_len", "128", "--tokens_per_step", "256", "--max_steps", "3", "--report_to", "none",
+         "--rope_theta", "1000000", "--save_steps", "100"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    adapter = json.loads((out / "adapter" / METADATA_FILE).read_text())
+    assert adapter["quantization"] == "4bit" and adapter["lora"]["r"] == 4
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["stage"] == "python" and lineage["adapter"]["quantization"] == "4bit"
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    assert rope_theta(merged.config) == 1e6  # the theta trained with, not the base's
+    base = AutoModelForCausalLM.from_pretrained(base_dirs[0])
+    q_merged = merged.model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(q_merged, base.model.layers[0].self_attn.q_proj.weight)  # the update is in the weights
+    assert torch.equal(merged.model.embed_tokens.weight, base.model.embed_tokens.weight)  # LoRA left them alone

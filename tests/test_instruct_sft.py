@@ -40,7 +40,6 @@ def write_dialogs(path: Path) -> Path:
 
 
 def stage_config(tmp_path, *overrides, config_file=TINY):
-    I._accept_instruct_stage()
     argv = ["--config", str(config_file), "--output_dir", str(tmp_path / "out"), "--seq_len", "256",
             "--tokens_per_step", "1024", "--per_device_train_batch_size", "2", "--max_steps", "4",
             "--report_to", "none", "--packing_buffer", "16", *overrides]  # fmt: skip
