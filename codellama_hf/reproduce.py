@@ -77,6 +77,7 @@ class Preset:
     infill_examples: int
     infill_max_new_tokens: int = 24
     instruct_problems: int = 8
+    code_files: int | None = None  # training files cut into blocks for the code stage (None: all)
 
 
 PRESETS = {
@@ -108,6 +109,7 @@ PRESETS = {
         infill_examples=4,
         infill_max_new_tokens=8,
         instruct_problems=3,
+        code_files=50,
     ),
 }
 
@@ -213,7 +215,7 @@ def code_pieces(run: Run) -> None:
 
     limit = 2 * run.preset.stages["code"].seq_len
     rows = []
-    for doc in embedded_corpus("code", "train"):
+    for doc in embedded_corpus("code", "train", max_documents=run.preset.code_files):
         pieces, current = [], ""
         for block in doc["text"].split("\n\n"):
             while len(block) > limit:  # a long block is cut at a line break
@@ -562,7 +564,9 @@ def _plots(run: Run, numbers: dict, folder: Path) -> dict[str, str]:
     x = range(2)
     ax2.bar([i - 0.2 for i in x], [em[f]["fim"] for f in ("psm", "spm")], 0.4, label="FIM")
     ax2.bar([i + 0.2 for i in x], [em[f]["no_fim"] for f in ("psm", "spm")], 0.4, label="no FIM")
-    ax2.set(title="claim 2: single-line infilling", ylabel="exact match", xticks=list(x), xticklabels=["PSM", "SPM"])
+    top = max([0.1] + [em[f][m] for f in ("psm", "spm") for m in ("fim", "no_fim")])
+    ax2.set(title="claim 2: single-line infilling", ylabel="exact match", xticks=list(x), xticklabels=["PSM", "SPM"],
+            ylim=(0, 1.15 * top))  # fmt: skip
     ax2.legend()
     ax3.bar(["code model", "Python model"], [c4["loss_code_model"], c4["loss_python_model"]], color=["C0", "C2"])
     ax3.set(title="claim 4: Python validation loss", ylabel="loss (nats/token)")
