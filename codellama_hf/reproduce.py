@@ -3,20 +3,20 @@
 `codellama-hf reproduce --preset tiny --out DIR [--seed N]` runs, each step skipped when its output is complete
 (so an interrupted run continues where it stopped, and a training stage resumes from its latest checkpoint):
 
- 1. tokenizer   a tiny "Llama 2" tokenizer (4,000 pieces, no infilling pieces);
- 2. pretrain    a tiny Llama pretrained briefly on local natural language (the stand-in for Llama 2);
- 3. meta        that model saved in Meta's consolidated format (convert.hf_to_meta);
- 4. init        converted back to HF with the Code Llama tokenizer and the vocabulary extension (4,000 -> 4,016
-                rows at the mean embedding: convert.meta_to_hf(extend_vocab=True));
-    data        the code corpus' training files cut into blocks that fit the tiny context (so FIM applies);
- 5. code        code stage with FIM (rate 0.9), and code-nofim: the same budget from the same start without FIM;
- 6. python      Python stage continuing the code model;
- 7. lcft        long-context fine-tuning of the code model: theta 1e6, sequences 4x the code stage's;
- 8. selfinstruct  self-instruct with execution filtering (instruct.generate_self_instruct) with a toy generator;
- 9. instruct    instruct stage (SFT on those dialogs + rehearsal) continuing the LCFT model;
-10. evaluate    the claims' measurements on the corpus' held-out validation files (one cached JSON each);
-11. hub         model cards and the family staged for the Hub (hub.push_family, dry run);
-12. report      DIR/report/report.md with PNGs and DIR/report/claims.json (only measured numbers).
+ 1. tokenizer     a tiny "Llama 2" tokenizer (4,000 pieces, no infilling pieces);
+ 2. pretrain      a tiny Llama pretrained briefly on local natural language (the stand-in for Llama 2);
+ 3. meta          that model saved in Meta's consolidated format (convert.hf_to_meta);
+ 4. init          converted back to HF with the Code Llama tokenizer and the vocabulary extension (4,000 -> 4,016
+                  rows at the mean embedding: convert.meta_to_hf(extend_vocab=True));
+ 5. data          the code corpus' training files cut into blocks that fit the tiny context (so FIM applies);
+ 6. code          code stage with FIM (rate 0.9), and code-nofim: the same budget from the same start without FIM;
+ 7. python        Python stage continuing the code model;
+ 8. lcft          long-context fine-tuning of the code model: theta 1e6, sequences 4x the code stage's;
+ 9. selfinstruct  self-instruct with execution filtering (instruct.generate_self_instruct), toy generator;
+10. instruct      instruct stage (SFT on those dialogs + rehearsal) continuing the LCFT model;
+11. evaluate      the claims' measurements on the corpus' held-out validation files (one cached JSON each);
+12. hub           model cards and the family staged for the Hub (hub.push_family, dry run);
+13. report        DIR/report/report.md with PNGs and DIR/report/claims.json (only measured numbers).
 
 Every training stage is the library's `run_stage` / `run_instruct` in its own subprocess (accelerate's state is a
 process-wide singleton). "pretrain" is not in stages.STAGES: the subprocess adds it, as instruct.py does for
