@@ -5,6 +5,7 @@ Task names (CLI and results files): humaneval, mbpp, multiple-{py,cpp,java,cs}, 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,7 @@ class Problem:
     data: Mapping[str, Any] = field(default_factory=dict, repr=False)  # fields the test program is built from
 
 
-class Benchmark:
+class Benchmark(ABC):
     """Subclasses set `name`, load `problems`, and build `program(problem, completion, timeout)`."""
 
     name: str
@@ -38,8 +39,9 @@ class Benchmark:
     def __init__(self):
         self.problems: list[Problem] = []
 
+    @abstractmethod
     def program(self, problem: Problem, completion: str, timeout: float) -> Program:
-        raise NotImplementedError
+        """The program that runs `completion` against `problem`'s tests."""
 
     def missing_toolchain(self) -> str | None:
         """Why this benchmark cannot be executed on this machine (then it is reported skipped), or None."""
