@@ -145,6 +145,35 @@ class PackedCollator:
         return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
 
 
+class FIMPackingCollator:
+    """Raw documents -> FIM (per document) -> packed rows -> tensors, at batch time, for on-the-fly pipelines.
+
+    The same transform as `pack_dataset`, applied to each batch of examples (a `text` field and, optionally, an id
+    field): decisions still come from (seed, document identity, epoch), so a batch gives the same tokens whenever
+    and wherever it is collated. Call `set_epoch` between epochs. Returns as many rows as the documents fill.
+    """
+
+    def __init__(self, tokenizer, *, seq_len: int, fim: FIMConfig | None = None, text_column: str = "text",
+                 id_column: str | None = None):  # fmt: skip
+        self.tokenizer, self.seq_len, self.fim = tokenizer, seq_len, fim
+        self.text_column, self.id_column, self.epoch = text_column, id_column, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
+        done = tokenize_documents(
+            [e[self.text_column] for e in examples],
+            [e[self.id_column] for e in examples] if self.id_column else None,
+            self.tokenizer,
+            seq_len=self.seq_len,
+            fim=self.fim,
+            epoch=self.epoch,
+        )
+        rows, lengths = pack(done.input_ids, self.seq_len, self.tokenizer.eos_token_id)
+        return PackedCollator()([{"input_ids": r, "seq_lengths": n} for r, n in zip(rows, lengths)])
+
+
 def packing_efficiency(dataset: datasets.Dataset) -> float:
     """Share of the packed tokens that belong to documents rather than padding."""
     if len(dataset) == 0:

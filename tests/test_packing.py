@@ -6,7 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from codellama_hf.fim import FIMConfig, tokenize_documents
-from codellama_hf.packing import IGNORE_INDEX, PackedCollator, pack, pack_dataset, packing_efficiency
+from codellama_hf.packing import (
+    IGNORE_INDEX,
+    FIMPackingCollator,
+    PackedCollator,
+    pack,
+    pack_dataset,
+    packing_efficiency,
+)
 from tests.test_tokenizer import code_documents
 
 
@@ -80,3 +87,16 @@ def test_bad_dataset_input(tiny_tokenizer):
         pack_dataset(ds, tiny_tokenizer, seq_len=64)
     with pytest.raises(ValueError, match="seq_len"):
         pack_dataset(ds, tiny_tokenizer, seq_len=1, text_column="content")
+
+
+def test_fim_as_a_data_collator_equals_the_map_transform(tiny_tokenizer):
+    docs = [d[:1500] for d in code_documents(30)]
+    fim = FIMConfig(seed=9)
+    packed = pack_dataset(datasets.Dataset.from_dict({"text": docs}), tiny_tokenizer, seq_len=512, fim=fim)
+    expected = PackedCollator()(list(packed))
+    collator = FIMPackingCollator(tiny_tokenizer, seq_len=512, fim=fim)
+    batch = collator([{"text": d} for d in docs])
+    for key in ("input_ids", "labels", "position_ids"):
+        assert torch.equal(batch[key], expected[key])
+    collator.set_epoch(1)
+    assert not torch.equal(collator([{"text": d} for d in docs])["input_ids"], batch["input_ids"])
