@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -94,13 +95,19 @@ def naive_convert(src: Path, dst: Path) -> None:
     save_file(state, dst / "model.safetensors", metadata={"format": "pt"})
 
 
+def cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 def worker(kind: str, src: Path, dst: Path) -> None:
-    """Runs in a fresh process: imports, then the conversion; prints its wall time and RSS figures as JSON."""
+    """Runs in a fresh process: imports, then the conversion; prints wall and CPU time and RSS figures as JSON."""
     import torch  # noqa: F401  (imports count as baseline RSS, not as conversion memory)
 
     from codellama_hf import convert
 
     base = rss_kib("VmRSS")
+    cpu = cpu_seconds(resource.RUSAGE_SELF)
     start = time.perf_counter()
     if kind == "ours":
         convert.meta_to_hf(src, dst, progress=False)
@@ -109,7 +116,8 @@ def worker(kind: str, src: Path, dst: Path) -> None:
     else:
         naive_convert(src, dst)
     wall = time.perf_counter() - start
-    print(json.dumps({"wall": wall, "base_kib": base, "peak_kib": rss_kib("VmHWM")}))
+    cpu = cpu_seconds(resource.RUSAGE_SELF) - cpu
+    print(json.dumps({"wall": wall, "cpu": cpu, "base_kib": base, "peak_kib": rss_kib("VmHWM")}))
 
 
 def run(kind: str, src: Path, dst: Path) -> dict:
@@ -121,12 +129,12 @@ def run(kind: str, src: Path, dst: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def time_cp(src: Path, dst: Path) -> float:
+def time_cp(src: Path, dst: Path) -> dict:
     os.sync()
     dst.mkdir()
-    start = time.perf_counter()
+    cpu, start = cpu_seconds(resource.RUSAGE_CHILDREN), time.perf_counter()
     subprocess.run(["cp", *map(str, sorted(src.glob("consolidated.*.pth"))), str(dst)], check=True)
-    return time.perf_counter() - start
+    return {"wall": time.perf_counter() - start, "cpu": cpu_seconds(resource.RUSAGE_CHILDREN) - cpu}
 
 
 def main() -> None:
@@ -148,26 +156,29 @@ def main() -> None:
         print(f"synthetic checkpoint: {args.layers} layers of Llama 2 7B, {args.shards} shard(s), {size / 1e9:.2f} GB")
         # cp and ours alternate `--repeat` times: the disk and CPUs are shared and noisy, so each ours run is
         # compared with the cp run just before it, and the median of those ratios is the figure.
-        cp_walls, ours_runs = [], []
+        cp_runs, ours_runs = [], []
         for i in range(args.repeat):
-            cp_walls.append(time_cp(src, work / "cp"))
+            cp_runs.append(time_cp(src, work / "cp"))
             shutil.rmtree(work / "cp")
             ours_runs.append(run("ours", src, work / "ours"))
             if i < args.repeat - 1:
                 shutil.rmtree(work / "ours")
-        cp_wall = statistics.median(cp_walls)
+        cp_wall = statistics.median(r["wall"] for r in cp_runs)
         results = {"naive": run("naive", src, work / "naive")}
         shutil.rmtree(work / "naive")
         results["ours"] = sorted(ours_runs, key=lambda r: r["wall"])[len(ours_runs) // 2]
         results["ours-back"] = run("ours-back", work / "ours", work / "back")  # HF -> Meta, for information
 
-        print(f"cp: median {cp_wall:.2f} s of {[round(w, 2) for w in cp_walls]} ({size / cp_wall / 1e9:.2f} GB/s); "
-              f"ours (meta-to-hf): {[round(r['wall'], 2) for r in ours_runs]}")  # fmt: skip
-        print(f"{'':10} {'wall s':>8} {'÷ cp med':>9} {'peak RSS growth GB':>19} {'÷ checkpoint':>13}")
+        cp_cpu = statistics.median(r["cpu"] for r in cp_runs)
+        print(f"cp: median {cp_wall:.2f} s of {[round(r['wall'], 2) for r in cp_runs]} ({size / cp_wall / 1e9:.2f} "
+              f"GB/s), CPU {cp_cpu:.2f} s; ours (meta-to-hf): {[round(r['wall'], 2) for r in ours_runs]}")  # fmt: skip
+        print(f"{'':10} {'wall s':>8} {'÷ cp med':>9} {'CPU s':>7} {'÷ cp':>6} {'peak RSS growth GB':>19} "
+              f"{'÷ checkpoint':>13}")  # fmt: skip
         for kind, r in results.items():
             growth = (r["peak_kib"] - r["base_kib"]) * 1024
-            print(f"{kind:10} {r['wall']:8.2f} {r['wall'] / cp_wall:9.2f} {growth / 1e9:19.2f} {growth / size:13.3f}")
-        time_ratio = statistics.median(r["wall"] / cp for r, cp in zip(ours_runs, cp_walls))
+            print(f"{kind:10} {r['wall']:8.2f} {r['wall'] / cp_wall:9.2f} {r['cpu']:7.2f} {r['cpu'] / cp_cpu:6.2f} "
+                  f"{growth / 1e9:19.2f} {growth / size:13.3f}")  # fmt: skip
+        time_ratio = statistics.median(r["wall"] / cp["wall"] for r, cp in zip(ours_runs, cp_runs))
         mem_ratio = max((r["peak_kib"] - r["base_kib"]) * 1024 / size for r in ours_runs)
         verdict = {True: "ok", False: "MISSED"}
         print(f"meta-to-hf targets: time ÷ cp (median of pairs) {time_ratio:.2f} "

@@ -341,17 +341,18 @@ class MetaShard:
         """Check the bytes of tensor `name` against the archive's CRC-32, a block at a time, dropping each block's
         pages after, so that the check never holds a whole tensor resident."""
         storage = self.tensors[name].untyped_storage()
-        if storage.data_ptr() not in self._verified:
-            data = torch.empty(0, dtype=torch.uint8).set_(storage)
-            crc = 0
-            for start in range(0, data.numel(), _BLOCK_BYTES):
-                block = data[start : start + _BLOCK_BYTES]
-                crc = crc32(block.numpy(), crc)
-                _release_pages(block)
-            if crc != self._crc[storage.data_ptr()]:
-                raise ValueError(f"{self.path}: tensor {name!r} fails its CRC-32 check; the file is corrupted: "
-                                 "download it again")  # fmt: skip
-            self._verified.add(storage.data_ptr())
+        if storage.data_ptr() in self._verified:
+            return
+        data = torch.empty(0, dtype=torch.uint8).set_(storage)
+        crc = 0
+        for start in range(0, data.numel(), _BLOCK_BYTES):
+            block = data[start : start + _BLOCK_BYTES]
+            crc = crc32(block.numpy(), crc)
+            _release_pages(block)
+        if crc != self._crc[storage.data_ptr()]:
+            raise ValueError(f"{self.path}: tensor {name!r} fails its CRC-32 check; the file is corrupted: "
+                             "download it again")  # fmt: skip
+        self._verified.add(storage.data_ptr())
 
     def span(self, tensor: torch.Tensor) -> _FileSpan:
         """Where a contiguous tensor of this shard lies in the file."""
