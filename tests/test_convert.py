@@ -329,9 +329,9 @@ def test_hf_to_meta_runs_in_meta_forward_and_round_trips_bit_identical(shards, t
     params, config = json.loads((meta / "params.json").read_text()), model.config
     ffn = meta_ffn_dim(params["dim"], params.pop("multiple_of"), params.pop("ffn_dim_multiplier", None))
     assert ffn == config.intermediate_size
-    assert params == {"dim": config.hidden_size, "n_layers": config.num_hidden_layers, "n_heads": config.num_attention_heads,
-                      "n_kv_heads": config.num_key_value_heads, "vocab_size": 4000, "norm_eps": 1e-5,
-                      "rope_theta": 1e6}  # fmt: skip
+    assert params == {"dim": config.hidden_size, "n_layers": config.num_hidden_layers,
+                      "n_heads": config.num_attention_heads, "n_kv_heads": config.num_key_value_heads,
+                      "vocab_size": 4000, "norm_eps": 1e-5, "rope_theta": 1e6}  # fmt: skip
 
     tokens = torch.randint(0, 4000, (2, 10), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
