@@ -399,6 +399,7 @@ class MetaCheckpoint:
         self.shape = LlamaShape.from_params(params, vocab_size=embeddings.shape[0], path=self.params_path)
         self.shape.check_shards(len(self.shards), self.params_path)
         self.layout = weights(self.shape)
+        self._staging = torch.empty(0, dtype=torch.uint8)
         for shard in self.shards:
             self._check_shard(shard)
 
@@ -470,15 +471,33 @@ class MetaCheckpoint:
         elif w.split == 1:
             step = _block_rows(sources[0], 1, ways=len(sources))
             for start in range(0, sources[0].shape[0], step):
-                yield torch.cat([source[start : start + step] for source in sources], dim=1)
+                parts = [source[start : start + step] for source in sources]
+                yield self._staged(parts, dtype)
+                for part in parts:
+                    _release_pages(part)
         else:
             step = _block_rows(sources[0], head_dim if w.rotary else 1)
             for source in sources:
                 for start in range(0, source.shape[0], step):
                     block = source[start : start + step]
-                    yield _meta_to_hf_rotary_view(block, head_dim) if w.rotary else block
+                    yield self._staged([_meta_to_hf_rotary_view(block, head_dim) if w.rotary else block], dtype)
+                    _release_pages(block)
         for shard in self.shards:
             shard.release(w.meta)
+
+    def _staged(self, parts: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        """`parts` side by side along the last dimension, contiguous, in `dtype`, in a buffer reused from block
+        to block: the permutation, the column merge and the cast are one copy, into memory already mapped (fresh
+        memory for every block costs page faults and zeroing). Valid until the next block."""
+        shape = (*parts[0].shape[:-1], sum(p.shape[-1] for p in parts))
+        nbytes = math.prod(shape) * dtype.itemsize
+        if self._staging.numel() < nbytes:
+            self._staging = torch.empty(nbytes, dtype=torch.uint8)
+        out, column = self._staging[:nbytes].view(dtype).view(shape), 0
+        for part in parts:
+            out[..., column : column + part.shape[-1]].copy_(part)
+            column += part.shape[-1]
+        return out
 
 
 def _block_rows(source: torch.Tensor, multiple: int, ways: int = 1) -> int:
@@ -525,7 +544,6 @@ class _SafetensorsWriter:
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # tensor data starts 8-byte aligned, as safetensors itself writes
         self.path, self._pending, self._header = path, list(entries), struct.pack("<Q", len(raw)) + raw
-        self._staging = torch.empty(0, dtype=torch.uint8)
 
     def __enter__(self) -> _SafetensorsWriter:
         self._file = open(self.path, "wb", buffering=0)  # closed in __exit__
@@ -541,22 +559,11 @@ class _SafetensorsWriter:
             if isinstance(block, _FileSpan):
                 n = _copy_span(block, self._file)
             else:
-                n = _write_all(self._file, _raw(self._materialize(block, entry.dtype)))
+                n = _write_all(self._file, _raw(block.to(entry.dtype)))
             written += n
             progress.update(n)
         if written != entry.nbytes:
             raise RuntimeError(f"{self.path}: {name} produced {written} bytes, expected {entry.nbytes}")
-
-    def _materialize(self, block: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """`block` contiguous in `dtype`: permuted views and dtype changes are copied in one pass into a reused
-        buffer (fresh memory for every block would cost page faults and zeroing)."""
-        if block.dtype == dtype and block.is_contiguous():
-            return block
-        nbytes = block.numel() * dtype.itemsize
-        if self._staging.numel() < nbytes:
-            self._staging = torch.empty(nbytes, dtype=torch.uint8)
-        out = self._staging[:nbytes].view(dtype).view(block.shape)
-        return out.copy_(block)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._file.close()
