@@ -31,7 +31,6 @@ import mmap
 import os
 import pickle
 import re
-import secrets
 import shutil
 import struct
 import sys
@@ -47,6 +46,7 @@ import torch
 from huggingface_hub import split_state_dict_into_shards_factory
 from tqdm.auto import tqdm
 
+from codellama_hf.atomic import atomic_dir, refuse_existing
 from codellama_hf.models import LLAMA2_THETA, rope_theta, set_rope_theta, write_config_with_both_rope_keys
 from codellama_hf.tokenizer import INFILLING_PIECES, SENTINELS, add_infilling_pieces, load_sp_model, save_tokenizer
 
@@ -643,32 +643,6 @@ def write_pth(path: Path, entries: list[_Entry], tensors: Iterable[torch.Tensor]
             progress.update(entry.nbytes)
 
 
-def _refuse_existing(output_dir: Path, overwrite: bool) -> None:
-    if output_dir.exists() and not overwrite:
-        raise FileExistsError(f"{output_dir} already exists; choose another --output or pass --overwrite")
-
-
-@contextlib.contextmanager
-def _atomic_output(output_dir: Path, overwrite: bool):
-    """Yield a temporary sibling folder that becomes `output_dir` only if the block succeeds."""
-    _refuse_existing(output_dir, overwrite)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if output_dir.exists():
-            old = tmp.with_name(tmp.name + "-old")
-            os.rename(output_dir, old)
-            os.rename(tmp, output_dir)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        else:
-            os.rename(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _progress(total: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not enabled)
 
@@ -764,7 +738,7 @@ def meta_to_hf(
     """
     started = time.monotonic()
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    _refuse_existing(output_dir, overwrite)
+    refuse_existing(output_dir, overwrite)
     checkpoint = MetaCheckpoint(input_dir)
     shape = checkpoint.shape
     tok_path = _find_tokenizer_model(input_dir, tokenizer_model)
@@ -783,7 +757,7 @@ def meta_to_hf(
     order = [by_hf[name] for names in split.filename_to_tensors.values() for name in names]
     merged = checkpoint.stream(order, target)
     with (
-        _atomic_output(output_dir, overwrite) as tmp,
+        atomic_dir(output_dir, overwrite=overwrite) as tmp,
         _progress(total, "meta-to-hf", progress) as bar,
         ThreadPoolExecutor(max_workers=1) as side,
     ):
@@ -925,7 +899,7 @@ def hf_to_meta(
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise FileNotFoundError(f"{input_dir}: no such folder")
-    _refuse_existing(output_dir, overwrite)
+    refuse_existing(output_dir, overwrite)
     if not isinstance(shards, int) or shards < 1:
         raise ValueError(f"shards must be a positive integer, got {shards!r}")
     config_path = input_dir / "config.json"
@@ -966,7 +940,7 @@ def hf_to_meta(
     entries = [_Entry(w.meta, _resolve_dtype(dtype, source.meta[hf_names[w.meta]][0]), w.shard_shape(shards))
                for w in layout]  # fmt: skip
     total = shards * sum(e.nbytes for e in entries)
-    with _atomic_output(output_dir, overwrite) as tmp, _progress(total, "hf-to-meta", progress) as bar:
+    with atomic_dir(output_dir, overwrite=overwrite) as tmp, _progress(total, "hf-to-meta", progress) as bar:
         for s in range(shards):
             tensors = (_meta_part(w, hf_names[w.meta], source, shards, s, shape.head_dim).to(e.dtype)
                        for w, e in zip(layout, entries))  # fmt: skip

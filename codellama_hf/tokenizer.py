@@ -25,9 +25,7 @@ import io
 import json
 import os
 import re
-import shutil
 import sysconfig
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -36,6 +34,8 @@ import numpy as np
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
 from tokenizers.models import BPE
+
+from codellama_hf.atomic import atomic_dir
 
 PREFIX, SUFFIX, MIDDLE, EOT = "▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"
 SENTINELS = (PREFIX, SUFFIX, MIDDLE, EOT)
@@ -122,29 +122,6 @@ def hf_tokenizer_from_sp(proto: sp_pb2.ModelProto) -> Tokenizer:
     return tok
 
 
-def _atomic_dir(out_dir: Path, *, overwrite: bool):
-    """Context manager yielding a temp folder that replaces `out_dir` only when the block succeeds."""
-
-    class _Atomic:
-        def __enter__(self_inner):
-            if out_dir.exists() and not overwrite:
-                raise FileExistsError(f"{out_dir} already exists; choose another --out or pass --overwrite")
-            out_dir.parent.mkdir(parents=True, exist_ok=True)
-            self_inner.tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-            return self_inner.tmp
-
-        def __exit__(self_inner, exc_type, exc, tb):
-            if exc_type is not None:
-                shutil.rmtree(self_inner.tmp, ignore_errors=True)
-                return False
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            os.rename(self_inner.tmp, out_dir)
-            return False
-
-    return _Atomic()
-
-
 def save_tokenizer(
     proto: sp_pb2.ModelProto,
     out_dir: str | os.PathLike,
@@ -173,7 +150,7 @@ def save_tokenizer(
     }
     if chat_template is not None:
         config["chat_template"] = chat_template
-    with _atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         (tmp / "tokenizer.model").write_bytes(proto.SerializeToString())
         hf_tokenizer_from_sp(proto).save(str(tmp / "tokenizer.json"))
         (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
