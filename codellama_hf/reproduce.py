@@ -720,9 +720,6 @@ of {len(TOY_PROBLEMS)} interview problems with tests and candidate solutions, th
 
 def reproduce(out: str | os.PathLike, *, preset: str = "tiny", seed: int = 0, hub_endpoint: str | None = None) -> Path:
     """Run (or continue) the miniature pipeline into `out`; returns the report's path."""
-    from codellama_hf.convert import hf_to_meta, meta_to_hf
-    from codellama_hf.tokenizer import build_tiny_tokenizer
-
     if preset not in PRESETS:
         raise ValueError(f"--preset {preset}: choose one of {', '.join(PRESETS)}")
     run = Run(Path(out).resolve(), preset, seed, hub_endpoint)
@@ -734,6 +731,8 @@ def reproduce(out: str | os.PathLike, *, preset: str = "tiny", seed: int = 0, hu
                          "--preset and --seed")  # fmt: skip
     _write_json(saved, settings)
     started = time.monotonic()
+    from codellama_hf.convert import hf_to_meta, meta_to_hf
+    from codellama_hf.tokenizer import build_tiny_tokenizer
 
     tokenizer = run.path("tokenizer-llama2")
     run.step("tokenizer", tokenizer / "tokenizer.json", lambda: build_tiny_tokenizer(tokenizer, infilling=False))
