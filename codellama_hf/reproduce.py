@@ -182,14 +182,15 @@ def _stage_entry(stage: str, argv: list[str]) -> None:
 
 
 def train(run: Run, stage: str, output: Path, overrides: list[str]) -> None:
-    """One stage in a subprocess, resuming from the latest checkpoint in `output` if an earlier run was cut."""
+    """One stage in a subprocess in the run folder, resuming from the latest checkpoint in `output` if an earlier
+    run was cut."""
     argv = [*run.preset.stages[stage].argv(), "--output_dir", str(output), "--seed", str(run.seed),
             "--overwrite_output_dir", "false", "--resume_from_checkpoint", "latest", "--report_to", "none",
             "--disable_tqdm", "true", *overrides]  # fmt: skip
     code = "import sys; from codellama_hf.reproduce import _stage_entry; _stage_entry(sys.argv[1], sys.argv[2:])"
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "WORLD_SIZE": "1"}
     console.print(f"[dim]{stage}: {' '.join(argv)}[/dim]")
-    result = subprocess.run([sys.executable, "-c", code, stage, *argv], check=False, env=env)
+    result = subprocess.run([sys.executable, "-c", code, stage, *argv], check=False, env=env, cwd=run.out)
     if result.returncode:
         raise RuntimeError(f"the {stage} stage failed (exit {result.returncode}) in {output}; rerun the same command "
                            "to resume from its latest checkpoint")  # fmt: skip
@@ -235,7 +236,10 @@ def code_pieces(run: Run) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
     os.replace(tmp, path)
-    mixture = {"balance": "bytes", "components": {"code": {"weight": 0.85, "sources": [str(path)]}, "nl_code": 0.08,
+    # relative to the run folder (the stages' working directory): the held-out rule hashes the source's name, so
+    # an absolute path would give every --out folder a different split, and different numbers
+    source = path.relative_to(run.out).as_posix()
+    mixture = {"balance": "bytes", "components": {"code": {"weight": 0.85, "sources": [source]}, "nl_code": 0.08,
                                                     "nl": 0.07}}  # fmt: skip
     mixture_path = run.path("data", "code-mixture.yaml")
     tmp = mixture_path.with_name(f".{mixture_path.name}.tmp")
@@ -774,7 +778,7 @@ def reproduce(out: str | os.PathLike, *, preset: str = "tiny", seed: int = 0, hu
         )
     run.step("selfinstruct", run.path("selfinstruct", "summary.json"), lambda: self_instruct(run))
     instruct = run.model("instruct")
-    sources = json.dumps({"instruct": [str(run.path("selfinstruct", "dataset"))]})
+    sources = json.dumps({"instruct": ["selfinstruct/dataset"]})  # relative to the run folder, like the code data
     run.step(
         "instruct",
         instruct / "lineage.json",
