@@ -19,8 +19,7 @@
 13. report        DIR/report/report.md with PNGs and DIR/report/claims.json (only measured numbers).
 
 Every training stage is the library's `run_stage` / `run_instruct` in its own subprocess (accelerate's state is a
-process-wide singleton). "pretrain" is not in stages.STAGES: the subprocess adds it, as instruct.py does for
-"instruct". The toy self-instruct generator is honest about what it is: a small fixed bank of interview problems
+process-wide singleton); "pretrain" is the miniature's stand-in for Llama 2's own pretraining. The toy self-instruct generator is honest about what it is: a small fixed bank of interview problems
 with unit tests and candidate solutions (some wrong), answering the paper's prompts (no tiny model can write
 passing code); the tests, the sandbox and "keep the first passing solution" are the real pipeline.
 """
@@ -173,11 +172,8 @@ def _stage_entry(stage: str, argv: list[str]) -> None:
 
         run_instruct(default_config=RECIPES / "instruct.yaml", argv=argv)
         return
-    from codellama_hf import stages
     from codellama_hf.training import run_stage
 
-    if stage not in stages.STAGES:  # "pretrain": the miniature's stand-in for Llama 2's pretraining
-        stages.STAGES = (*stages.STAGES, stage)
     run_stage(stage, default_config=RECIPES / f"{stage}.yaml", argv=argv)
 
 

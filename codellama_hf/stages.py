@@ -25,7 +25,7 @@ from transformers import TrainingArguments
 
 from codellama_hf.adapters import AdapterArguments
 
-STAGES = ("code", "python", "lcft", "instruct")
+STAGES = ("pretrain", "code", "python", "lcft", "instruct")  # pretrain: the miniature's stand-in for Llama 2
 PAPER_MIN_LR_RATE = 1 / 30  # "final learning rate 1/30th of the peak" (codellama.md §3.4)
 
 
