@@ -16,7 +16,6 @@ import argparse
 import os
 import sysconfig
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one process, one thread: a fair comparison
@@ -28,21 +27,13 @@ from codellama_hf.assets import llama2_tokenizer_dir  # noqa: E402
 from codellama_hf.fim import FIMConfig  # noqa: E402
 from codellama_hf.packing import pack_dataset, packing_efficiency  # noqa: E402
 from codellama_hf.tokenizer import build_codellama_tokenizer  # noqa: E402
+from timing import best_of  # noqa: E402  (bench/timing.py)
 
 
 def stdlib_documents(limit: int) -> list[str]:
     paths = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("**/*.py"))
     docs = [p.read_text(encoding="utf-8", errors="replace") for p in paths]
     return [d for d in docs if d.strip()][:limit]
-
-
-def best_of(repeats: int, fn):
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import datasets
 import numpy as np
@@ -24,6 +23,7 @@ from datasketch import MinHash, MinHashLSH
 
 from codellama_hf.corpus import DedupConfig, embedded_corpus
 from codellama_hf.corpus.dedup import TOKEN, near_duplicate_clusters, signatures
+from timing import best_of  # bench/timing.py
 
 
 def textbook(texts: list[str], config: DedupConfig) -> int:
@@ -44,15 +44,6 @@ def textbook(texts: list[str], config: DedupConfig) -> int:
 
 def ours(dataset, config: DedupConfig, num_proc: int) -> np.ndarray:
     return near_duplicate_clusters(signatures(dataset, config, num_proc=num_proc), config, num_proc=num_proc)
-
-
-def best_of(repeats: int, fn):
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def main() -> None:

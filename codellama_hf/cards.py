@@ -23,6 +23,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from codellama_hf.files import read_json_object
 from codellama_hf.load import KINDS, Variant, parse_slot, variant_from_name
 from codellama_hf.tokenizer import SENTINELS
 
@@ -41,18 +42,6 @@ _INFILL_CONFIGS = {"single": "HumanEval-SingleLineInfilling", "multi": "HumanEva
 # ---------------------------------------------------------------------------------------------------------------
 # Facts about a model folder
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: not found ({what})") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: expected a JSON object ({what})")
-    return value
 
 
 def safetensors_summary(folder: Path) -> tuple[int, str]:
@@ -76,12 +65,12 @@ def safetensors_summary(folder: Path) -> tuple[int, str]:
 
 def _tokenizer_facts(folder: Path, vocab_rows: int) -> tuple[bool, bool]:
     """(infilling pieces present within the embedding rows, chat template present)."""
-    spec = _read_json(folder / "tokenizer.json", "the tokenizer")
+    spec = read_json_object(folder / "tokenizer.json", "the tokenizer")
     ids = dict(spec.get("model", {}).get("vocab", {}))
     ids.update({t["content"]: t["id"] for t in spec.get("added_tokens", [])})
     infilling = all(piece in ids and ids[piece] < vocab_rows for piece in SENTINELS)
     config_path = folder / "tokenizer_config.json"
-    tokenizer_config = _read_json(config_path, "the tokenizer") if config_path.is_file() else {}
+    tokenizer_config = read_json_object(config_path, "the tokenizer") if config_path.is_file() else {}
     chat = bool(tokenizer_config.get("chat_template")) or (folder / "chat_template.jinja").is_file()
     return infilling, chat
 
@@ -132,10 +121,10 @@ def read_facts(folder: str | os.PathLike) -> ModelFacts:
     if not lineage_path.is_file():
         raise FileNotFoundError(f"{lineage_path}: not found. Cards are written from the lineage a codellama_hf "
                                 "training stage saves with its model; this folder has none")  # fmt: skip
-    config = _read_json(folder / "config.json", "the model config")
+    config = read_json_object(folder / "config.json", "the model config")
     parameters, dtype = safetensors_summary(folder)
     infilling, chat = _tokenizer_facts(folder, config.get("vocab_size", 0))
-    stages = lineage_chain(_read_json(lineage_path, "the model lineage"), lineage_path)
+    stages = lineage_chain(read_json_object(lineage_path, "the model lineage"), lineage_path)
     return ModelFacts(folder, config, parameters, dtype, infilling, chat, stages)
 
 

@@ -46,7 +46,7 @@ import torch
 from huggingface_hub import split_state_dict_into_shards_factory
 from tqdm.auto import tqdm
 
-from codellama_hf.atomic import atomic_dir, refuse_existing
+from codellama_hf.files import atomic_dir, read_json_object, refuse_existing
 from codellama_hf.models import LLAMA2_THETA, rope_theta, set_rope_theta, write_config_with_both_rope_keys
 from codellama_hf.tokenizer import INFILLING_PIECES, SENTINELS, add_infilling_pieces, load_sp_model, save_tokenizer
 
@@ -388,7 +388,7 @@ class MetaCheckpoint:
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no such folder")
         self.folder, self.params_path = folder, folder / "params.json"
-        params = _read_json(self.params_path)
+        params = read_json_object(self.params_path)
         self.shards = [MetaShard(path) for path in find_shards(folder)]
         first = self.shards[0]
         self._check_shard_count(params)
@@ -662,18 +662,6 @@ def _resolve_dtype(dtype: str | torch.dtype | None, source: torch.dtype) -> torc
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: not found") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return value
-
-
 def _find_tokenizer_model(input_dir: Path, tokenizer_model: str | os.PathLike | None) -> Path:
     """Code Llama folders hold tokenizer.model; Llama 2 downloads keep one beside the model folders."""
     if tokenizer_model is not None:
@@ -835,7 +823,7 @@ class HFWeights:
         self._safe_open = safe_open
         index = folder / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = _read_json(index).get("weight_map")
+            weight_map = read_json_object(index).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise ValueError(f"{index}: no weight_map")
             self.files = {name: folder / filename for name, filename in weight_map.items()}

@@ -1,11 +1,13 @@
-"""Output folders that appear whole or not at all: build in a temporary sibling, rename on success.
+"""Files shared by every step: output folders that appear whole or not at all, JSON read with clear errors.
 
-An interrupted conversion, tokenizer build or corpus build must never leave a folder that looks finished.
+An interrupted conversion or tokenizer build must never leave a folder that looks finished: it is built in a
+temporary sibling and renamed on success.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -37,3 +39,17 @@ def atomic_dir(output_dir: str | os.PathLike, *, overwrite: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_json_object(path: Path, what: str = "") -> dict:
+    """A JSON object from `path`; a missing, invalid or non-object file is an error naming it (and what it is)."""
+    about = f" ({what})" if what else ""
+    try:
+        value = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found{about}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object{about}")
+    return value
