@@ -21,9 +21,10 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from codellama_hf.files import atomic_dir, refuse_existing
 
 logger = logging.getLogger(__name__)
 
@@ -419,8 +420,7 @@ def merge_and_save(
     base = str(base_model or (metadata or {}).get("base_model") or config.get("base_model_name_or_path") or "")
     if not base:
         raise ValueError(f"{adapter_dir}: the adapter records no base model; pass base_model=")
-    if output_dir.exists() and not overwrite:
-        raise FileExistsError(f"{output_dir} already exists; choose another output folder or pass overwrite=True")
+    refuse_existing(output_dir, overwrite)  # before the (slow) merge
     try:
         base_config = AutoConfig.from_pretrained(base)
     except OSError as err:
@@ -430,9 +430,7 @@ def merge_and_save(
     model = AutoModelForCausalLM.from_pretrained(base, config=base_config, dtype=torch_dtype, device_map="cpu")
     merged = load_adapter(model, adapter_dir, base_name=base).merge_and_unload()
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with atomic_dir(output_dir, overwrite=overwrite) as tmp:
         merged.config.use_cache = True
         merged.save_pretrained(tmp)
         write_config_with_both_rope_keys(tmp)
@@ -448,11 +446,5 @@ def merge_and_save(
                                   "quantization": (metadata or {}).get("quantization"),
                                   "lora": (metadata or {}).get("lora")}  # fmt: skip
             (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.rename(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("merged adapter %s into %s -> %s", adapter_dir, base, output_dir)
     return output_dir

@@ -29,12 +29,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
+from codellama_hf.files import atomic_dir
 from codellama_hf.load import Variant, parse_slot
 
 logger = logging.getLogger(__name__)
@@ -190,9 +190,7 @@ def stage_repo(member: Member, repo_dir: Path, card_options) -> Path:
         logger.warning("%s: %s %s infill, unlike Meta's %s", member.slot, member.path,
                        "can" if facts.infilling else "cannot", card_options.variant.name)  # fmt: skip
     results = read_results(member.results)
-    repo_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{repo_dir.name}.", dir=repo_dir.parent))
-    try:
+    with atomic_dir(repo_dir, overwrite=True) as tmp:  # staging is rebuilt on every run
         for source in _matching(member.path, MODEL_FILES):
             if source.name == "config.json":
                 shutil.copyfile(source, tmp / source.name)  # rewritten below: never touch the original
@@ -203,12 +201,6 @@ def stage_repo(member: Member, repo_dir: Path, card_options) -> Path:
             for source in _matching(folder, RESULT_FILES):
                 _link_or_copy(source, tmp / "evaluation" / source.name)
         (tmp / "README.md").write_text(str(render_card(facts, results, card_options)))
-        if repo_dir.exists():
-            shutil.rmtree(repo_dir)
-        os.rename(tmp, repo_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return repo_dir
 
 
