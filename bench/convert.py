@@ -69,8 +69,14 @@ def write_checkpoint(folder: Path, layers: int, shards: int) -> int:
         sd["output.weight"] = rand(vocab // shards, d)
         torch.save(sd, folder / f"consolidated.{s:02d}.pth")
         del sd
-    params = {"dim": d, "n_layers": layers, "n_heads": SHAPE["n_heads"], "multiple_of": 256, "norm_eps": 1e-5,
-              "vocab_size": -1}  # fmt: skip
+    params = {
+        "dim": d,
+        "n_layers": layers,
+        "n_heads": SHAPE["n_heads"],
+        "multiple_of": 256,
+        "norm_eps": 1e-5,
+        "vocab_size": -1,
+    }
     (folder / "params.json").write_text(json.dumps(params))
     shutil.copyfile(llama2_tokenizer_dir() / "tokenizer.model", folder / "tokenizer.model")  # Meta's, 32000 pieces
     return sum(p.stat().st_size for p in folder.glob("consolidated.*.pth"))
@@ -122,8 +128,13 @@ def worker(kind: str, src: Path, dst: Path) -> None:
 
 def run(kind: str, src: Path, dst: Path) -> dict:
     os.sync()  # start each contender without the previous one's dirty pages
-    done = subprocess.run([sys.executable, __file__, "--worker", kind, str(src), str(dst)], capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", kind, str(src), str(dst)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
     if done.returncode:
         raise SystemExit(f"{kind} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -170,20 +181,28 @@ def main() -> None:
         results["ours-back"] = run("ours-back", work / "ours", work / "back")  # HF -> Meta, for information
 
         cp_cpu = statistics.median(r["cpu"] for r in cp_runs)
-        print(f"cp: median {cp_wall:.2f} s of {[round(r['wall'], 2) for r in cp_runs]} ({size / cp_wall / 1e9:.2f} "
-              f"GB/s), CPU {cp_cpu:.2f} s; ours (meta-to-hf): {[round(r['wall'], 2) for r in ours_runs]}")  # fmt: skip
-        print(f"{'':10} {'wall s':>8} {'÷ cp med':>9} {'CPU s':>7} {'÷ cp':>6} {'peak RSS growth GB':>19} "
-              f"{'÷ checkpoint':>13}")  # fmt: skip
+        print(
+            f"cp: median {cp_wall:.2f} s of {[round(r['wall'], 2) for r in cp_runs]} ({size / cp_wall / 1e9:.2f} "
+            f"GB/s), CPU {cp_cpu:.2f} s; ours (meta-to-hf): {[round(r['wall'], 2) for r in ours_runs]}"
+        )
+        print(
+            f"{'':10} {'wall s':>8} {'÷ cp med':>9} {'CPU s':>7} {'÷ cp':>6} {'peak RSS growth GB':>19} "
+            f"{'÷ checkpoint':>13}"
+        )
         for kind, r in results.items():
             growth = (r["peak_kib"] - r["base_kib"]) * 1024
-            print(f"{kind:10} {r['wall']:8.2f} {r['wall'] / cp_wall:9.2f} {r['cpu']:7.2f} {r['cpu'] / cp_cpu:6.2f} "
-                  f"{growth / 1e9:19.2f} {growth / size:13.3f}")  # fmt: skip
-        time_ratio = statistics.median(r["wall"] / cp["wall"] for r, cp in zip(ours_runs, cp_runs))
+            print(
+                f"{kind:10} {r['wall']:8.2f} {r['wall'] / cp_wall:9.2f} {r['cpu']:7.2f} {r['cpu'] / cp_cpu:6.2f} "
+                f"{growth / 1e9:19.2f} {growth / size:13.3f}"
+            )
+        time_ratio = statistics.median(r["wall"] / cp["wall"] for r, cp in zip(ours_runs, cp_runs, strict=False))
         mem_ratio = max((r["peak_kib"] - r["base_kib"]) * 1024 / size for r in ours_runs)
         verdict = {True: "ok", False: "MISSED"}
-        print(f"meta-to-hf targets: time ÷ cp (median of pairs) {time_ratio:.2f} "
-              f"(<= 2.0: {verdict[time_ratio <= 2.0]}), RSS growth ÷ checkpoint {mem_ratio:.3f} "
-              f"(<= 0.15: {verdict[mem_ratio <= 0.15]})")  # fmt: skip
+        print(
+            f"meta-to-hf targets: time ÷ cp (median of pairs) {time_ratio:.2f} "
+            f"(<= 2.0: {verdict[time_ratio <= 2.0]}), RSS growth ÷ checkpoint {mem_ratio:.3f} "
+            f"(<= 0.15: {verdict[mem_ratio <= 0.15]})"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -21,13 +21,13 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one process, one thread: a fair comparison
 
 import datasets  # noqa: E402
+from timing import best_of  # noqa: E402  (bench/timing.py)
 from transformers import AutoTokenizer  # noqa: E402
 
 from codellama_hf.assets import llama2_tokenizer_dir  # noqa: E402
 from codellama_hf.fim import FIMConfig  # noqa: E402
 from codellama_hf.packing import pack_dataset, packing_efficiency  # noqa: E402
 from codellama_hf.tokenizer import build_codellama_tokenizer  # noqa: E402
-from timing import best_of  # noqa: E402  (bench/timing.py)
 
 
 def stdlib_documents(limit: int) -> list[str]:
@@ -52,21 +52,28 @@ def main() -> None:
     docs = stdlib_documents(args.documents)
     ds = datasets.Dataset.from_dict({"text": docs})
     tokens = sum(len(e.ids) for e in tok.backend_tokenizer.encode_batch_fast(docs, add_special_tokens=False))
-    print(f"corpus: {len(docs)} standard-library files, {sum(map(len, docs)) / 1e6:.1f} M chars, {tokens / 1e6:.2f} M tokens")
+    print(
+        f"corpus: {len(docs)} standard-library files, {sum(map(len, docs)) / 1e6:.1f} M chars, "
+        f"{tokens / 1e6:.2f} M tokens"
+    )
 
     t_raw, _ = best_of(args.repeats, lambda: tok.backend_tokenizer.encode_batch_fast(docs, add_special_tokens=False))
-    t_plain, _ = best_of(
-        args.repeats, lambda: ds.map(lambda b: tok(b["text"]), batched=True, remove_columns=["text"])
-    )
+    t_plain, _ = best_of(args.repeats, lambda: ds.map(lambda b: tok(b["text"]), batched=True, remove_columns=["text"]))
     t_ours, packed = best_of(args.repeats, lambda: pack_dataset(ds, tok, seq_len=args.seq_len, fim=FIMConfig()))
 
-    rows = [("(a') raw Rust encode_batch_fast", t_raw), ("(a)  plain batched tokenization", t_plain),
-            ("(b)  FIM + packing (ours)", t_ours)]  # fmt: skip
+    rows = [
+        ("(a') raw Rust encode_batch_fast", t_raw),
+        ("(a)  plain batched tokenization", t_plain),
+        ("(b)  FIM + packing (ours)", t_ours),
+    ]
     for name, seconds in rows:
         print(f"{name:34s} {seconds:7.2f} s  {tokens / seconds / 1e3:9.1f} k tokens/s")
     print(f"ratio b/a  = {t_plain / t_ours:.3f}   (target >= 0.85)")
     print(f"ratio b/a' = {t_raw / t_ours:.3f}   (reference: against the bare Rust tokenizer)")
-    print(f"packing efficiency = {packing_efficiency(packed):.4f}   (target >= 0.99; {len(packed)} rows of {args.seq_len})")
+    print(
+        f"packing efficiency = {packing_efficiency(packed):.4f}   "
+        f"(target >= 0.99; {len(packed)} rows of {args.seq_len})"
+    )
 
 
 if __name__ == "__main__":

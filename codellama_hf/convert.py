@@ -64,8 +64,19 @@ _STORAGE_TYPES = {torch.bfloat16: "BFloat16Storage", torch.float16: "HalfStorage
 _SHARD_NAME = re.compile(r"consolidated\.(\d+)\.pth")
 _BLOCK_BYTES = 64 << 20  # rows are merged and written in blocks of about this size
 # Fields of Meta's ModelArgs (llama/model.py); max_batch_size and max_seq_len are runtime settings, not weights.
-_PARAM_FIELDS = {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
-                 "norm_eps", "rope_theta", "max_batch_size", "max_seq_len"}  # fmt: skip
+_PARAM_FIELDS = {
+    "dim",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "vocab_size",
+    "multiple_of",
+    "ffn_dim_multiplier",
+    "norm_eps",
+    "rope_theta",
+    "max_batch_size",
+    "max_seq_len",
+}
 _VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
 _IGNORED_META_KEYS = {"rope.freqs"}  # a legacy buffer in Llama checkpoints; Meta's code loads with strict=False
 
@@ -117,9 +128,16 @@ class LlamaShape:
             raise ValueError(f"{path}: ffn_dim_multiplier must be a number, got {params['ffn_dim_multiplier']!r}")
         n_kv_heads = params.get("n_kv_heads") or params["n_heads"]
         ffn = ffn_hidden_size(params["dim"], params.get("multiple_of", 256), params.get("ffn_dim_multiplier"))
-        shape = cls(dim=params["dim"], n_layers=params["n_layers"], n_heads=params["n_heads"], n_kv_heads=n_kv_heads,
-                    ffn_dim=ffn, vocab_size=vocab_size, norm_eps=float(params.get("norm_eps", 1e-5)),
-                    rope_theta=float(params.get("rope_theta", LLAMA2_THETA)))  # fmt: skip
+        shape = cls(
+            dim=params["dim"],
+            n_layers=params["n_layers"],
+            n_heads=params["n_heads"],
+            n_kv_heads=n_kv_heads,
+            ffn_dim=ffn,
+            vocab_size=vocab_size,
+            norm_eps=float(params.get("norm_eps", 1e-5)),
+            rope_theta=float(params.get("rope_theta", LLAMA2_THETA)),
+        )
         shape.check(path)
         declared = params.get("vocab_size", -1)
         if declared not in (None, -1) and declared != vocab_size:
@@ -137,16 +155,24 @@ class LlamaShape:
             "hidden_act": (config.hidden_act, "silu"),
             "attention_bias": (getattr(config, "attention_bias", False), False),
             "mlp_bias": (getattr(config, "mlp_bias", False), False),
-            "head_dim": (getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
-                         config.hidden_size // config.num_attention_heads),
-        }  # fmt: skip
+            "head_dim": (
+                getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
+                config.hidden_size // config.num_attention_heads,
+            ),
+        }
         for field, (got, needed) in problems.items():
             if got != needed:
                 raise ValueError(f"{path}: {field} is {got!r}; Meta's Llama format needs {needed!r}")
-        shape = cls(dim=config.hidden_size, n_layers=config.num_hidden_layers, n_heads=config.num_attention_heads,
-                    n_kv_heads=config.num_key_value_heads or config.num_attention_heads,
-                    ffn_dim=config.intermediate_size, vocab_size=config.vocab_size, norm_eps=config.rms_norm_eps,
-                    rope_theta=rope_theta(config))  # fmt: skip
+        shape = cls(
+            dim=config.hidden_size,
+            n_layers=config.num_hidden_layers,
+            n_heads=config.num_attention_heads,
+            n_kv_heads=config.num_key_value_heads or config.num_attention_heads,
+            ffn_dim=config.intermediate_size,
+            vocab_size=config.vocab_size,
+            norm_eps=config.rms_norm_eps,
+            rope_theta=rope_theta(config),
+        )
         shape.check(path)
         return shape
 
@@ -162,16 +188,28 @@ class LlamaShape:
 
     def check_shards(self, n: int, path: Path) -> None:
         """Model parallelism splits whole heads, FFN columns, embedding columns and vocabulary rows n ways."""
-        for field, value in (("n_heads", self.n_heads), ("n_kv_heads", self.n_kv_heads), ("dim", self.dim),
-                             ("ffn_dim", self.ffn_dim), ("vocab_size", self.vocab_size)):  # fmt: skip
+        for field, value in (
+            ("n_heads", self.n_heads),
+            ("n_kv_heads", self.n_kv_heads),
+            ("dim", self.dim),
+            ("ffn_dim", self.ffn_dim),
+            ("vocab_size", self.vocab_size),
+        ):
             if value % n:
                 raise ValueError(f"{path}: {field}={value} cannot be split across {n} model-parallel shards")
 
     def params_json(self) -> dict:
         """Meta's params.json; rope_theta only when it differs from Llama 2's (Llama 2's ModelArgs lacks it)."""
         multiple_of, multiplier = _meta_ffn_params(self.dim, self.ffn_dim)
-        params = dict(dim=self.dim, n_layers=self.n_layers, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
-                      vocab_size=self.vocab_size, multiple_of=multiple_of, norm_eps=self.norm_eps)  # fmt: skip
+        params = dict(
+            dim=self.dim,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads,
+            vocab_size=self.vocab_size,
+            multiple_of=multiple_of,
+            norm_eps=self.norm_eps,
+        )
         if multiplier is not None:
             params["ffn_dim_multiplier"] = multiplier
         if self.rope_theta != LLAMA2_THETA:
@@ -184,11 +222,20 @@ class LlamaShape:
 
         if max_position_embeddings is None:
             max_position_embeddings = 16384 if self.rope_theta > LLAMA2_THETA else 4096
-        config = LlamaConfig(vocab_size=self.vocab_size, hidden_size=self.dim, intermediate_size=self.ffn_dim,
-                             num_hidden_layers=self.n_layers, num_attention_heads=self.n_heads,
-                             num_key_value_heads=self.n_kv_heads, rms_norm_eps=self.norm_eps, hidden_act="silu",
-                             tie_word_embeddings=False, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
-                             architectures=["LlamaForCausalLM"])  # fmt: skip
+        config = LlamaConfig(
+            vocab_size=self.vocab_size,
+            hidden_size=self.dim,
+            intermediate_size=self.ffn_dim,
+            num_hidden_layers=self.n_layers,
+            num_attention_heads=self.n_heads,
+            num_key_value_heads=self.n_kv_heads,
+            rms_norm_eps=self.norm_eps,
+            hidden_act="silu",
+            tie_word_embeddings=False,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            architectures=["LlamaForCausalLM"],
+        )
         set_rope_theta(config, self.rope_theta, max_position_embeddings=max_position_embeddings)
         config.dtype = dtype
         return config
@@ -307,8 +354,10 @@ class MetaShard:
             tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as err:  # torch raises RuntimeError/UnpicklingError/EOFError for damaged archives
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ValueError(f"{path}: cannot be read ({reason}); the file is truncated or corrupted: download it "
-                             "again (Meta's checklist.chk has its md5)") from None  # fmt: skip
+            raise ValueError(
+                f"{path}: cannot be read ({reason}); the file is truncated or corrupted: download it "
+                "again (Meta's checklist.chk has its md5)"
+            ) from None
         if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
             raise ValueError(f"{path}: expected a state dict of tensors, got {type(tensors).__name__}")
         self.tensors: dict[str, torch.Tensor] = tensors
@@ -332,10 +381,11 @@ class MetaShard:
         records.sort()
         base = storages[0][0] - records[0][0] if storages and records else 0
         if len(storages) != len(records) or any(
-            ptr - base != offset or nbytes != size for (ptr, nbytes), (offset, size, _) in zip(storages, records)
+            ptr - base != offset or nbytes != size
+            for (ptr, nbytes), (offset, size, _) in zip(storages, records, strict=False)
         ):
             raise ValueError(f"{self.path}: its tensor records do not match its zip directory; the file is corrupted")
-        return base, {ptr: crc for (ptr, _), (_, _, crc) in zip(storages, records)}
+        return base, {ptr: crc for (ptr, _), (_, _, crc) in zip(storages, records, strict=False)}
 
     def verify(self, name: str) -> None:
         """Check the bytes of tensor `name` against the archive's CRC-32, a block at a time, dropping each block's
@@ -350,8 +400,9 @@ class MetaShard:
             crc = crc32(block.numpy(), crc)
             _release_pages(block)
         if crc != self._crc[storage.data_ptr()]:
-            raise ValueError(f"{self.path}: tensor {name!r} fails its CRC-32 check; the file is corrupted: "
-                             "download it again")  # fmt: skip
+            raise ValueError(
+                f"{self.path}: tensor {name!r} fails its CRC-32 check; the file is corrupted: download it again"
+            )
         self._verified.add(storage.data_ptr())
 
     def span(self, tensor: torch.Tensor) -> _FileSpan:
@@ -421,19 +472,24 @@ class MetaCheckpoint:
         keys, expected, n = set(shard.tensors), {w.meta for w in self.layout}, len(self.shards)
         unknown = sorted(keys - expected - _IGNORED_META_KEYS)
         if unknown:
-            raise ValueError(f"{shard.path}: unknown tensors {_listed(unknown)}; only Llama 2 / Code Llama "
-                             "checkpoints are supported")  # fmt: skip
+            raise ValueError(
+                f"{shard.path}: unknown tensors {_listed(unknown)}; only Llama 2 / Code Llama "
+                "checkpoints are supported"
+            )
         missing = sorted(expected - keys)
         if missing:
-            raise ValueError(f"{shard.path}: missing tensors {_listed(missing)} "
-                             f"(params.json says n_layers={self.shape.n_layers})")  # fmt: skip
+            raise ValueError(
+                f"{shard.path}: missing tensors {_listed(missing)} (params.json says n_layers={self.shape.n_layers})"
+            )
         s = self.shape
         for w in self.layout:
             tensor = shard.tensors[w.meta]
             if tuple(tensor.shape) != w.shard_shape(n):
-                raise ValueError(f"{shard.path}: {w.meta} has shape {tuple(tensor.shape)} but params.json "
-                                 f"(dim={s.dim}, n_heads={s.n_heads}, n_kv_heads={s.n_kv_heads}, ffn {s.ffn_dim}, "
-                                 f"vocab {s.vocab_size}) over {n} shard(s) gives {w.shard_shape(n)}")  # fmt: skip
+                raise ValueError(
+                    f"{shard.path}: {w.meta} has shape {tuple(tensor.shape)} but params.json "
+                    f"(dim={s.dim}, n_heads={s.n_heads}, n_kv_heads={s.n_kv_heads}, ffn {s.ffn_dim}, "
+                    f"vocab {s.vocab_size}) over {n} shard(s) gives {w.shard_shape(n)}"
+                )
             if tensor.dtype not in _SAFETENSORS_DTYPES:
                 raise ValueError(f"{shard.path}: {w.meta} has dtype {tensor.dtype}; expected bfloat16/float16/float32")
 
@@ -459,14 +515,17 @@ class MetaCheckpoint:
         sources = [shard.tensors[w.meta] for shard in self.shards]
         head_dim = self.shape.head_dim
         if w.split is None:
-            for shard, source in zip(self.shards[1:], sources[1:]):
+            for shard, source in zip(self.shards[1:], sources[1:], strict=False):
                 if not torch.equal(source, sources[0]):
-                    raise ValueError(f"{shard.path}: replicated tensor {w.meta} differs from "
-                                     f"{self.shards[0].path.name}'s")  # fmt: skip
+                    raise ValueError(
+                        f"{shard.path}: replicated tensor {w.meta} differs from {self.shards[0].path.name}'s"
+                    )
             sources = sources[:1]
         unchanged = all(s.dtype == dtype and s.is_contiguous() for s in sources)
         if unchanged and not w.rotary and (w.split != 1 or len(sources) == 1):
-            for shard, source in zip(self.shards, sources):  # row-wise concatenation is byte concatenation
+            for shard, source in zip(
+                self.shards, sources, strict=False
+            ):  # row-wise concatenation is byte concatenation
                 yield shard.span(source)
         elif w.split == 1:
             step = _block_rows(sources[0], 1, ways=len(sources))
@@ -538,8 +597,11 @@ class _SafetensorsWriter:
         header: dict = {"__metadata__": {"format": "pt"}}
         offset = 0
         for e in entries:
-            header[e.name] = {"dtype": _SAFETENSORS_DTYPES[e.dtype], "shape": list(e.shape),
-                              "data_offsets": [offset, offset + e.nbytes]}  # fmt: skip
+            header[e.name] = {
+                "dtype": _SAFETENSORS_DTYPES[e.dtype],
+                "shape": list(e.shape),
+                "data_offsets": [offset, offset + e.nbytes],
+            }
             offset += e.nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # tensor data starts 8-byte aligned, as safetensors itself writes
@@ -623,8 +685,9 @@ def write_pth(path: Path, entries: list[_Entry], tensors: Iterable[torch.Tensor]
     torch.save pickles the dict first and then copies each storage into its zip record; we pickle references
     with the same layout and stream the records through torch's own zip writer (so CRCs and alignment match).
     """
-    refs = {e.name: _TensorRef(_StorageRef(str(i), e.dtype, math.prod(e.shape)), e.shape)
-            for i, e in enumerate(entries)}  # fmt: skip
+    refs = {
+        e.name: _TensorRef(_StorageRef(str(i), e.dtype, math.prod(e.shape)), e.shape) for i, e in enumerate(entries)
+    }
     buffer = io.BytesIO()
     _StatePickler(buffer, protocol=2).dump(refs)
     pkl = buffer.getvalue()
@@ -685,8 +748,10 @@ def _meta_vocabulary(tok_path: Path, rows: int, extend_vocab: bool):
             return proto
         hint = ""
         if extended and len(pieces) == rows + len(INFILLING_PIECES):
-            hint = (" This is a Code Llama tokenizer with infilling pieces: pass --extend-vocab to grow the weights "
-                    "for it, or use the model's own tokenizer.model.")  # fmt: skip
+            hint = (
+                " This is a Code Llama tokenizer with infilling pieces: pass --extend-vocab to grow the weights "
+                "for it, or use the model's own tokenizer.model."
+            )
         raise ValueError(f"{tok_path} has {len(pieces)} pieces but the weights have {rows} vocabulary rows.{hint}")
     if any(s in pieces for s in SENTINELS) and not extended:
         raise ValueError(f"{tok_path}: infilling pieces present but not at the end; cannot extend this vocabulary")
@@ -696,8 +761,10 @@ def _meta_vocabulary(tok_path: Path, rows: int, extend_vocab: bool):
         return proto
     if not extended and len(pieces) == rows:
         return add_infilling_pieces(proto)
-    raise ValueError(f"{tok_path} has {len(pieces)} pieces but the weights have {rows} vocabulary rows; "
-                     "--extend-vocab needs the base tokenizer (same size as the weights)")  # fmt: skip
+    raise ValueError(
+        f"{tok_path} has {len(pieces)} pieces but the weights have {rows} vocabulary rows; "
+        "--extend-vocab needs the base tokenizer (same size as the weights)"
+    )
 
 
 def meta_to_hf(
@@ -736,11 +803,16 @@ def meta_to_hf(
     target = _resolve_dtype(dtype, checkpoint.dtype)
 
     by_hf = {w.hf: w for w in checkpoint.layout}
-    entries = {w.hf: _Entry(w.hf, target, (out_shape.vocab_size, shape.dim) if w.hf in _VOCAB_TENSORS else w.shape)
-               for w in checkpoint.layout}  # fmt: skip
-    split = split_state_dict_into_shards_factory(entries, get_storage_size=lambda e: e.nbytes,
-                                                 filename_pattern="model{suffix}.safetensors",
-                                                 max_shard_size=max_shard_size)  # fmt: skip
+    entries = {
+        w.hf: _Entry(w.hf, target, (out_shape.vocab_size, shape.dim) if w.hf in _VOCAB_TENSORS else w.shape)
+        for w in checkpoint.layout
+    }
+    split = split_state_dict_into_shards_factory(
+        entries,
+        get_storage_size=lambda e: e.nbytes,
+        filename_pattern="model{suffix}.safetensors",
+        max_shard_size=max_shard_size,
+    )
     total = sum(e.nbytes for e in entries.values())
     order = [by_hf[name] for names in split.filename_to_tensors.values() for name in names]
     merged = checkpoint.stream(order, target)
@@ -753,19 +825,30 @@ def meta_to_hf(
         metadata = side.submit(_write_hf_metadata, tmp, out_shape, target, max_position_embeddings, proto)
         for filename, names in split.filename_to_tensors.items():
             with _SafetensorsWriter(tmp / filename, [entries[n] for n in names]) as writer:
-                for name, blocks in zip(names, merged):
+                for name, blocks in zip(names, merged, strict=False):
                     if extra_rows and name in _VOCAB_TENSORS:
                         blocks = _with_mean_rows(blocks, extra_rows)
                     writer.write(name, blocks, bar)
         if split.is_sharded:
             parameters = sum(math.prod(e.shape) for e in entries.values())
-            index = {"metadata": {"total_size": total, "total_parameters": parameters},
-                     "weight_map": split.tensor_to_filename}  # fmt: skip
+            index = {
+                "metadata": {"total_size": total, "total_parameters": parameters},
+                "weight_map": split.tensor_to_filename,
+            }
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         metadata.result()
 
-    _log_summary("meta-to-hf", output_dir, out_shape, target, len(checkpoint.shards),
-                 len(split.filename_to_tensors), total, started, extra_rows)  # fmt: skip
+    _log_summary(
+        "meta-to-hf",
+        output_dir,
+        out_shape,
+        target,
+        len(checkpoint.shards),
+        len(split.filename_to_tensors),
+        total,
+        started,
+        extra_rows,
+    )
     return output_dir
 
 
@@ -794,8 +877,17 @@ def _write_hf_metadata(folder: Path, shape: LlamaShape, dtype: torch.dtype, max_
     tokenizer_dir.rmdir()
 
 
-def _log_summary(direction: str, output: Path, shape: LlamaShape, dtype, shards_in: int, files_out: int,
-                 nbytes: int, started: float, extra_rows: int = 0) -> None:  # fmt: skip
+def _log_summary(
+    direction: str,
+    output: Path,
+    shape: LlamaShape,
+    dtype,
+    shards_in: int,
+    files_out: int,
+    nbytes: int,
+    started: float,
+    extra_rows: int = 0,
+) -> None:
     params = sum(math.prod(w.shape) for w in weights(shape))
     vocab = str(shape.vocab_size)
     if extra_rows:
@@ -803,10 +895,22 @@ def _log_summary(direction: str, output: Path, shape: LlamaShape, dtype, shards_
     logger.info(
         "%s: wrote %s in %.1f s\n  parameters %s (%.2f GB %s), vocab %s, rope theta %g\n"
         "  %d layers, dim %d, %d heads, %d kv heads, ffn %d; %d file(s) in, %d file(s) out",
-        direction, output, time.monotonic() - started, f"{params:,}", nbytes / 1e9, str(dtype).removeprefix("torch."),
-        vocab, shape.rope_theta, shape.n_layers, shape.dim, shape.n_heads, shape.n_kv_heads, shape.ffn_dim,
-        shards_in, files_out,
-    )  # fmt: skip
+        direction,
+        output,
+        time.monotonic() - started,
+        f"{params:,}",
+        nbytes / 1e9,
+        str(dtype).removeprefix("torch."),
+        vocab,
+        shape.rope_theta,
+        shape.n_layers,
+        shape.dim,
+        shape.n_heads,
+        shape.n_kv_heads,
+        shape.ffn_dim,
+        shards_in,
+        files_out,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -830,8 +934,10 @@ class HFWeights:
         elif (folder / "model.safetensors").is_file():
             self.files = dict.fromkeys(self._header(folder / "model.safetensors"), folder / "model.safetensors")
         else:
-            raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json "
-                                    "(re-save the model with save_pretrained(safe_serialization=True))")  # fmt: skip
+            raise FileNotFoundError(
+                f"{folder}: no model.safetensors or model.safetensors.index.json "
+                "(re-save the model with save_pretrained(safe_serialization=True))"
+            )
         self.meta: dict[str, tuple[torch.dtype | None, tuple[int, ...]]] = {}
         for path in sorted(set(self.files.values())):
             if not path.is_file():
@@ -843,8 +949,10 @@ class HFWeights:
         try:
             with self._safe_open(path, framework="pt") as f:
                 parts = {name: f.get_slice(name) for name in f.keys()}  # noqa: SIM118 (safe_open is no dict)
-                return {name: (_DTYPES_FROM_SAFETENSORS.get(part.get_dtype()), tuple(part.get_shape()))
-                        for name, part in parts.items()}  # fmt: skip
+                return {
+                    name: (_DTYPES_FROM_SAFETENSORS.get(part.get_dtype()), tuple(part.get_shape()))
+                    for name, part in parts.items()
+                }
         except Exception as err:  # safetensors raises SafetensorError for damaged headers
             raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
 
@@ -908,36 +1016,46 @@ def hf_to_meta(
     unknown = sorted(n for n in source.meta if n not in known and not n.endswith("rotary_emb.inv_freq"))
     missing = sorted(known - set(source.meta))
     if unknown or missing:
-        problems = [f"{label} tensors {_listed(names)}"
-                    for label, names in (("unknown", unknown), ("missing", missing)) if names]  # fmt: skip
+        problems = [
+            f"{label} tensors {_listed(names)}"
+            for label, names in (("unknown", unknown), ("missing", missing))
+            if names
+        ]
         raise ValueError(f"{input_dir}: {'; '.join(problems)}")
     for w in layout:
         found_dtype, found_shape = source.meta[hf_names[w.meta]]
         if found_shape != w.shape or found_dtype is None:
-            raise ValueError(f"{input_dir}: {hf_names[w.meta]} is {found_dtype or 'of an unsupported dtype'} "
-                             f"{found_shape}; config.json gives {w.shape}")  # fmt: skip
+            raise ValueError(
+                f"{input_dir}: {hf_names[w.meta]} is {found_dtype or 'of an unsupported dtype'} "
+                f"{found_shape}; config.json gives {w.shape}"
+            )
 
     tok_path = Path(tokenizer_model) if tokenizer_model is not None else input_dir / "tokenizer.model"
     if not tok_path.is_file():
-        raise FileNotFoundError(f"{tok_path}: not found; Meta's format needs the SentencePiece tokenizer.model "
-                                "(pass --tokenizer)")  # fmt: skip
+        raise FileNotFoundError(
+            f"{tok_path}: not found; Meta's format needs the SentencePiece tokenizer.model (pass --tokenizer)"
+        )
     pieces = len(load_sp_model(tok_path).pieces)
     if pieces != shape.vocab_size:
         raise ValueError(f"{tok_path} has {pieces} pieces but {config_path} has vocab_size {shape.vocab_size}")
 
-    entries = [_Entry(w.meta, _resolve_dtype(dtype, source.meta[hf_names[w.meta]][0]), w.shard_shape(shards))
-               for w in layout]  # fmt: skip
+    entries = [
+        _Entry(w.meta, _resolve_dtype(dtype, source.meta[hf_names[w.meta]][0]), w.shard_shape(shards)) for w in layout
+    ]
     total = shards * sum(e.nbytes for e in entries)
     with atomic_dir(output_dir, overwrite=overwrite) as tmp, _progress(total, "hf-to-meta", progress) as bar:
         for s in range(shards):
-            tensors = (_meta_part(w, hf_names[w.meta], source, shards, s, shape.head_dim).to(e.dtype)
-                       for w, e in zip(layout, entries))  # fmt: skip
+            tensors = (
+                _meta_part(w, hf_names[w.meta], source, shards, s, shape.head_dim).to(e.dtype)
+                for w, e in zip(layout, entries, strict=False)
+            )
             write_pth(tmp / f"consolidated.{s:02d}.pth", entries, tensors, bar)
         (tmp / "params.json").write_text(json.dumps(shape.params_json(), indent=2) + "\n")
         shutil.copyfile(tok_path, tmp / "tokenizer.model")
 
-    _log_summary("hf-to-meta", output_dir, shape, entries[0].dtype, len(set(source.files.values())), shards,
-                 total, started)  # fmt: skip
+    _log_summary(
+        "hf-to-meta", output_dir, shape, entries[0].dtype, len(set(source.files.values())), shards, total, started
+    )
     return output_dir
 
 
@@ -957,8 +1075,11 @@ def register(subparsers) -> None:
     to_hf.add_argument("--input", type=Path, required=True, help="Meta checkpoint folder")
     to_hf.add_argument("--output", type=Path, required=True, help="HF output folder (must not exist)")
     to_hf.add_argument("--dtype", default="bfloat16", choices=[*DTYPES, "auto"], help="weights dtype (default bf16)")
-    to_hf.add_argument("--extend-vocab", action="store_true",
-                       help="add Code Llama's 16 infilling pieces (Llama 2 -> Code Llama 7B/13B init)")
+    to_hf.add_argument(
+        "--extend-vocab",
+        action="store_true",
+        help="add Code Llama's 16 infilling pieces (Llama 2 -> Code Llama 7B/13B init)",
+    )
     to_hf.add_argument("--tokenizer", type=Path, help="tokenizer.model (default: in --input or its parent)")
     to_hf.add_argument("--max-shard-size", default="5GB", help="largest safetensors file (default 5GB)")
     to_hf.add_argument("--max-position-embeddings", type=int, help="default 16384 if theta > 1e4, else 4096")
@@ -984,15 +1105,29 @@ def _log_to_stdout() -> None:
 
 def _cli_meta_to_hf(args: argparse.Namespace) -> int:
     _log_to_stdout()
-    meta_to_hf(args.input, args.output, dtype=args.dtype, extend_vocab=args.extend_vocab,
-               tokenizer_model=args.tokenizer, max_shard_size=args.max_shard_size,
-               max_position_embeddings=args.max_position_embeddings, overwrite=args.overwrite,
-               progress=not args.no_progress)  # fmt: skip
+    meta_to_hf(
+        args.input,
+        args.output,
+        dtype=args.dtype,
+        extend_vocab=args.extend_vocab,
+        tokenizer_model=args.tokenizer,
+        max_shard_size=args.max_shard_size,
+        max_position_embeddings=args.max_position_embeddings,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     return 0
 
 
 def _cli_hf_to_meta(args: argparse.Namespace) -> int:
     _log_to_stdout()
-    hf_to_meta(args.input, args.output, shards=args.shards, dtype=args.dtype, tokenizer_model=args.tokenizer,
-               overwrite=args.overwrite, progress=not args.no_progress)  # fmt: skip
+    hf_to_meta(
+        args.input,
+        args.output,
+        shards=args.shards,
+        dtype=args.dtype,
+        tokenizer_model=args.tokenizer,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     return 0

@@ -26,8 +26,8 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from codellama_hf.tokenizer import encode_batch, encode_slices, infill_ids
 

@@ -76,15 +76,21 @@ class _StopOnText(StoppingCriteria):
         return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
 
 
-def _generation_config(tokenizer, *, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float,
-                       eos: list[int]) -> GenerationConfig:  # fmt: skip
+def _generation_config(
+    tokenizer, *, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float, eos: list[int]
+) -> GenerationConfig:
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False)
     if do_sample and not (temperature > 0 and 0 < top_p <= 1):
         raise ValueError(f"sampling needs temperature > 0 and 0 < top_p <= 1 (got {temperature}, {top_p})")
-    return GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=pad_id(tokenizer), eos_token_id=eos,
-                            bos_token_id=tokenizer.bos_token_id, **sampling)  # fmt: skip
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad_id(tokenizer),
+        eos_token_id=eos,
+        bos_token_id=tokenizer.bos_token_id,
+        **sampling,
+    )
 
 
 def _left_pad(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,8 +103,16 @@ def _left_pad(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, to
     return ids.to(device), mask.to(device)
 
 
-def _run_batches(model, tokenizer, prompt_ids: list[list[int]], config: GenerationConfig, *, stop: Sequence[str],
-                 batch_size: int, progress: str | None) -> list[list[int]]:  # fmt: skip
+def _run_batches(
+    model,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    config: GenerationConfig,
+    *,
+    stop: Sequence[str],
+    batch_size: int,
+    progress: str | None,
+) -> list[list[int]]:
     """Generated ids (cut at the first eos) for each prompt, batching similar lengths together."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -110,9 +124,10 @@ def _run_batches(model, tokenizer, prompt_ids: list[list[int]], config: Generati
         ids, mask = _left_pad([prompt_ids[i] for i in batch], config.pad_token_id, model.device)
         criteria = [_StopOnText(tokenizer, stop, ids.shape[1])] if any(stop) else None
         with torch.inference_mode():
-            generated = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                       stopping_criteria=criteria)  # fmt: skip
-        for row, index in zip(generated[:, ids.shape[1] :].tolist(), batch):
+            generated = model.generate(
+                input_ids=ids, attention_mask=mask, generation_config=config, stopping_criteria=criteria
+            )
+        for row, index in zip(generated[:, ids.shape[1] :].tolist(), batch, strict=False):
             end = next((j for j, token in enumerate(row) if token in eos), len(row))
             out[index] = row[:end]
     return out
@@ -140,13 +155,19 @@ def generate(
         raise ValueError("n > 1 samples per prompt needs do_sample=True (greedy decoding would repeat itself)")
     if seed is not None:
         torch.manual_seed(seed)
-    config = _generation_config(tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                temperature=temperature, top_p=top_p, eos=[tokenizer.eos_token_id])  # fmt: skip
+    config = _generation_config(
+        tokenizer,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_p=top_p,
+        eos=[tokenizer.eos_token_id],
+    )
     encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     expanded = [ids for ids in encoded for _ in range(n)]
     generated = _run_batches(model, tokenizer, expanded, config, stop=stop, batch_size=batch_size, progress=progress)
     completions = []
-    for prompt, gen in zip(expanded, generated):
+    for prompt, gen in zip(expanded, generated, strict=False):
         head = tokenizer.decode(prompt, skip_special_tokens=True)
         full = tokenizer.decode(prompt + gen, skip_special_tokens=True)
         text = full[len(head) :] if full.startswith(head) else tokenizer.decode(gen, skip_special_tokens=True)
@@ -175,12 +196,22 @@ def infill(
     ids = infill_ids(tokenizer)  # clear ValueError for a tokenizer without infilling pieces
     vocab = model.get_input_embeddings().num_embeddings
     if max(ids.prefix, ids.suffix, ids.middle, ids.eot) >= vocab:
-        raise ValueError(f"the model's vocabulary ({vocab} tokens) has no infilling tokens (ids {ids.prefix}-"
-                         f"{ids.eot}): it was not trained for infilling")  # fmt: skip
+        raise ValueError(
+            f"the model's vocabulary ({vocab} tokens) has no infilling tokens (ids {ids.prefix}-"
+            f"{ids.eot}): it was not trained for infilling"
+        )
     if seed is not None:
         torch.manual_seed(seed)
-    config = _generation_config(tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                temperature=temperature, top_p=top_p, eos=[ids.eos, ids.eot])  # fmt: skip
-    prompts = [infilling_prompt(tokenizer, p, s, suffix_first=suffix_first) for p, s in zip(prefixes, suffixes)]
+    config = _generation_config(
+        tokenizer,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_p=top_p,
+        eos=[ids.eos, ids.eot],
+    )
+    prompts = [
+        infilling_prompt(tokenizer, p, s, suffix_first=suffix_first) for p, s in zip(prefixes, suffixes, strict=False)
+    ]
     generated = _run_batches(model, tokenizer, prompts, config, stop=(), batch_size=batch_size, progress=progress)
     return [decode_infilling(tokenizer, gen) for gen in generated]

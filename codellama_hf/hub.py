@@ -42,9 +42,19 @@ logger = logging.getLogger(__name__)
 PLAN_FILE = "push-plan.json"
 HASH_CACHE = ".hashes.json"
 # What a published model folder holds (everything else in a stage's output, like checkpoints, stays home).
-MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
-               "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-               "chat_template.jinja", "lineage.json", "training_curves.png")  # fmt: skip
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "lineage.json",
+    "training_curves.png",
+)
 RESULT_FILES = ("*.json", "report.md", "*.png")
 KEEP_REMOTE = (".gitattributes",)
 
@@ -115,16 +125,21 @@ def _members(spec, where: str) -> list[Member]:
             raise ValueError(f"{where}: models.{slot} must be a folder or a mapping with 'path'")
         unknown = set(value) - {"path", "results", "base_model"}
         if unknown:
-            raise ValueError(f"{where}: models.{slot} has unknown key(s) {sorted(unknown)}; known: path, results, "
-                             "base_model")
+            raise ValueError(
+                f"{where}: models.{slot} has unknown key(s) {sorted(unknown)}; known: path, results, base_model"
+            )
         results = value.get("results") or []
-        members.append(Member(str(slot), value["path"], [results] if isinstance(results, str) else results,
-                              value.get("base_model")))  # fmt: skip
+        members.append(
+            Member(
+                str(slot), value["path"], [results] if isinstance(results, str) else results, value.get("base_model")
+            )
+        )
     return members
 
 
-def read_push_config(path: str | os.PathLike | None, *, models=(), results=None, base_models=None,
-                     **overrides) -> PushConfig:
+def read_push_config(
+    path: str | os.PathLike | None, *, models=(), results=None, base_models=None, **overrides
+) -> PushConfig:
     """PushConfig from a YAML file (optional) and command-line values, which win; unknown keys are errors.
 
     models: Members added to (or replacing) the file's; results / base_models: {slot: value} for any member.
@@ -184,11 +199,22 @@ def stage_repo(member: Member, repo_dir: Path, card_options) -> Path:
 
     facts = read_facts(member.path)  # checks config, weights, tokenizer and lineage before anything is written
     if card_options.variant.vocab_size and facts.config.get("vocab_size") != card_options.variant.vocab_size:
-        logger.warning("%s: %s has vocabulary %s, but Meta's %s has %s", member.slot, member.path,
-                       facts.config.get("vocab_size"), card_options.variant.name, card_options.variant.vocab_size)
+        logger.warning(
+            "%s: %s has vocabulary %s, but Meta's %s has %s",
+            member.slot,
+            member.path,
+            facts.config.get("vocab_size"),
+            card_options.variant.name,
+            card_options.variant.vocab_size,
+        )
     if card_options.variant.infilling != facts.infilling:
-        logger.warning("%s: %s %s infill, unlike Meta's %s", member.slot, member.path,
-                       "can" if facts.infilling else "cannot", card_options.variant.name)  # fmt: skip
+        logger.warning(
+            "%s: %s %s infill, unlike Meta's %s",
+            member.slot,
+            member.path,
+            "can" if facts.infilling else "cannot",
+            card_options.variant.name,
+        )
     results = read_results(member.results)
     with atomic_dir(repo_dir, overwrite=True) as tmp:  # staging is rebuilt on every run
         for source in _matching(member.path, MODEL_FILES):
@@ -226,9 +252,17 @@ class _Hashes:
             from tqdm.auto import tqdm
 
             digest = hashlib.sha256()
-            with open(file, "rb") as handle, tqdm(total=st.st_size, unit="B", unit_scale=True, leave=False,
-                                                   desc=f"hashing {file.name}",
-                                                   disable=st.st_size < 256 << 20) as bar:  # fmt: skip
+            with (
+                open(file, "rb") as handle,
+                tqdm(
+                    total=st.st_size,
+                    unit="B",
+                    unit_scale=True,
+                    leave=False,
+                    desc=f"hashing {file.name}",
+                    disable=st.st_size < 256 << 20,
+                ) as bar,
+            ):
                 for block in iter(lambda: handle.read(8 << 20), b""):
                     digest.update(block)
                     bar.update(len(block))
@@ -272,14 +306,19 @@ def hub_errors(action: str, endpoint: str):
         yield
     except HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else None
-        hint = {401: "the Hub rejected the token: check HF_TOKEN or run `hf auth login`",
-                403: "the token may not write there: use a write token for that namespace"}.get(status)
+        hint = {
+            401: "the Hub rejected the token: check HF_TOKEN or run `hf auth login`",
+            403: "the token may not write there: use a write token for that namespace",
+        }.get(status)
         first_line = str(err).splitlines()[0]
-        raise RuntimeError(f"{action} failed on {endpoint} (HTTP {status}): {first_line}"
-                           + (f"; {hint}" if hint else "")) from None  # fmt: skip
+        raise RuntimeError(
+            f"{action} failed on {endpoint} (HTTP {status}): {first_line}" + (f"; {hint}" if hint else "")
+        ) from None
     except OfflineModeIsEnabled:
-        raise RuntimeError(f"{action}: HF_HUB_OFFLINE is set, and pushing (or comparing with --dry-run) needs the "
-                           "Hub; unset HF_HUB_OFFLINE") from None  # fmt: skip
+        raise RuntimeError(
+            f"{action}: HF_HUB_OFFLINE is set, and pushing (or comparing with --dry-run) needs the "
+            "Hub; unset HF_HUB_OFFLINE"
+        ) from None
     except httpx2.TransportError as err:
         raise RuntimeError(f"{action}: cannot reach {endpoint} ({type(err).__name__}: {err})") from None
 
@@ -293,8 +332,11 @@ def plan_repo(api, repo_id: str, folder: Path, revision: str, hashes: _Hashes, *
     exists, remote = True, {}
     with hub_errors(f"listing {repo_id}", api.endpoint):
         try:
-            remote = {f.path: f for f in api.list_repo_tree(repo_id, recursive=True, revision=revision)
-                      if isinstance(f, RepoFile)}  # fmt: skip
+            remote = {
+                f.path: f
+                for f in api.list_repo_tree(repo_id, recursive=True, revision=revision)
+                if isinstance(f, RepoFile)
+            }
         except (RepositoryNotFoundError, RevisionNotFoundError) as err:
             exists = isinstance(err, RevisionNotFoundError)  # a missing branch of an existing repo
     upload, unchanged = [], []
@@ -329,30 +371,44 @@ def push_repo(api, plan: RepoPlan, config: PushConfig, name: str) -> str | None:
             api.create_branch(plan.repo_id, branch=config.revision, exist_ok=True)
         operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(plan.folder / p)) for p in plan.upload]
         operations += [CommitOperationDelete(path_in_repo=p) for p in plan.delete]
-        info = api.create_commit(plan.repo_id, operations=operations, revision=config.revision,
-                                 commit_message=config.commit_message.format(name=name))  # fmt: skip
+        info = api.create_commit(
+            plan.repo_id,
+            operations=operations,
+            revision=config.revision,
+            commit_message=config.commit_message.format(name=name),
+        )
     return info.oid
 
 
 def update_collection(api, config: PushConfig, namespace: str, repos: dict[str, Variant]) -> dict:
     """Find (or create) the collection by title and add the repositories it lacks; what was (or would be) done."""
     with hub_errors(f"reading the collections of {namespace}", api.endpoint):
-        found = next((c for c in api.list_collections(owner=namespace, limit=1000) if c.title == config.collection),
-                     None)  # fmt: skip
+        found = next(
+            (c for c in api.list_collections(owner=namespace, limit=1000) if c.title == config.collection), None
+        )
         present = {item.item_id for item in api.get_collection(found.slug).items} if found else set()
     missing = [repo for repo in repos if repo not in present]
-    report = {"title": config.collection, "slug": found.slug if found else None, "create": found is None,
-              "add": missing}  # fmt: skip
+    report = {
+        "title": config.collection,
+        "slug": found.slug if found else None,
+        "create": found is None,
+        "add": missing,
+    }
     if config.dry_run or not (missing or found is None):
         return report
     with hub_errors(f"updating collection {config.collection!r}", api.endpoint):
         if found is None:
-            found = api.create_collection(config.collection, namespace=namespace, private=config.private,
-                                          description=config.collection_description)  # fmt: skip
+            found = api.create_collection(
+                config.collection,
+                namespace=namespace,
+                private=config.private,
+                description=config.collection_description,
+            )
             report["slug"] = found.slug
         for repo in missing:
-            api.add_collection_item(found.slug, item_id=repo, item_type="model", note=repos[repo].title,
-                                    exists_ok=True)  # fmt: skip
+            api.add_collection_item(
+                found.slug, item_id=repo, item_type="model", note=repos[repo].title, exists_ok=True
+            )
     return report
 
 
@@ -367,8 +423,10 @@ def resolve_token(required: bool) -> str | None:
 
     token = get_token()
     if token is None and required:
-        raise ValueError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access "
-                         "to the namespace); --dry-run needs none for public repositories")  # fmt: skip
+        raise ValueError(
+            "no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access "
+            "to the namespace); --dry-run needs none for public repositories"
+        )
     return token
 
 
@@ -393,23 +451,42 @@ def push_family(config: PushConfig, *, token: str | None = None) -> dict:
     # 2. Stage every repository (model files, config with both rope keys, card, results)
     staged = {}
     for repo_id, member in repos.items():
-        options = CardOptions(repo_id=repo_id, variant=member.variant, base_model=member.base_model,
-                              license=config.license, developer=namespace, family=family,
-                              published=published)  # fmt: skip
+        options = CardOptions(
+            repo_id=repo_id,
+            variant=member.variant,
+            base_model=member.base_model,
+            license=config.license,
+            developer=namespace,
+            family=family,
+            published=published,
+        )
         staged[repo_id] = stage_repo(member, config.stage_dir / repo_id.split("/", 1)[1], options)
     # 3. Compare with the Hub: the files that would be uploaded
     hashes = _Hashes(config.stage_dir / HASH_CACHE)
-    plans = {repo_id: plan_repo(api, repo_id, folder, config.revision, hashes, delete_stale=config.delete_stale)
-             for repo_id, folder in staged.items()}  # fmt: skip
+    plans = {
+        repo_id: plan_repo(api, repo_id, folder, config.revision, hashes, delete_stale=config.delete_stale)
+        for repo_id, folder in staged.items()
+    }
     hashes.save()
-    report = {"endpoint": api.endpoint, "namespace": namespace, "revision": config.revision,
-              "dry_run": config.dry_run, "repos": {}}  # fmt: skip
+    report = {
+        "endpoint": api.endpoint,
+        "namespace": namespace,
+        "revision": config.revision,
+        "dry_run": config.dry_run,
+        "repos": {},
+    }
     # 4. Upload what changed (nothing with --dry-run), then the collection
     for repo_id, plan in plans.items():
         commit = None if config.dry_run else push_repo(api, plan, config, repo_id.split("/", 1)[1])
-        report["repos"][repo_id] = {"slot": repos[repo_id].slot, "folder": str(plan.folder), "exists": plan.exists,
-                                    "upload": plan.upload, "delete": plan.delete, "unchanged": plan.unchanged,
-                                    "commit": commit}  # fmt: skip
+        report["repos"][repo_id] = {
+            "slot": repos[repo_id].slot,
+            "folder": str(plan.folder),
+            "exists": plan.exists,
+            "upload": plan.upload,
+            "delete": plan.delete,
+            "unchanged": plan.unchanged,
+            "commit": commit,
+        }
     if config.collection:
         report["collection"] = update_collection(api, config, namespace, {r: m.variant for r, m in repos.items()})
     path = config.stage_dir / PLAN_FILE
@@ -429,8 +506,14 @@ def print_report(report: dict, stage_dir: Path) -> None:
         table.add_column(column)
     for repo_id, r in report["repos"].items():
         state = "new" if not r["exists"] else "changed" if r["upload"] or r["delete"] else "up to date"
-        table.add_row(repo_id, r["slot"], state, ", ".join(r["upload"]) or "-", str(len(r["unchanged"])),
-                      ", ".join(r["delete"]) or "-")  # fmt: skip
+        table.add_row(
+            repo_id,
+            r["slot"],
+            state,
+            ", ".join(r["upload"]) or "-",
+            str(len(r["unchanged"])),
+            ", ".join(r["delete"]) or "-",
+        )
     console = Console(highlight=False)
     console.print(table)
     collection = report.get("collection")
@@ -464,12 +547,21 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML push config (models, namespace, collection, ...)")
-    parser.add_argument("--model", action="append", metavar="SLOT=FOLDER",
-                        help="a family member: 7b, 7b-python, 13b-instruct, ... and its model folder (repeatable)")
-    parser.add_argument("--results", action="append", metavar="SLOT=FOLDER",
-                        help="evaluation results folder of a member (repeatable)")
-    parser.add_argument("--base-model", action="append", metavar="SLOT=HUB_ID",
-                        help="Hub id a member was trained from, for its card's base_model (repeatable)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="SLOT=FOLDER",
+        help="a family member: 7b, 7b-python, 13b-instruct, ... and its model folder (repeatable)",
+    )
+    parser.add_argument(
+        "--results", action="append", metavar="SLOT=FOLDER", help="evaluation results folder of a member (repeatable)"
+    )
+    parser.add_argument(
+        "--base-model",
+        action="append",
+        metavar="SLOT=HUB_ID",
+        help="Hub id a member was trained from, for its card's base_model (repeatable)",
+    )
     parser.add_argument("--namespace", help="user or organisation (default: the token's user)")
     parser.add_argument("--collection", help="collection title")
     parser.add_argument("--no-collection", action="store_true", help="do not create or update a collection")
@@ -477,28 +569,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--license", help="Hub license id of the cards (default llama2)")
     parser.add_argument("--revision", help="branch to push to (default main)")
     parser.add_argument("--stage-dir", type=Path, help="where repositories are staged (default push_staging)")
-    parser.add_argument("--delete-stale", action="store_true", default=None,
-                        help="delete remote files the staged repository does not have")
-    parser.add_argument("--dry-run", action="store_true", default=None,
-                        help="stage and compare only: write the plan, upload nothing")
+    parser.add_argument(
+        "--delete-stale",
+        action="store_true",
+        default=None,
+        help="delete remote files the staged repository does not have",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", default=None, help="stage and compare only: write the plan, upload nothing"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> PushConfig:
     members = [Member(slot, path) for slot, path in _pairs(args.model, "--model").items()]
-    config = read_push_config(args.config, models=members, results=_pairs(args.results, "--results"),
-                              base_models=_pairs(args.base_model, "--base-model"), namespace=args.namespace,
-                              private=args.private, license=args.license, revision=args.revision,
-                              stage_dir=args.stage_dir, delete_stale=args.delete_stale, dry_run=args.dry_run,
-                              collection=args.collection)  # fmt: skip
+    config = read_push_config(
+        args.config,
+        models=members,
+        results=_pairs(args.results, "--results"),
+        base_models=_pairs(args.base_model, "--base-model"),
+        namespace=args.namespace,
+        private=args.private,
+        license=args.license,
+        revision=args.revision,
+        stage_dir=args.stage_dir,
+        delete_stale=args.delete_stale,
+        dry_run=args.dry_run,
+        collection=args.collection,
+    )
     if args.no_collection:
         config.collection = None
     return config
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("push", help="publish a Code Llama family (repos, cards, collection) to the Hub",
-                                   description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = subparsers.add_parser(
+        "push",
+        help="publish a Code Llama family (repos, cards, collection) to the Hub",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
     parser.set_defaults(func=_cli)
 

@@ -102,14 +102,25 @@ def questions_prompt() -> Prompt:
 
 
 def tests_prompt(question: str) -> Prompt:
-    return _prompt([("user", f"{TESTS_REQUEST}Problem: {EXAMPLE_PROBLEM}"), ("assistant", EXAMPLE_TESTS),
-                    ("user", f"Problem: {question}")], close="\n")  # fmt: skip
+    return _prompt(
+        [
+            ("user", f"{TESTS_REQUEST}Problem: {EXAMPLE_PROBLEM}"),
+            ("assistant", EXAMPLE_TESTS),
+            ("user", f"Problem: {question}"),
+        ],
+        close="\n",
+    )
 
 
 def solution_prompt(question: str, test: str) -> Prompt:
-    return _prompt([("user", f"{SOLUTION_REQUEST}Problem: {EXAMPLE_PROBLEM}\nTest: {EXAMPLE_TEST}"),
-                    ("assistant", EXAMPLE_SOLUTION),
-                    ("user", f"Problem: {question}\nTest: {test}")], close="\n")  # fmt: skip
+    return _prompt(
+        [
+            ("user", f"{SOLUTION_REQUEST}Problem: {EXAMPLE_PROBLEM}\nTest: {EXAMPLE_TEST}"),
+            ("assistant", EXAMPLE_SOLUTION),
+            ("user", f"Problem: {question}\nTest: {test}"),
+        ],
+        close="\n",
+    )
 
 
 def solution_message(solution: str) -> str:
@@ -201,8 +212,10 @@ class HFGenerator:
 
     def __init__(self, model, tokenizer, *, name: str | None = None, batch_size: int = 8, chat: bool = False):
         if chat and not tokenizer.chat_template:
-            raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no chat template; drop --chat-template to "
-                             "prompt with the paper's raw text")  # fmt: skip
+            raise ValueError(
+                f"tokenizer {tokenizer.name_or_path!r} has no chat template; drop --chat-template to "
+                "prompt with the paper's raw text"
+            )
         self.model, self.tokenizer, self.batch_size, self.chat = model, tokenizer, batch_size, chat
         self.name = name or str(getattr(model, "name_or_path", "") or type(model).__name__)
 
@@ -226,10 +239,19 @@ class HFGenerator:
         if not prompts:
             return []
         sample = sampling.temperature > 0
-        return generate(self.model, self.tokenizer, [self._text(p) for p in prompts],
-                        max_new_tokens=sampling.max_new_tokens, do_sample=sample,
-                        temperature=sampling.temperature if sample else 1.0, top_p=sampling.top_p if sample else 1.0,
-                        n=n, stop=sampling.stop, batch_size=self.batch_size, seed=seed)  # fmt: skip
+        return generate(
+            self.model,
+            self.tokenizer,
+            [self._text(p) for p in prompts],
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=sample,
+            temperature=sampling.temperature if sample else 1.0,
+            top_p=sampling.top_p if sample else 1.0,
+            n=n,
+            stop=sampling.stop,
+            batch_size=self.batch_size,
+            seed=seed,
+        )
 
 
 class EndpointError(RuntimeError):
@@ -243,8 +265,17 @@ class OpenAIGenerator:
     choices (TGI) is asked again for the rest. OPENAI_API_KEY, when set, is sent as the bearer token.
     """
 
-    def __init__(self, url: str, *, model: str | None = None, api: str = "completions", concurrency: int = 8,
-                 request_timeout: float = 600.0, retries: int = 3, backoff: float = 2.0):  # fmt: skip
+    def __init__(
+        self,
+        url: str,
+        *,
+        model: str | None = None,
+        api: str = "completions",
+        concurrency: int = 8,
+        request_timeout: float = 600.0,
+        retries: int = 3,
+        backoff: float = 2.0,
+    ):
         if api not in ("completions", "chat"):
             raise ValueError(f"api={api!r}: choose 'completions' or 'chat'")
         if not re.match(r"^https?://", url):
@@ -278,8 +309,10 @@ class OpenAIGenerator:
                 raise EndpointError(f"{url} did not answer with JSON ({err}); is it OpenAI-compatible?") from None
             if attempt < retries:
                 time.sleep(self.backoff * 2**attempt)
-        raise EndpointError(f"{problem}. Start the server (e.g. `vllm serve MODEL`) or fix --url; finished work is "
-                            "cached, so rerunning the same command resumes")  # fmt: skip
+        raise EndpointError(
+            f"{problem}. Start the server (e.g. `vllm serve MODEL`) or fix --url; finished work is "
+            "cached, so rerunning the same command resumes"
+        )
 
     def _served_model(self) -> str:
         """The first model the server lists (vLLM needs the name; TGI ignores it); fails fast when unreachable."""
@@ -289,8 +322,14 @@ class OpenAIGenerator:
         return models[0]["id"]
 
     def _one(self, prompt: Prompt, n: int, sampling: Sampling, seed: int) -> list[str]:
-        payload = {"model": self.model, "max_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
-                   "top_p": sampling.top_p, "stop": list(sampling.stop) or None, "seed": seed}  # fmt: skip
+        payload = {
+            "model": self.model,
+            "max_tokens": sampling.max_new_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "stop": list(sampling.stop) or None,
+            "seed": seed,
+        }
         if self.api == "chat":
             path, payload["messages"] = "/chat/completions", list(prompt.messages)
         else:
@@ -298,8 +337,9 @@ class OpenAIGenerator:
         texts: list[str] = []
         while len(texts) < n:
             payload["n"] = n - len(texts)
-            choices = sorted(self._post(path, payload, retries=self.retries).get("choices") or [],
-                             key=lambda c: c.get("index", 0))  # fmt: skip
+            choices = sorted(
+                self._post(path, payload, retries=self.retries).get("choices") or [], key=lambda c: c.get("index", 0)
+            )
             if not choices:
                 raise EndpointError(f"{self.base}{path} answered without choices")
             texts += [self._text(choice) for choice in choices][: n - len(texts)]
@@ -404,8 +444,10 @@ class _Jsonl:
                 try:
                     self.rows.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{number}: not JSON ({err}); the cache was edited or damaged: fix or "
-                                     "delete that line (its item is then redone)") from None
+                    raise ValueError(
+                        f"{path}:{number}: not JSON ({err}); the cache was edited or damaged: fix or "
+                        "delete that line (its item is then redone)"
+                    ) from None
 
     def append(self, rows: Iterable[dict]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
@@ -422,12 +464,18 @@ def _settings(config: SelfInstructConfig, question_generator: Generator | None, 
     questions = None
     if config.questions_file is not None:
         questions = hashlib.sha256(Path(config.questions_file).read_bytes()).hexdigest()[:16]
-    return {"prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16], "questions_file": questions,
-            "question_generator": question_generator.name if question_generator else None,
-            "code_generator": code_generator.name, "solutions": config.solutions, "timeout": config.timeout,
-            "seed": config.seed, "question_sampling": asdict(config.question_sampling),
-            "test_sampling": asdict(config.test_sampling),
-            "solution_sampling": asdict(config.solution_sampling)}  # fmt: skip
+    return {
+        "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16],
+        "questions_file": questions,
+        "question_generator": question_generator.name if question_generator else None,
+        "code_generator": code_generator.name,
+        "solutions": config.solutions,
+        "timeout": config.timeout,
+        "seed": config.seed,
+        "question_sampling": asdict(config.question_sampling),
+        "test_sampling": asdict(config.test_sampling),
+        "solution_sampling": asdict(config.solution_sampling),
+    }
 
 
 def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
@@ -438,8 +486,10 @@ def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
         changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
         if changed:
             detail = "; ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed)
-            raise ValueError(f"{out} holds a run with other settings ({detail}); use another --out, the same "
-                             "settings to resume, or --overwrite to start over")  # fmt: skip
+            raise ValueError(
+                f"{out} holds a run with other settings ({detail}); use another --out, the same "
+                "settings to resume, or --overwrite to start over"
+            )
         return
     if overwrite:
         for name in (QUESTIONS_FILE, ITEMS_FILE):
@@ -472,9 +522,16 @@ def _generate_questions(config: SelfInstructConfig, generator: Generator, out: P
     with tqdm(total=config.question_requests, initial=len(done), desc="questions", unit="request") as bar:
         for start in range(0, len(todo), config.chunk_size):
             batch = todo[start : start + config.chunk_size]
-            answers = generator.complete([questions_prompt()] * len(batch), n=1, sampling=config.question_sampling,
-                                         seed=_seed(config.seed, "questions", batch[0]))  # fmt: skip
-            rows = [{"request": i, "text": a[0], "questions": parse_questions(a[0])} for i, a in zip(batch, answers)]
+            answers = generator.complete(
+                [questions_prompt()] * len(batch),
+                n=1,
+                sampling=config.question_sampling,
+                seed=_seed(config.seed, "questions", batch[0]),
+            )
+            rows = [
+                {"request": i, "text": a[0], "questions": parse_questions(a[0])}
+                for i, a in zip(batch, answers, strict=False)
+            ]
             for row in rows:
                 if not row["questions"]:
                     logger.info("question request %d gave no numbered questions: skipped", row["request"])
@@ -487,18 +544,35 @@ def _judge_chunk(questions: list[str], generator: Generator, sandbox, config: Se
     """Steps 2-4 for a chunk of questions: tests, solutions, the sandbox; one finished item per question."""
     from codellama_hf.evaluation.sandbox import Program
 
-    test_answers = generator.complete([tests_prompt(q) for q in questions], n=1, sampling=config.test_sampling,
-                                      seed=_seed(config.seed, "tests", ordinal))  # fmt: skip
+    test_answers = generator.complete(
+        [tests_prompt(q) for q in questions],
+        n=1,
+        sampling=config.test_sampling,
+        seed=_seed(config.seed, "tests", ordinal),
+    )
     tests = [parse_tests(answer[0]) for answer in test_answers]
     tested = [i for i, t in enumerate(tests) if t]
-    solution_answers = generator.complete([solution_prompt(questions[i], tests[i][0]) for i in tested],
-                                          n=config.solutions, sampling=config.solution_sampling,
-                                          seed=_seed(config.seed, "solutions", ordinal))  # fmt: skip
-    items = [{"id": question_id(q), "question": q, "tests": t, "tests_text": a[0], "solutions": [], "outcomes": [],
-              "kept": None, "skipped": None if t else "no_tests"}
-             for q, t, a in zip(questions, tests, test_answers)]  # fmt: skip
+    solution_answers = generator.complete(
+        [solution_prompt(questions[i], tests[i][0]) for i in tested],
+        n=config.solutions,
+        sampling=config.solution_sampling,
+        seed=_seed(config.seed, "solutions", ordinal),
+    )
+    items = [
+        {
+            "id": question_id(q),
+            "question": q,
+            "tests": t,
+            "tests_text": a[0],
+            "solutions": [],
+            "outcomes": [],
+            "kept": None,
+            "skipped": None if t else "no_tests",
+        }
+        for q, t, a in zip(questions, tests, test_answers, strict=False)
+    ]
     programs, slots = [], []
-    for i, answers in zip(tested, solution_answers):
+    for i, answers in zip(tested, solution_answers, strict=False):
         for j, answer in enumerate(answers):
             code = parse_solution(answer)
             items[i]["solutions"].append(code)
@@ -510,7 +584,7 @@ def _judge_chunk(questions: list[str], generator: Generator, sandbox, config: Se
             else:
                 programs.append(Program(source=judge_program(code, tests[i]), timeout=config.timeout))
                 slots.append((i, j))
-    for (i, j), result in zip(slots, sandbox.run(programs)):
+    for (i, j), result in zip(slots, sandbox.run(programs), strict=False):
         status, detail = classify(result)
         items[i]["outcomes"][j] = {"status": status, "detail": detail}
     for item in items:
@@ -553,9 +627,12 @@ def generate_self_instruct(
     done = {row["id"] for row in cache.rows}
     todo = [q for q in selected if question_id(q) not in done]
     if todo:
-        with Sandbox(workers=config.workers, allow_code_execution=allow_code_execution) as sandbox, tqdm(
-            total=len(selected), initial=len(selected) - len(todo), desc="tests+solutions", unit="question"
-        ) as bar:
+        with (
+            Sandbox(workers=config.workers, allow_code_execution=allow_code_execution) as sandbox,
+            tqdm(
+                total=len(selected), initial=len(selected) - len(todo), desc="tests+solutions", unit="question"
+            ) as bar,
+        ):
             for start in range(0, len(todo), config.chunk_size):
                 chunk = todo[start : start + config.chunk_size]
                 cache.append(_judge_chunk(chunk, code_generator, sandbox, config, selected.index(chunk[0])))
@@ -601,12 +678,19 @@ def _features():
     import datasets
 
     text = datasets.Value("string")
-    return datasets.Features({
-        "id": text, "question": text, "tests": datasets.List(text), "solution": text,
-        "messages": datasets.List({"role": text, "content": text}),
-        "solution_index": datasets.Value("int32"), "solutions_tried": datasets.Value("int32"),
-        "outcomes": datasets.List(text), "generator": text,
-    })  # fmt: skip
+    return datasets.Features(
+        {
+            "id": text,
+            "question": text,
+            "tests": datasets.List(text),
+            "solution": text,
+            "messages": datasets.List({"role": text, "content": text}),
+            "solution_index": datasets.Value("int32"),
+            "solutions_tried": datasets.Value("int32"),
+            "outcomes": datasets.List(text),
+            "generator": text,
+        }
+    )
 
 
 def write_dataset(items: list[dict], out: Path, *, generator: str) -> Path:
@@ -615,13 +699,24 @@ def write_dataset(items: list[dict], out: Path, *, generator: str) -> Path:
 
     from codellama_hf.corpus.embedded import save_atomic
 
-    rows = [{"id": item["id"], "question": item["question"], "tests": item["tests"],
-             "solution": item["solutions"][item["kept"]],
-             "messages": [{"role": "user", "content": item["question"]},
-                          {"role": "assistant", "content": solution_message(item["solutions"][item["kept"]])}],
-             "solution_index": item["kept"], "solutions_tried": len(item["solutions"]),
-             "outcomes": [o["status"] for o in item["outcomes"]], "generator": generator}
-            for item in items if item["kept"] is not None]  # fmt: skip
+    rows = [
+        {
+            "id": item["id"],
+            "question": item["question"],
+            "tests": item["tests"],
+            "solution": item["solutions"][item["kept"]],
+            "messages": [
+                {"role": "user", "content": item["question"]},
+                {"role": "assistant", "content": solution_message(item["solutions"][item["kept"]])},
+            ],
+            "solution_index": item["kept"],
+            "solutions_tried": len(item["solutions"]),
+            "outcomes": [o["status"] for o in item["outcomes"]],
+            "generator": generator,
+        }
+        for item in items
+        if item["kept"] is not None
+    ]
     features = _features()
     columns = {name: [row[name] for row in rows] for name in features}  # from_list([]) would lose the columns
     return save_atomic(datasets.Dataset.from_dict(columns, features=features), out, overwrite=True)
@@ -641,8 +736,11 @@ def plot_summary(summary: dict, path: Path) -> None:
     ax_out.tick_params(axis="x", rotation=30)
     first = summary["first_passing_solution"]
     ax_first.bar([str(k) for k in first], list(first.values()))
-    ax_first.set(title=f"first passing sample ({summary['questions_kept']} of {summary['questions']} kept)",
-                 xlabel="sample index", ylabel="questions")  # fmt: skip
+    ax_first.set(
+        title=f"first passing sample ({summary['questions_kept']} of {summary['questions']} kept)",
+        xlabel="sample index",
+        ylabel="questions",
+    )
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}")
     fig.savefig(tmp, dpi=100, format="png")
@@ -656,13 +754,18 @@ def plot_summary(summary: dict, path: Path) -> None:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("instruct", help="Code Llama - Instruct data: self-instruct with unit tests",
-                                   description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = subparsers.add_parser(
+        "instruct",
+        help="Code Llama - Instruct data: self-instruct with unit tests",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="instruct_command", required=True, metavar="COMMAND")
-    gen = commands.add_parser("generate", help="questions -> tests -> solutions -> sandbox -> dataset (resumable)",
-                              description="Build a self-instruct dataset (paper §2.5). Rerun the same command to "
-                              "resume an interrupted run.")  # fmt: skip
+    gen = commands.add_parser(
+        "generate",
+        help="questions -> tests -> solutions -> sandbox -> dataset (resumable)",
+        description="Build a self-instruct dataset (paper §2.5). Rerun the same command to resume an interrupted run.",
+    )
     gen.add_argument("--out", type=Path, required=True, help="work and output folder (dataset/, summary.json, caches)")
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="HF model folder or Hub id writing tests and solutions (paper: Code Llama 7B)")
@@ -670,27 +773,44 @@ def register(subparsers) -> None:
     questions = gen.add_mutually_exclusive_group()
     questions.add_argument("--question-model", help="HF model for the questions (paper: Llama 2 70B; default --model)")
     questions.add_argument("--question-url", help="server for the questions (default: --url)")
-    questions.add_argument("--questions-file", type=Path,
-                           help="use these questions (one per line, or JSONL with 'question') instead of generating")
-    gen.add_argument("--question-requests", type=int, default=1240,
-                     help="answers to the question prompt, 50 questions each (default 1240: the paper's 62,000)")
+    questions.add_argument(
+        "--questions-file",
+        type=Path,
+        help="use these questions (one per line, or JSONL with 'question') instead of generating",
+    )
+    gen.add_argument(
+        "--question-requests",
+        type=int,
+        default=1240,
+        help="answers to the question prompt, 50 questions each (default 1240: the paper's 62,000)",
+    )
     gen.add_argument("--max-questions", type=int, default=None, help="only the first N unique questions")
     gen.add_argument("--solutions", type=int, default=10, help="solutions per question (default 10)")
     gen.add_argument("--temperature", type=float, default=0.8, help="solution sampling temperature (default 0.8)")
     gen.add_argument("--top-p", type=float, default=0.95, help="solution nucleus sampling (default 0.95)")
     gen.add_argument("--max-new-tokens", type=int, default=512, help="for tests and solutions (default 512)")
     gen.add_argument("--question-max-new-tokens", type=int, default=2048)
-    gen.add_argument("--chat-template", action="store_true",
-                     help="chat models: send the prompts' turns through the chat template (--api chat for servers)")
-    gen.add_argument("--api", choices=("completions", "chat"), default=None,
-                     help="server API (default: chat with --chat-template, else completions)")
+    gen.add_argument(
+        "--chat-template",
+        action="store_true",
+        help="chat models: send the prompts' turns through the chat template (--api chat for servers)",
+    )
+    gen.add_argument(
+        "--api",
+        choices=("completions", "chat"),
+        default=None,
+        help="server API (default: chat with --chat-template, else completions)",
+    )
     gen.add_argument("--served-model", help="model name on the server (default: the first one it lists)")
     gen.add_argument("--question-served-model", help="model name on the question server")
     gen.add_argument("--concurrency", type=int, default=8, help="parallel requests to a server (default 8)")
     gen.add_argument("--batch-size", type=int, default=8, help="prompts per batch for HF models (default 8)")
     gen.add_argument("--dtype", default="auto", help="HF models: auto (bf16 on GPU, fp32 on CPU), bfloat16, ...")
-    gen.add_argument("--allow-code-execution", action="store_true",
-                     help="required: run model-written code in the sandbox (read codellama_hf/evaluation/sandbox.py)")
+    gen.add_argument(
+        "--allow-code-execution",
+        action="store_true",
+        help="required: run model-written code in the sandbox (read codellama_hf/evaluation/sandbox.py)",
+    )
     gen.add_argument("--workers", type=int, default=2, help="parallel sandbox workers (default 2)")
     gen.add_argument("--timeout", type=float, default=5.0, help="seconds per test run (default 5)")
     gen.add_argument("--chunk-size", type=int, default=32, help="questions per cached unit of work (default 32)")
@@ -715,20 +835,31 @@ def _cli_generate(args: argparse.Namespace) -> int:
     require_opt_in(args.allow_code_execution)
     defaults = SelfInstructConfig(out_dir=args.out)
     config = SelfInstructConfig(
-        out_dir=args.out, question_requests=args.question_requests, questions_file=args.questions_file,
-        max_questions=args.max_questions, solutions=args.solutions, timeout=args.timeout, workers=args.workers,
-        chunk_size=args.chunk_size, seed=args.seed,
+        out_dir=args.out,
+        question_requests=args.question_requests,
+        questions_file=args.questions_file,
+        max_questions=args.max_questions,
+        solutions=args.solutions,
+        timeout=args.timeout,
+        workers=args.workers,
+        chunk_size=args.chunk_size,
+        seed=args.seed,
         question_sampling=replace(defaults.question_sampling, max_new_tokens=args.question_max_new_tokens),
         test_sampling=replace(defaults.test_sampling, max_new_tokens=args.max_new_tokens),
-        solution_sampling=replace(defaults.solution_sampling, max_new_tokens=args.max_new_tokens,
-                                  temperature=args.temperature, top_p=args.top_p),
-    )  # fmt: skip
+        solution_sampling=replace(
+            defaults.solution_sampling,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+        ),
+    )
     code = _generator(args.model, args.url, args.served_model, args)
     question = None
     if args.question_model or args.question_url:
         question = _generator(args.question_model, args.question_url, args.question_served_model, args)
-    summary = generate_self_instruct(config, code, question, allow_code_execution=args.allow_code_execution,
-                                     overwrite=args.overwrite)  # fmt: skip
+    summary = generate_self_instruct(
+        config, code, question, allow_code_execution=args.allow_code_execution, overwrite=args.overwrite
+    )
     table = Table(title=f"self-instruct: {args.out}", show_header=False)
     for key, value in summary.items():
         table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
@@ -765,8 +896,12 @@ def stdlib_dialogs(max_dialogs: int = 2000):
                 continue
             request = " ".join(doc.split("\n\n")[0].split())
             signature = f"{node.name}({ast.unparse(node.args)})"
-            rows.append([{"role": "user", "content": f"Write a Python function `{signature}`: {request}"},
-                         {"role": "assistant", "content": solution_message(code)}])  # fmt: skip
+            rows.append(
+                [
+                    {"role": "user", "content": f"Write a Python function `{signature}`: {request}"},
+                    {"role": "assistant", "content": solution_message(code)},
+                ]
+            )
             if len(rows) == max_dialogs:
                 break
         if len(rows) == max_dialogs:
@@ -798,17 +933,28 @@ def load_dialogs(sources: Sequence[str], split: str = "train"):
             try:
                 data = datasets.load_dataset(spec, split=split)
             except Exception as err:  # noqa: BLE001 - datasets raises many kinds; name the source and the reason
-                raise FileNotFoundError(f"instruct source {spec!r}: not a file, saved dataset or loadable datasets "
-                                        f"name ({type(err).__name__}: {err})") from None  # fmt: skip
+                raise FileNotFoundError(
+                    f"instruct source {spec!r}: not a file, saved dataset or loadable datasets "
+                    f"name ({type(err).__name__}: {err})"
+                ) from None
         if "messages" not in data.column_names:
-            raise ValueError(f"instruct source {spec}: needs a 'messages' column of {{role, content}} turns (columns: "
-                             f"{data.column_names})")  # fmt: skip
-        parts.append(data.map(lambda m: {"text": json.dumps(m, ensure_ascii=False, default=str)},
-                              input_columns="messages", remove_columns=data.column_names,
-                              desc=f"reading {spec}"))  # fmt: skip
+            raise ValueError(
+                f"instruct source {spec}: needs a 'messages' column of {{role, content}} turns (columns: "
+                f"{data.column_names})"
+            )
+        parts.append(
+            data.map(
+                lambda m: {"text": json.dumps(m, ensure_ascii=False, default=str)},
+                input_columns="messages",
+                remove_columns=data.column_names,
+                desc=f"reading {spec}",
+            )
+        )
     if not parts:
-        raise ValueError("no instruct data: set mixture_sources: {instruct: [...]} (a self-instruct dataset, "
-                         "messages files, or 'stdlib' for the offline demo)")  # fmt: skip
+        raise ValueError(
+            "no instruct data: set mixture_sources: {instruct: [...]} (a self-instruct dataset, "
+            "messages files, or 'stdlib' for the offline demo)"
+        )
     return datasets.concatenate_datasets(parts)
 
 
@@ -930,7 +1076,7 @@ class SFTCollator:
         position_ids = torch.empty_like(input_ids)
         for b, row in enumerate(rows):
             spans = row["label_spans"]
-            for start, end in zip(spans[0::2], spans[1::2]):  # (start, end) pairs
+            for start, end in zip(spans[0::2], spans[1::2], strict=False):  # (start, end) pairs
                 labels[b, start:end] = input_ids[b, start:end]
             starts = np.cumsum([0, *row["seq_lengths"]])
             for start, end in itertools.pairwise(starts):
@@ -974,16 +1120,22 @@ def instruct_mixture(data_args):
         sources = dict(data_args.mixture_sources_dict() or {})
         instruct_sources = sources.pop(INSTRUCT, None)
         if not instruct_sources:
-            raise ValueError("mixture_sources has no 'instruct' entry: name the instruct dialogs (a self-instruct "
-                             "dataset folder, messages files, datasets names, or 'stdlib' for the offline "
-                             "demo)")  # fmt: skip
+            raise ValueError(
+                "mixture_sources has no 'instruct' entry: name the instruct dialogs (a self-instruct "
+                "dataset folder, messages files, datasets names, or 'stdlib' for the offline "
+                "demo)"
+            )
         if not mixture.reserved:
-            raise ValueError(f"mixture {name!r} reserves no share for the instruct dialogs; give it `reserved` "
-                             "(instruct_rehearsal reserves 0.92)")  # fmt: skip
+            raise ValueError(
+                f"mixture {name!r} reserves no share for the instruct dialogs; give it `reserved` "
+                "(instruct_rehearsal reserves 0.92)"
+            )
         unknown = set(sources) - set(mixture.weights)
         if unknown:
-            raise ValueError(f"mixture_sources names {sorted(unknown)}, which mixture {name!r} lacks "
-                             f"(components: {sorted(mixture.weights)} and {INSTRUCT!r})")  # fmt: skip
+            raise ValueError(
+                f"mixture_sources names {sorted(unknown)}, which mixture {name!r} lacks "
+                f"(components: {sorted(mixture.weights)} and {INSTRUCT!r})"
+            )
     return name, rehearsal, weights, sources, instruct_sources
 
 
@@ -1011,43 +1163,86 @@ def build_instruct_dataset(data_args, config, tokenizer):
         parts = {INSTRUCT: load_dialogs(instruct_sources, data_args.dataset_split)}
         for component in rehearsal:
             parts[component.name] = load_mixture(
-                Mixture(component.name, (replace(component, weight=1.0),)), data_args.dataset_split, seed=seed,
+                Mixture(component.name, (replace(component, weight=1.0),)),
+                data_args.dataset_split,
+                seed=seed,
                 streaming=data_args.streaming,
                 sources={component.name: sources[component.name]} if component.name in sources else None,
-            )  # fmt: skip
+            )
     rows = config.plan.max_steps * config.plan.sequences_per_step
-    info = {"mixture": name, "mixture_weights": weights, "weights_are": "token shares",
-            "instruct_sources": instruct_sources, "mixture_sources": sources, "split": data_args.dataset_split,
-            "streaming": data_args.streaming, "seq_len": config.seq_len, "rows": rows, "fim": None}  # fmt: skip
+    info = {
+        "mixture": name,
+        "mixture_weights": weights,
+        "weights_are": "token shares",
+        "instruct_sources": instruct_sources,
+        "mixture_sources": sources,
+        "split": data_args.dataset_split,
+        "streaming": data_args.streaming,
+        "seq_len": config.seq_len,
+        "rows": rows,
+        "fim": None,
+    }
     # Documents are long: encode a few at a time (a batch is encoded whole, however little of it gets used).
     encoders = {name: (_encode_instruct, 256) if name == INSTRUCT else (_encode_documents, 8) for name in parts}
-    components = {name: _Component(name, part, encoders[name][0], tokenizer, config.seq_len, seed, encoders[name][1])
-                  for name, part in parts.items()}  # fmt: skip
-    gen_kwargs = {"components": components, "weights": weights, "seq_len": config.seq_len,
-                  "pad_id": tokenizer.eos_token_id, "buffer": data_args.packing_buffer, "rows": rows, "seed": seed}
-    features = datasets.Features({"input_ids": datasets.List(datasets.Value("int32")),
-                                  "label_spans": datasets.List(datasets.Value("int32")),
-                                  "seq_lengths": datasets.List(datasets.Value("int32"))})  # fmt: skip
+    components = {
+        name: _Component(name, part, encoders[name][0], tokenizer, config.seq_len, seed, encoders[name][1])
+        for name, part in parts.items()
+    }
+    gen_kwargs = {
+        "components": components,
+        "weights": weights,
+        "seq_len": config.seq_len,
+        "pad_id": tokenizer.eos_token_id,
+        "buffer": data_args.packing_buffer,
+        "rows": rows,
+        "seed": seed,
+    }
+    features = datasets.Features(
+        {
+            "input_ids": datasets.List(datasets.Value("int32")),
+            "label_spans": datasets.List(datasets.Value("int32")),
+            "seq_lengths": datasets.List(datasets.Value("int32")),
+        }
+    )
     if data_args.streaming:
         return datasets.IterableDataset.from_generator(_sft_rows, gen_kwargs=gen_kwargs, features=features), info
 
     # Keyed by the settings, as in training.build_train_dataset: the packed rows are the run's frozen data.
-    key = _digest({"data": asdict(data_args), "tokenizer": tokenizer.backend_tokenizer.to_str(),
-                   "seq_len": config.seq_len, "rows": rows, "seed": seed})  # fmt: skip
+    key = _digest(
+        {
+            "data": asdict(data_args),
+            "tokenizer": tokenizer.backend_tokenizer.to_str(),
+            "seq_len": config.seq_len,
+            "rows": rows,
+            "seed": seed,
+        }
+    )
     folder = Path(config.output_dir) / PACKED_DIR / key
     with config.main_process_first(desc="packing the instruct data"):
         if not (folder / "rows.json").is_file():
             tmp = folder.with_name(f".{key}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            packed = datasets.Dataset.from_generator(_sft_rows, features=features, gen_kwargs=gen_kwargs,
-                                                     cache_dir=str(tmp / "cache"), fingerprint=key)  # fmt: skip
+            packed = datasets.Dataset.from_generator(
+                _sft_rows, features=features, gen_kwargs=gen_kwargs, cache_dir=str(tmp / "cache"), fingerprint=key
+            )
             packed.save_to_disk(str(tmp / "rows"))
-            label_tokens = sum((e - s) for spans in packed["label_spans"] for s, e in zip(spans[0::2], spans[1::2]))
+            label_tokens = sum(
+                (e - s) for spans in packed["label_spans"] for s, e in zip(spans[0::2], spans[1::2], strict=False)
+            )
             total = sum(c.tokens for c in components.values()) or 1
-            realised = {"components": {n: {"examples": c.examples, "tokens": c.tokens, "epochs": c.epochs,
-                                           "token_share": round(c.tokens / total, 4)} for n, c in components.items()},
-                        "skipped": {n: dict(c.skipped) for n, c in components.items() if c.skipped},
-                        "label_tokens": label_tokens}  # fmt: skip
+            realised = {
+                "components": {
+                    n: {
+                        "examples": c.examples,
+                        "tokens": c.tokens,
+                        "epochs": c.epochs,
+                        "token_share": round(c.tokens / total, 4),
+                    }
+                    for n, c in components.items()
+                },
+                "skipped": {n: dict(c.skipped) for n, c in components.items() if c.skipped},
+                "label_tokens": label_tokens,
+            }
             (tmp / "rows.json").write_text(json.dumps(realised, indent=2) + "\n")
             del packed
             shutil.rmtree(tmp / "cache")
@@ -1073,13 +1268,15 @@ def _build_and_describe(data_args, config, tokenizer):
     rows, info = build_instruct_dataset(data_args, config, tokenizer)
     if "components" in info and PartialState().is_main_process:
         shares = ", ".join(f"{n} {c['token_share']:.1%}" for n, c in info["components"].items())
-        Console(highlight=False).print(f"data: {info['rows']:,} rows; token shares {shares}; skipped "
-                                       f"{info['skipped'] or 'nothing'}")  # fmt: skip
+        Console(highlight=False).print(
+            f"data: {info['rows']:,} rows; token shares {shares}; skipped {info['skipped'] or 'nothing'}"
+        )
     return rows, info
 
 
-INSTRUCT_HOOKS = dict(build_data=_build_and_describe, collator=SFTCollator(), chat_template=CHAT_TEMPLATE,
-                      check_data=instruct_mixture)  # fmt: skip
+INSTRUCT_HOOKS = dict(
+    build_data=_build_and_describe, collator=SFTCollator(), chat_template=CHAT_TEMPLATE, check_data=instruct_mixture
+)
 
 
 def run_instruct(*, default_config: str | os.PathLike, argv: list[str] | None = None) -> Path | None:

@@ -137,8 +137,10 @@ def converted_meta_folder(folder: Path) -> Path:
     except FileExistsError:  # another process converted it meanwhile
         pass
     except OSError as err:
-        raise RuntimeError(f"converting Meta checkpoint {folder} into {target} failed ({err}); convert it yourself "
-                           f"with `codellama-hf convert meta-to-hf {folder} OUT` and load OUT") from None  # fmt: skip
+        raise RuntimeError(
+            f"converting Meta checkpoint {folder} into {target} failed ({err}); convert it yourself "
+            f"with `codellama-hf convert meta-to-hf {folder} OUT` and load OUT"
+        ) from None
     return target
 
 
@@ -173,14 +175,19 @@ def hub_snapshot(repo_id: str, *, revision: str | None = None) -> Path:
     except HFValidationError as err:
         raise ValueError(f"{repo_id!r} is neither a local folder nor a valid Hub model id ({err})") from None
     except RevisionNotFoundError:
-        raise ValueError(f"{repo_id} has no revision {revision!r} on {constants.ENDPOINT}: pass an existing branch, "
-                         "tag or commit (or leave revision unset for main)") from None  # fmt: skip
+        raise ValueError(
+            f"{repo_id} has no revision {revision!r} on {constants.ENDPOINT}: pass an existing branch, "
+            "tag or commit (or leave revision unset for main)"
+        ) from None
     except GatedRepoError:
-        raise PermissionError(f"{repo_id} is gated: accept its licence on the Hub and log in (`hf auth login` or "
-                              "HF_TOKEN)") from None  # fmt: skip
+        raise PermissionError(
+            f"{repo_id} is gated: accept its licence on the Hub and log in (`hf auth login` or HF_TOKEN)"
+        ) from None
     except RepositoryNotFoundError:
-        raise FileNotFoundError(f"{repo_id}: no such model on {constants.ENDPOINT}, nor a local folder (a private "
-                                "repo needs a token: `hf auth login` or HF_TOKEN)") from None  # fmt: skip
+        raise FileNotFoundError(
+            f"{repo_id}: no such model on {constants.ENDPOINT}, nor a local folder (a private "
+            "repo needs a token: `hf auth login` or HF_TOKEN)"
+        ) from None
     except IncompleteSnapshotError as err:  # its message names the missing files and what to do
         raise FileNotFoundError(str(err)) from None
     except LocalEntryNotFoundError:
@@ -191,8 +198,10 @@ def hub_snapshot(repo_id: str, *, revision: str | None = None) -> Path:
         else:
             detail = f"{shown} is not in {where}"
         if constants.is_offline_mode():
-            raise FileNotFoundError(f"{detail}, and HF_HUB_OFFLINE=1 forbids downloading it: download it once while "
-                                    f"online (`hf download {repo_id}`) or unset HF_HUB_OFFLINE") from None  # fmt: skip
+            raise FileNotFoundError(
+                f"{detail}, and HF_HUB_OFFLINE=1 forbids downloading it: download it once while "
+                f"online (`hf download {repo_id}`) or unset HF_HUB_OFFLINE"
+            ) from None
         raise FileNotFoundError(f"{detail}, and the Hub ({constants.ENDPOINT}) cannot be reached") from None
 
 
@@ -221,18 +230,23 @@ def resolve(name_or_path: str | os.PathLike, *, revision: str | None = None) -> 
             return Source(converted_meta_folder(path), text, variant)
         if (path / "adapter_config.json").is_file():
             raise ValueError(f"{path} is a PEFT adapter, not a model: load(BASE_MODEL, adapter={str(path)!r})")
-        raise FileNotFoundError(f"{path}: not a model folder (no config.json, nor Meta's consolidated.*.pth with "
-                                "params.json)")  # fmt: skip
+        raise FileNotFoundError(
+            f"{path}: not a model folder (no config.json, nor Meta's consolidated.*.pth with params.json)"
+        )
     variant = variant_from_name(text)
     if "/" not in text and variant is not None and variant.hub_id:
         text = variant.hub_id
     elif not _HUB_ID.match(text):
-        raise FileNotFoundError(f"{text}: no such folder, and not a Hub id (namespace/name) or a family name "
-                                f"({', '.join(v.name for v in FAMILY[:3])}, ...)")  # fmt: skip
+        raise FileNotFoundError(
+            f"{text}: no such folder, and not a Hub id (namespace/name) or a family name "
+            f"({', '.join(v.name for v in FAMILY[:3])}, ...)"
+        )
     folder = hub_snapshot(text, revision=revision)
     if not any(folder.glob("*.safetensors")):
-        raise FileNotFoundError(f"{text} has no safetensors weights (codellama_hf does not load pickled .bin "
-                                "files); use a repository with model*.safetensors")  # fmt: skip
+        raise FileNotFoundError(
+            f"{text} has no safetensors weights (codellama_hf does not load pickled .bin "
+            "files); use a repository with model*.safetensors"
+        )
     return Source(folder, text, variant)
 
 
@@ -297,29 +311,49 @@ class CodeLlama:
         out = [o[0] if kwargs.get("n", 1) == 1 else o for o in out]
         return out[0] if isinstance(prompt, str) else out
 
-    def infill(self, prefix: str | Sequence[str], suffix: str | Sequence[str], *, suffix_first: bool = False,
-               max_new_tokens: int = 128, **kwargs):  # fmt: skip
+    def infill(
+        self,
+        prefix: str | Sequence[str],
+        suffix: str | Sequence[str],
+        *,
+        suffix_first: bool = False,
+        max_new_tokens: int = 128,
+        **kwargs,
+    ):
         """The code between `prefix` and `suffix` (Meta's PSM prompt, or SPM with `suffix_first`); strings or lists."""
         from codellama_hf.generation import infill
 
         if self.variant is not None and not self.variant.infilling:
-            raise ValueError(f"{self.variant.name} ({self.source}) cannot infill: Code Llama - Python and all 34B "
-                             "models were trained without fill-in-the-middle. Use CodeLlama-7b/13b or their "
-                             "Instruct variants")  # fmt: skip
+            raise ValueError(
+                f"{self.variant.name} ({self.source}) cannot infill: Code Llama - Python and all 34B "
+                "models were trained without fill-in-the-middle. Use CodeLlama-7b/13b or their "
+                "Instruct variants"
+            )
         if not self.can_infill:
-            raise ValueError(f"{self.source} cannot infill: its tokenizer or embeddings lack Code Llama's infilling "
-                             "pieces (▁<PRE> ▁<SUF> ▁<MID> ▁<EOT>), as in Python and 34B models")  # fmt: skip
+            raise ValueError(
+                f"{self.source} cannot infill: its tokenizer or embeddings lack Code Llama's infilling "
+                "pieces (▁<PRE> ▁<SUF> ▁<MID> ▁<EOT>), as in Python and 34B models"
+            )
         single = isinstance(prefix, str)
         prefixes, suffixes = ([prefix], [suffix]) if single else (list(prefix), list(suffix))
-        out = infill(self.model, self.tokenizer, prefixes, suffixes, suffix_first=suffix_first,
-                     max_new_tokens=max_new_tokens, **kwargs)  # fmt: skip
+        out = infill(
+            self.model,
+            self.tokenizer,
+            prefixes,
+            suffixes,
+            suffix_first=suffix_first,
+            max_new_tokens=max_new_tokens,
+            **kwargs,
+        )
         return out[0] if single else out
 
     def chat(self, messages: Sequence[Mapping[str, str]], *, max_new_tokens: int = 512, **kwargs) -> str:
         """The assistant's answer to a dialog (system?, user, assistant, ..., user), in the tokenizer's chat format."""
         if not self.can_chat:
-            raise ValueError(f"{self.source} has no chat template: only Code Llama - Instruct models chat (their "
-                             "tokenizer carries the [INST] template). Use generate() for completion")  # fmt: skip
+            raise ValueError(
+                f"{self.source} has no chat template: only Code Llama - Instruct models chat (their "
+                "tokenizer carries the [INST] template). Use generate() for completion"
+            )
         text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
         bos = self.tokenizer.bos_token
         if bos and text.startswith(bos):
@@ -348,13 +382,21 @@ def _check_cpu_4bit_shapes(model, name: str) -> None:
     Every released shape qualifies (4096, 5120, 8192; 11008, 13824, 22016); other shapes would fail with an
     AssertionError deep in the first forward pass, so say it here.
     """
-    odd = sorted({(n.rsplit(".", 1)[-1], m.in_features, m.out_features) for n, m in model.named_modules()
-                  if getattr(m, "support_avx512bf16_for_cpu", False) and m.weight.device.type == "cpu"
-                  and (m.out_features % 32 or m.in_features % m.weight.quant_state.blocksize)})  # fmt: skip
+    odd = sorted(
+        {
+            (n.rsplit(".", 1)[-1], m.in_features, m.out_features)
+            for n, m in model.named_modules()
+            if getattr(m, "support_avx512bf16_for_cpu", False)
+            and m.weight.device.type == "cpu"
+            and (m.out_features % 32 or m.in_features % m.weight.quant_state.blocksize)
+        }
+    )
     if odd:
-        raise ValueError(f"{name} cannot run 4-bit on this CPU: bitsandbytes' CPU kernel needs linear layers with "
-                         f"outputs divisible by 32 and inputs by 64, and (layer, in, out) {odd} are not; use "
-                         "quantization='8bit' or none")
+        raise ValueError(
+            f"{name} cannot run 4-bit on this CPU: bitsandbytes' CPU kernel needs linear layers with "
+            f"outputs divisible by 32 and inputs by 64, and (layer, in, out) {odd} are not; use "
+            "quantization='8bit' or none"
+        )
 
 
 def load(
@@ -392,12 +434,18 @@ def load(
         apply_trained_config(config, metadata)  # e.g. the theta an LCFT adapter was trained with
     kwargs = {}
     if quantization:
-        options = AdapterArguments(use_peft=True, load_in_4bit=quantization == "4bit",
-                                   load_in_8bit=quantization == "8bit")  # fmt: skip
+        options = AdapterArguments(
+            use_peft=True, load_in_4bit=quantization == "4bit", load_in_8bit=quantization == "8bit"
+        )
         kwargs["quantization_config"] = options.quantization_config(torch_dtype)
-    model = AutoModelForCausalLM.from_pretrained(source.folder, config=config, dtype=torch_dtype,
-                                                 device_map=device_map, attn_implementation=attention_implementation(),
-                                                 **kwargs)  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(
+        source.folder,
+        config=config,
+        dtype=torch_dtype,
+        device_map=device_map,
+        attn_implementation=attention_implementation(),
+        **kwargs,
+    )
     if quantization == "4bit":
         _check_cpu_4bit_shapes(model, source.name)
     tokenizer_folder = source.folder
@@ -406,5 +454,11 @@ def load(
         if (adapter_folder / "tokenizer_config.json").is_file():
             tokenizer_folder = adapter_folder
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
-    return CodeLlama(model=model.eval(), tokenizer=tokenizer, source=source.name, variant=source.variant,
-                     quantization=quantization, adapter=str(adapter) if adapter is not None else None)  # fmt: skip
+    return CodeLlama(
+        model=model.eval(),
+        tokenizer=tokenizer,
+        source=source.name,
+        variant=source.variant,
+        quantization=quantization,
+        adapter=str(adapter) if adapter is not None else None,
+    )

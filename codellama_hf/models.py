@@ -19,25 +19,37 @@ LLAMA2_THETA = 10_000.0
 
 # Shapes of the released models (codellama.md §1.6, §2.4); `tiny` is this toolkit's CPU preset.
 SIZES: dict[str, dict] = {
-    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=32),
-    "13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
-                num_key_value_heads=40),
-    "34b": dict(hidden_size=8192, intermediate_size=22016, num_hidden_layers=48, num_attention_heads=64,
-                num_key_value_heads=8),
-    "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2),
-}  # fmt: skip
+    "7b": dict(
+        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32
+    ),
+    "13b": dict(
+        hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40
+    ),
+    "34b": dict(
+        hidden_size=8192, intermediate_size=22016, num_hidden_layers=48, num_attention_heads=64, num_key_value_heads=8
+    ),
+    "tiny": dict(
+        hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2
+    ),
+}
 
 
-def llama_config(size: str, *, vocab_size: int, theta: float = LLAMA2_THETA, max_position_embeddings: int = 4096,
-                 **overrides) -> LlamaConfig:
+def llama_config(
+    size: str, *, vocab_size: int, theta: float = LLAMA2_THETA, max_position_embeddings: int = 4096, **overrides
+) -> LlamaConfig:
     """A LlamaConfig for one of SIZES with Llama 2 conventions (untied embeddings, RMSNorm eps 1e-5)."""
     if size not in SIZES:
         raise ValueError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}")
-    fields = dict(SIZES[size], vocab_size=vocab_size, max_position_embeddings=max_position_embeddings,
-                  rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-                  hidden_act="silu")
+    fields = dict(
+        SIZES[size],
+        vocab_size=vocab_size,
+        max_position_embeddings=max_position_embeddings,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        hidden_act="silu",
+    )
     fields.update(overrides)
     config = LlamaConfig(**fields)
     set_rope_theta(config, theta)
@@ -49,7 +61,7 @@ def rope_theta(config) -> float:
     params = getattr(config, "rope_parameters", None)
     if isinstance(params, dict) and "rope_theta" in params:
         return float(params["rope_theta"])
-    return float(getattr(config, "rope_theta"))
+    return float(config.rope_theta)
 
 
 def set_rope_theta(config, theta: float, *, max_position_embeddings: int | None = None) -> None:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import bisect
 import logging
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import datasets
 import numpy as np
 import torch
 
-from codellama_hf.fim import FIMConfig, KIND_NAMES, tokenize_documents
+from codellama_hf.fim import KIND_NAMES, FIMConfig, tokenize_documents
 
 logger = logging.getLogger(__name__)
 
@@ -111,12 +111,16 @@ def pack_dataset(
         rows, lengths = pack(batch["input_ids"], seq_len, pad_id)
         return {"input_ids": rows, "seq_lengths": lengths}
 
-    map_kwargs = {} if isinstance(dataset, datasets.IterableDataset) else {"num_proc": num_proc, "desc": "tokenize+FIM"}
+    map_kwargs = (
+        {} if isinstance(dataset, datasets.IterableDataset) else {"num_proc": num_proc, "desc": "tokenize+FIM"}
+    )
     tokenized = dataset.map(tokenize, batched=True, batch_size=256, remove_columns=columns, **map_kwargs)
     if isinstance(tokenized, datasets.Dataset):
         counts = Counter(tokenized["fim"])
         logger.info(
-            "%d documents: %s", sum(counts.values()), ", ".join(f"{KIND_NAMES[k]} {v}" for k, v in sorted(counts.items()))
+            "%d documents: %s",
+            sum(counts.values()),
+            ", ".join(f"{KIND_NAMES[k]} {v}" for k, v in sorted(counts.items())),
         )
         map_kwargs = {"desc": "pack"}
     return tokenized.map(
@@ -138,7 +142,7 @@ class PackedCollator:
         for b, row in enumerate(rows):
             starts = np.cumsum([0, *row["seq_lengths"]])
             used = int(starts[-1])
-            for start, end in zip(starts[:-1], starts[1:]):
+            for start, end in zip(starts[:-1], starts[1:], strict=False):
                 labels[b, start + 1 : end] = input_ids[b, start + 1 : end]
                 position_ids[b, start:end] = torch.arange(end - start)
             position_ids[b, used:] = torch.arange(input_ids.shape[1] - used)  # padding: a segment of its own
@@ -153,8 +157,15 @@ class FIMPackingCollator:
     and wherever it is collated. Call `set_epoch` between epochs. Returns as many rows as the documents fill.
     """
 
-    def __init__(self, tokenizer, *, seq_len: int, fim: FIMConfig | None = None, text_column: str = "text",
-                 id_column: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        seq_len: int,
+        fim: FIMConfig | None = None,
+        text_column: str = "text",
+        id_column: str | None = None,
+    ):
         self.tokenizer, self.seq_len, self.fim = tokenizer, seq_len, fim
         self.text_column, self.id_column, self.epoch = text_column, id_column, 0
 
@@ -171,7 +182,7 @@ class FIMPackingCollator:
             epoch=self.epoch,
         )
         rows, lengths = pack(done.input_ids, self.seq_len, self.tokenizer.eos_token_id)
-        return PackedCollator()([{"input_ids": r, "seq_lengths": n} for r, n in zip(rows, lengths)])
+        return PackedCollator()([{"input_ids": r, "seq_lengths": n} for r, n in zip(rows, lengths, strict=False)])
 
 
 def packing_efficiency(dataset: datasets.Dataset) -> float:

@@ -19,7 +19,8 @@
 13. report        DIR/report/report.md with PNGs and DIR/report/claims.json (only measured numbers).
 
 Every training stage is the library's `run_stage` / `run_instruct` in its own subprocess (accelerate's state is a
-process-wide singleton); "pretrain" is the miniature's stand-in for Llama 2's own pretraining. The toy self-instruct generator is honest about what it is: a small fixed bank of interview problems
+process-wide singleton); "pretrain" is the miniature's stand-in for Llama 2's own pretraining.
+The toy self-instruct generator is honest about what it is: a small fixed bank of interview problems
 with unit tests and candidate solutions (some wrong), answering the paper's prompts (no tiny model can write
 passing code); the tests, the sandbox and "keep the first passing solution" are the real pipeline.
 """
@@ -59,12 +60,26 @@ class Stage:
     learning_rate: float
 
     def argv(self) -> list[str]:
-        return ["--max_steps", str(self.max_steps), "--seq_len", str(self.seq_len),
-                "--tokens_per_step", str(self.tokens_per_step), "--learning_rate", str(self.learning_rate),
-                "--per_device_train_batch_size", str(min(2, self.tokens_per_step // self.seq_len)),
-                "--warmup_steps", str(max(1, self.max_steps // 10)),
-                "--logging_steps", str(max(1, self.max_steps // 20)),
-                "--save_steps", str(max(1, self.max_steps // 2)), "--save_total_limit", "1"]  # fmt: skip
+        return [
+            "--max_steps",
+            str(self.max_steps),
+            "--seq_len",
+            str(self.seq_len),
+            "--tokens_per_step",
+            str(self.tokens_per_step),
+            "--learning_rate",
+            str(self.learning_rate),
+            "--per_device_train_batch_size",
+            str(min(2, self.tokens_per_step // self.seq_len)),
+            "--warmup_steps",
+            str(max(1, self.max_steps // 10)),
+            "--logging_steps",
+            str(max(1, self.max_steps // 20)),
+            "--save_steps",
+            str(max(1, self.max_steps // 2)),
+            "--save_total_limit",
+            "1",
+        ]
 
 
 @dataclass(frozen=True)
@@ -180,16 +195,31 @@ def _stage_entry(stage: str, argv: list[str]) -> None:
 def train(run: Run, stage: str, output: Path, overrides: list[str]) -> None:
     """One stage in a subprocess in the run folder, resuming from the latest checkpoint in `output` if an earlier
     run was cut."""
-    argv = [*run.preset.stages[stage].argv(), "--output_dir", str(output), "--seed", str(run.seed),
-            "--overwrite_output_dir", "false", "--resume_from_checkpoint", "latest", "--report_to", "none",
-            "--disable_tqdm", "true", *overrides]  # fmt: skip
+    argv = [
+        *run.preset.stages[stage].argv(),
+        "--output_dir",
+        str(output),
+        "--seed",
+        str(run.seed),
+        "--overwrite_output_dir",
+        "false",
+        "--resume_from_checkpoint",
+        "latest",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        *overrides,
+    ]
     code = "import sys; from codellama_hf.reproduce import _stage_entry; _stage_entry(sys.argv[1], sys.argv[2:])"
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "WORLD_SIZE": "1"}
     console.print(f"[dim]{stage}: {' '.join(argv)}[/dim]")
     result = subprocess.run([sys.executable, "-c", code, stage, *argv], check=False, env=env, cwd=run.out)
     if result.returncode:
-        raise RuntimeError(f"the {stage} stage failed (exit {result.returncode}) in {output}; rerun the same command "
-                           "to resume from its latest checkpoint")  # fmt: skip
+        raise RuntimeError(
+            f"the {stage} stage failed (exit {result.returncode}) in {output}; rerun the same command "
+            "to resume from its latest checkpoint"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -225,8 +255,11 @@ def code_pieces(run: Run) -> None:
                 current = ""
             current = f"{current}\n\n{block}" if current else block
         pieces.append(current)
-        rows += [{"text": piece, "language": doc["language"], "path": f"{doc['path']}#{i}"}
-                 for i, piece in enumerate(pieces) if piece.strip()]  # fmt: skip
+        rows += [
+            {"text": piece, "language": doc["language"], "path": f"{doc['path']}#{i}"}
+            for i, piece in enumerate(pieces)
+            if piece.strip()
+        ]
     path = run.path("data", "code-pieces.jsonl")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -235,8 +268,10 @@ def code_pieces(run: Run) -> None:
     # relative to the run folder (the stages' working directory): the held-out rule hashes the source's name, so
     # an absolute path would give every --out folder a different split, and different numbers
     source = path.relative_to(run.out).as_posix()
-    mixture = {"balance": "bytes", "components": {"code": {"weight": 0.85, "sources": [source]}, "nl_code": 0.08,
-                                                    "nl": 0.07}}  # fmt: skip
+    mixture = {
+        "balance": "bytes",
+        "components": {"code": {"weight": 0.85, "sources": [source]}, "nl_code": 0.08, "nl": 0.07},
+    }
     mixture_path = run.path("data", "code-mixture.yaml")
     tmp = mixture_path.with_name(f".{mixture_path.name}.tmp")
     tmp.write_text(yaml.safe_dump(mixture))
@@ -251,37 +286,65 @@ def code_pieces(run: Run) -> None:
 # Interview problems with the paper's test format and candidate solutions, the first of each deliberately wrong:
 # what a weak code model would produce, so execution filtering has something to filter.
 TOY_PROBLEMS = [
-    ("Write a Python function `reverse_words(s)` that reverses the order of the words in a sentence.",
-     ["reverse_words('a b c') == 'c b a'", "reverse_words('hello') == 'hello'", "reverse_words('') == ''"],
-     ["def reverse_words(s):\n    return s[::-1]",
-      "def reverse_words(s):\n    return ' '.join(reversed(s.split()))"]),
-    ("Write a Python function `is_palindrome(s)` that checks whether a string reads the same backwards.",
-     ["is_palindrome('abba') is True", "is_palindrome('abc') is False", "is_palindrome('') is True"],
-     ["def is_palindrome(s):\n    return s == sorted(s)", "def is_palindrome(s):\n    return s == s[::-1]"]),
-    ("Write a Python function `count_vowels(s)` that returns the number of vowels in a string.",
-     ["count_vowels('hello') == 2", "count_vowels('xyz') == 0", "count_vowels('AEIOU') == 5"],
-     ["def count_vowels(s):\n    return sum(c in 'aeiou' for c in s)",
-      "def count_vowels(s):\n    return sum(c in 'aeiouAEIOU' for c in s)"]),
-    ("Write a Python function `fib(n)` that returns the n-th Fibonacci number, with fib(0) = 0.",
-     ["fib(0) == 0", "fib(1) == 1", "fib(10) == 55"],
-     ["def fib(n):\n    return fib(n - 1) + fib(n - 2)",
-      "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a"]),
-    ("Write a Python function `flatten(xs)` that flattens a list of lists by one level.",
-     ["flatten([[1], [2, 3]]) == [1, 2, 3]", "flatten([]) == []", "flatten([[], [4]]) == [4]"],
-     ["def flatten(xs):\n    return xs[0]", "def flatten(xs):\n    return [x for part in xs for x in part]"]),
-    ("Write a Python function `second_largest(xs)` that returns the second largest distinct number of a list.",
-     ["second_largest([1, 3, 2]) == 2", "second_largest([5, 5, 4]) == 4", "second_largest([-1, -2]) == -2"],
-     ["def second_largest(xs):\n    return sorted(xs)[-2]",
-      "def second_largest(xs):\n    return sorted(set(xs))[-2]"]),
-    ("Write a Python function `char_histogram(s)` that maps each character of a string to its count.",
-     ["char_histogram('aab') == {'a': 2, 'b': 1}", "char_histogram('') == {}"],
-     ["def char_histogram(s):\n    return {c: 1 for c in s}",
-      "def char_histogram(s):\n    from collections import Counter\n    return dict(Counter(s))"]),
-    ("Write a Python function `gcd(a, b)` that returns the greatest common divisor of two positive integers.",
-     ["gcd(12, 18) == 6", "gcd(7, 3) == 1", "gcd(5, 5) == 5"],
-     ["def gcd(a, b):\n    while b:\n        a = b\n    return a",  # never ends: a timeout
-      "def gcd(a, b):\n    while b:\n        a, b = b, a % b\n    return a"]),
-]  # fmt: skip
+    (
+        "Write a Python function `reverse_words(s)` that reverses the order of the words in a sentence.",
+        ["reverse_words('a b c') == 'c b a'", "reverse_words('hello') == 'hello'", "reverse_words('') == ''"],
+        [
+            "def reverse_words(s):\n    return s[::-1]",
+            "def reverse_words(s):\n    return ' '.join(reversed(s.split()))",
+        ],
+    ),
+    (
+        "Write a Python function `is_palindrome(s)` that checks whether a string reads the same backwards.",
+        ["is_palindrome('abba') is True", "is_palindrome('abc') is False", "is_palindrome('') is True"],
+        ["def is_palindrome(s):\n    return s == sorted(s)", "def is_palindrome(s):\n    return s == s[::-1]"],
+    ),
+    (
+        "Write a Python function `count_vowels(s)` that returns the number of vowels in a string.",
+        ["count_vowels('hello') == 2", "count_vowels('xyz') == 0", "count_vowels('AEIOU') == 5"],
+        [
+            "def count_vowels(s):\n    return sum(c in 'aeiou' for c in s)",
+            "def count_vowels(s):\n    return sum(c in 'aeiouAEIOU' for c in s)",
+        ],
+    ),
+    (
+        "Write a Python function `fib(n)` that returns the n-th Fibonacci number, with fib(0) = 0.",
+        ["fib(0) == 0", "fib(1) == 1", "fib(10) == 55"],
+        [
+            "def fib(n):\n    return fib(n - 1) + fib(n - 2)",
+            "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a",
+        ],
+    ),
+    (
+        "Write a Python function `flatten(xs)` that flattens a list of lists by one level.",
+        ["flatten([[1], [2, 3]]) == [1, 2, 3]", "flatten([]) == []", "flatten([[], [4]]) == [4]"],
+        ["def flatten(xs):\n    return xs[0]", "def flatten(xs):\n    return [x for part in xs for x in part]"],
+    ),
+    (
+        "Write a Python function `second_largest(xs)` that returns the second largest distinct number of a list.",
+        ["second_largest([1, 3, 2]) == 2", "second_largest([5, 5, 4]) == 4", "second_largest([-1, -2]) == -2"],
+        [
+            "def second_largest(xs):\n    return sorted(xs)[-2]",
+            "def second_largest(xs):\n    return sorted(set(xs))[-2]",
+        ],
+    ),
+    (
+        "Write a Python function `char_histogram(s)` that maps each character of a string to its count.",
+        ["char_histogram('aab') == {'a': 2, 'b': 1}", "char_histogram('') == {}"],
+        [
+            "def char_histogram(s):\n    return {c: 1 for c in s}",
+            "def char_histogram(s):\n    from collections import Counter\n    return dict(Counter(s))",
+        ],
+    ),
+    (
+        "Write a Python function `gcd(a, b)` that returns the greatest common divisor of two positive integers.",
+        ["gcd(12, 18) == 6", "gcd(7, 3) == 1", "gcd(5, 5) == 5"],
+        [
+            "def gcd(a, b):\n    while b:\n        a = b\n    return a",  # never ends: a timeout
+            "def gcd(a, b):\n    while b:\n        a, b = b, a % b\n    return a",
+        ],
+    ),
+]
 
 
 class ToyGenerator:
@@ -319,11 +382,14 @@ def self_instruct(run: Run) -> None:
     out.mkdir(parents=True, exist_ok=True)
     questions = out / "questions.txt"
     questions.write_text("".join(q + "\n" for q, _, _ in TOY_PROBLEMS[: run.preset.instruct_problems]))
-    config = SelfInstructConfig(out_dir=out, questions_file=questions, solutions=2, timeout=2.0, workers=2,
-                                seed=run.seed)  # fmt: skip
+    config = SelfInstructConfig(
+        out_dir=out, questions_file=questions, solutions=2, timeout=2.0, workers=2, seed=run.seed
+    )
     summary = generate_self_instruct(config, ToyGenerator(), allow_code_execution=True)
-    console.print(f"self-instruct: {summary['questions_kept']} of {summary['questions']} questions kept; "
-                  f"solutions {summary['solutions']}")  # fmt: skip
+    console.print(
+        f"self-instruct: {summary['questions_kept']} of {summary['questions']} questions kept; "
+        f"solutions {summary['solutions']}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -349,11 +415,23 @@ def validation_loss(run: Run, model_dir: Path, kind: str) -> dict:
 
     length = run.preset.stages["code"].seq_len
     model, tokenizer = _load(model_dir)
-    result = perplexity_by_length(model, tokenizer, _validation_texts(kind, run.preset.eval_documents), [length],
-                                  max_tokens_per_text=run.preset.eval_tokens_per_file)  # fmt: skip
+    result = perplexity_by_length(
+        model,
+        tokenizer,
+        _validation_texts(kind, run.preset.eval_documents),
+        [length],
+        max_tokens_per_text=run.preset.eval_tokens_per_file,
+    )
     ppl = result["perplexity"][str(length)]
-    return {"model": model_dir.name, "corpus": f"{kind} (validation)", "context": length, "loss": math.log(ppl),
-            "perplexity": ppl, "files": result["files"], "scored_tokens": result["scored_tokens"]}  # fmt: skip
+    return {
+        "model": model_dir.name,
+        "corpus": f"{kind} (validation)",
+        "context": length,
+        "loss": math.log(ppl),
+        "perplexity": ppl,
+        "files": result["files"],
+        "scored_tokens": result["scored_tokens"],
+    }
 
 
 def perplexity_by_context(run: Run, model_dir: Path) -> dict:
@@ -361,8 +439,9 @@ def perplexity_by_context(run: Run, model_dir: Path) -> dict:
 
     model, tokenizer = _load(model_dir)
     texts = _validation_texts("code", run.preset.eval_documents)
-    result = perplexity_by_length(model, tokenizer, texts, run.preset.lcft_lengths,
-                                  max_tokens_per_text=run.preset.eval_tokens_per_file)  # fmt: skip
+    result = perplexity_by_length(
+        model, tokenizer, texts, run.preset.lcft_lengths, max_tokens_per_text=run.preset.eval_tokens_per_file
+    )
     return {"model": model_dir.name, **result}
 
 
@@ -372,8 +451,11 @@ def infilling_examples(run: Run) -> list[dict]:
     rng = random.Random(run.seed)
     for text in _validation_texts("python", 4 * run.preset.infill_examples):
         lines = text.splitlines(keepends=True)
-        candidates = [i for i, line in enumerate(lines[5:-5], 5)
-                      if 8 <= len(line.strip()) <= 60 and not line.strip().startswith(("#", '"', "'"))]  # fmt: skip
+        candidates = [
+            i
+            for i, line in enumerate(lines[5:-5], 5)
+            if 8 <= len(line.strip()) <= 60 and not line.strip().startswith(("#", '"', "'"))
+        ]
         if not candidates:
             continue
         i = rng.choice(candidates)
@@ -391,13 +473,26 @@ def infilling_exact_match(run: Run, model_dir: Path, examples: list[dict]) -> di
     model, tokenizer = _load(model_dir)
     scores = {}
     for name, suffix_first in (("psm", False), ("spm", True)):
-        middles = infill(model, tokenizer, [e["prefix"] for e in examples], [e["suffix"] for e in examples],
-                         suffix_first=suffix_first, max_new_tokens=run.preset.infill_max_new_tokens,
-                         batch_size=8, progress=f"infilling {model_dir.name} {name}")  # fmt: skip
-        hits = [(m.splitlines() or [""])[0].strip() == e["middle"].strip() for m, e in zip(middles, examples)]
-        scores[name] = {"exact_match": sum(hits) / len(hits), "hits": sum(hits), "examples": len(hits),
-                        "middle_loss": middle_loss(model, tokenizer, examples, suffix_first),
-                        "first_completions": middles[:3]}  # fmt: skip
+        middles = infill(
+            model,
+            tokenizer,
+            [e["prefix"] for e in examples],
+            [e["suffix"] for e in examples],
+            suffix_first=suffix_first,
+            max_new_tokens=run.preset.infill_max_new_tokens,
+            batch_size=8,
+            progress=f"infilling {model_dir.name} {name}",
+        )
+        hits = [
+            (m.splitlines() or [""])[0].strip() == e["middle"].strip() for m, e in zip(middles, examples, strict=False)
+        ]
+        scores[name] = {
+            "exact_match": sum(hits) / len(hits),
+            "hits": sum(hits),
+            "examples": len(hits),
+            "middle_loss": middle_loss(model, tokenizer, examples, suffix_first),
+            "first_completions": middles[:3],
+        }
     return {"model": model_dir.name, **scores}
 
 
@@ -443,14 +538,23 @@ def _write_results_for_cards(run: Run) -> None:
     from codellama_hf.evaluation.report import new_result, write_result
 
     ppl = json.loads(run.path("eval", "ppl_lcft.json").read_text())
-    result = new_result("perplexity", str(run.model("lcft")), details=ppl, num_problems=ppl["files"],
-                        metrics={f"perplexity@{k}": v for k, v in ppl["perplexity"].items()},
-                        config={"corpus": "embedded code (validation)", "lengths": ppl["lengths"]})  # fmt: skip
+    result = new_result(
+        "perplexity",
+        str(run.model("lcft")),
+        details=ppl,
+        num_problems=ppl["files"],
+        metrics={f"perplexity@{k}": v for k, v in ppl["perplexity"].items()},
+        config={"corpus": "embedded code (validation)", "lengths": ppl["lengths"]},
+    )
     write_result(run.path("eval", "results", "lcft"), result)
     loss = json.loads(run.path("eval", "loss_python_python.json").read_text())
-    result = new_result("perplexity", str(run.model("python")), num_problems=loss["files"],
-                        metrics={f"perplexity@{loss['context']}": loss["perplexity"]},
-                        config={"corpus": "embedded python (validation)"})  # fmt: skip
+    result = new_result(
+        "perplexity",
+        str(run.model("python")),
+        num_problems=loss["files"],
+        metrics={f"perplexity@{loss['context']}": loss["perplexity"]},
+        config={"corpus": "embedded python (validation)"},
+    )
     write_result(run.path("eval", "results", "python"), result)
 
 
@@ -470,11 +574,14 @@ def stage_family(run: Run) -> None:
     from codellama_hf.hub import Member, PushConfig, push_family
 
     stage_dir = run.path("hub")
-    members = [Member("tiny", run.model("lcft"), [run.path("eval", "results", "lcft")]),
-               Member("tiny-python", run.model("python"), [run.path("eval", "results", "python")]),
-               Member("tiny-instruct", run.model("instruct"))]  # fmt: skip
-    config = PushConfig(models=members, namespace=NAMESPACE, stage_dir=stage_dir, dry_run=True,
-                        endpoint=run.hub_endpoint)  # fmt: skip
+    members = [
+        Member("tiny", run.model("lcft"), [run.path("eval", "results", "lcft")]),
+        Member("tiny-python", run.model("python"), [run.path("eval", "results", "python")]),
+        Member("tiny-instruct", run.model("instruct")),
+    ]
+    config = PushConfig(
+        models=members, namespace=NAMESPACE, stage_dir=stage_dir, dry_run=True, endpoint=run.hub_endpoint
+    )
     try:  # without an endpoint the client is put in offline mode: staging completes, the comparison stops at once
         with mock.patch.object(constants, "HF_HUB_OFFLINE", run.hub_endpoint is None or constants.HF_HUB_OFFLINE):
             report = push_family(config, token=None)
@@ -521,19 +628,28 @@ def claims(run: Run) -> dict:
         "preset": run.preset_name,
         "seed": run.seed,
         "1_fim_costs_little_left_to_right": {
-            "loss_fim": fim["loss"], "loss_no_fim": nofim["loss"], "difference": gap,
-            "threshold": small, "held": gap <= small, "scored_tokens": fim["scored_tokens"],
+            "loss_fim": fim["loss"],
+            "loss_no_fim": nofim["loss"],
+            "difference": gap,
+            "threshold": small,
+            "held": gap <= small,
+            "scored_tokens": fim["scored_tokens"],
         },
         "2_fim_gives_infilling": {
-            "exact_match": {fmt: {"fim": infill_fim[fmt]["exact_match"], "no_fim": infill_nofim[fmt]["exact_match"]}
-                            for fmt in ("psm", "spm")},
-            "middle_loss": {fmt: {"fim": infill_fim[fmt]["middle_loss"], "no_fim": infill_nofim[fmt]["middle_loss"]}
-                            for fmt in ("psm", "spm")},
+            "exact_match": {
+                fmt: {"fim": infill_fim[fmt]["exact_match"], "no_fim": infill_nofim[fmt]["exact_match"]}
+                for fmt in ("psm", "spm")
+            },
+            "middle_loss": {
+                fmt: {"fim": infill_fim[fmt]["middle_loss"], "no_fim": infill_nofim[fmt]["middle_loss"]}
+                for fmt in ("psm", "spm")
+            },
             "examples": infill_fim["psm"]["examples"],
             "held": all(infill_fim[f]["exact_match"] > infill_nofim[f]["exact_match"] for f in ("psm", "spm")),
         },
         "3_lcft_lowers_long_context_perplexity": {
-            "base_length": int(base), "perplexity_code": ppl_code["perplexity"],
+            "base_length": int(base),
+            "perplexity_code": ppl_code["perplexity"],
             "perplexity_lcft": ppl_lcft["perplexity"],
             # LCFT also trains more tokens; PPL(L) / PPL(base) separates extrapolation from overall improvement
             "ratio_to_base_code": {k: v / ppl_code["perplexity"][base] for k, v in ppl_code["perplexity"].items()},
@@ -541,11 +657,12 @@ def claims(run: Run) -> dict:
             "held": all(ppl_lcft["perplexity"][k] < ppl_code["perplexity"][k] for k in beyond),
         },
         "4_python_stage_lowers_python_loss": {
-            "loss_code_model": py_code["loss"], "loss_python_model": py_python["loss"],
+            "loss_code_model": py_code["loss"],
+            "loss_python_model": py_python["loss"],
             "held": py_python["loss"] < py_code["loss"],
         },
         "5_loss_curves": curves,
-    }  # fmt: skip
+    }
 
 
 def _plots(run: Run, numbers: dict, folder: Path) -> dict[str, str]:
@@ -557,7 +674,7 @@ def _plots(run: Run, numbers: dict, folder: Path) -> dict[str, str]:
     files = {}
     curves = numbers["5_loss_curves"]
     fig, axes = plt.subplots(2, 3, figsize=(12, 6))
-    for ax, (name, curve) in zip(axes.flat, curves.items()):
+    for ax, (name, curve) in zip(axes.flat, curves.items(), strict=False):
         ax.plot(curve["steps"], curve["loss"], marker=".")
         ax.set(title=name, xlabel="step", ylabel="training loss")
     fig.tight_layout()
@@ -587,8 +704,13 @@ def _plots(run: Run, numbers: dict, folder: Path) -> dict[str, str]:
     ax2.bar([i - 0.2 for i in x], [em[f]["fim"] for f in ("psm", "spm")], 0.4, label="FIM")
     ax2.bar([i + 0.2 for i in x], [em[f]["no_fim"] for f in ("psm", "spm")], 0.4, label="no FIM")
     top = max([0.1] + [em[f][m] for f in ("psm", "spm") for m in ("fim", "no_fim")])
-    ax2.set(title="claim 2: single-line infilling", ylabel="exact match", xticks=list(x), xticklabels=["PSM", "SPM"],
-            ylim=(0, 1.15 * top))  # fmt: skip
+    ax2.set(
+        title="claim 2: single-line infilling",
+        ylabel="exact match",
+        xticks=list(x),
+        xticklabels=["PSM", "SPM"],
+        ylim=(0, 1.15 * top),
+    )
     ax2.legend()
     ax3.bar(["code model", "Python model"], [c4["loss_code_model"], c4["loss_python_model"]], color=["C0", "C2"])
     ax3.set(title="claim 4: Python validation loss", ylabel="loss (nats/token)")
@@ -615,21 +737,30 @@ def write_report(run: Run) -> None:
     family = json.loads(run.path("hub", "family.json").read_text())
     selfinstruct = json.loads(run.path("selfinstruct", "summary.json").read_text())
     em, ml = c2["exact_match"], c2["middle_loss"]
-    infill_rows = "\n".join(f"| {fmt.upper()} | {em[fmt]['fim']:.3f} | {em[fmt]['no_fim']:.3f} | "
-                            f"{ml[fmt]['fim']:.3f} | {ml[fmt]['no_fim']:.3f} |" for fmt in ("psm", "spm"))  # fmt: skip
+    infill_rows = "\n".join(
+        f"| {fmt.upper()} | {em[fmt]['fim']:.3f} | {em[fmt]['no_fim']:.3f} | "
+        f"{ml[fmt]['fim']:.3f} | {ml[fmt]['no_fim']:.3f} |"
+        for fmt in ("psm", "spm")
+    )
     outcomes = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in selfinstruct["solutions"].items() if v)
     hub_note = (
         "Compared with the Hub."
         if family["compared_with_hub"]
         else "Staged offline, not compared with a Hub: every staged file counts as new (`--hub-endpoint` compares)."
     )
-    ppl_rows = "\n".join(f"| {k} | {c3['perplexity_code'][k]:.2f} ({c3['ratio_to_base_code'][k]:.3f}) | "
-                         f"{c3['perplexity_lcft'][k]:.2f} ({c3['ratio_to_base_lcft'][k]:.3f}) |"
-                         for k in sorted(c3["perplexity_code"], key=int))  # fmt: skip
-    stage_rows = "\n".join(f"| {name} | {s.max_steps} | {s.seq_len} | {s.tokens_per_step:,} | {s.learning_rate:g} |"
-                           for name, s in stages.items())  # fmt: skip
-    repos = "\n".join(f"- `{repo}` ({r['slot']}): {len(r['upload'])} files would be uploaded from `{r['folder']}`"
-                      for repo, r in family["repos"].items())  # fmt: skip
+    ppl_rows = "\n".join(
+        f"| {k} | {c3['perplexity_code'][k]:.2f} ({c3['ratio_to_base_code'][k]:.3f}) | "
+        f"{c3['perplexity_lcft'][k]:.2f} ({c3['ratio_to_base_lcft'][k]:.3f}) |"
+        for k in sorted(c3["perplexity_code"], key=int)
+    )
+    stage_rows = "\n".join(
+        f"| {name} | {s.max_steps} | {s.seq_len} | {s.tokens_per_step:,} | {s.learning_rate:g} |"
+        for name, s in stages.items()
+    )
+    repos = "\n".join(
+        f"- `{repo}` ({r['slot']}): {len(r['upload'])} files would be uploaded from `{r['folder']}`"
+        for repo, r in family["repos"].items()
+    )
     text = f"""# Code Llama in miniature ({run.preset_name} preset, seed {run.seed})
 
 Reproduce every number and figure here with:
@@ -727,8 +858,9 @@ def reproduce(out: str | os.PathLike, *, preset: str = "tiny", seed: int = 0, hu
     settings = {"preset": preset, "seed": seed, "stages": {k: asdict(v) for k, v in run.preset.stages.items()}}
     saved = run.path("settings.json")
     if saved.is_file() and json.loads(saved.read_text()) != settings:
-        raise ValueError(f"{run.out} holds a run with other settings ({saved}); use another --out or the same "
-                         "--preset and --seed")  # fmt: skip
+        raise ValueError(
+            f"{run.out} holds a run with other settings ({saved}); use another --out or the same --preset and --seed"
+        )
     _write_json(saved, settings)
     started = time.monotonic()
     from codellama_hf.convert import hf_to_meta, meta_to_hf
@@ -794,9 +926,11 @@ def reproduce(out: str | os.PathLike, *, preset: str = "tiny", seed: int = 0, hu
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "reproduce", help="Code Llama in miniature: the whole recipe on a CPU, with a report on the paper's claims",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        "reproduce",
+        help="Code Llama in miniature: the whole recipe on a CPU, with a report on the paper's claims",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--preset",
         default="tiny",

@@ -35,41 +35,55 @@ class ModelArguments(AdapterArguments):
 
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Model folder or Hub id to continue training (Llama 2 for the code stage, the previous "
-                          "stage's output_dir after that)."},
+        metadata={
+            "help": "Model folder or Hub id to continue training (Llama 2 for the code stage, the previous "
+            "stage's output_dir after that)."
+        },
     )
     tokenizer_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Tokenizer folder; default: the model's own. The code stage from Llama 2 needs Code "
-                          "Llama's tokenizer (`codellama-hf tokenizer --llama2 ... --out ...`)."},
+        metadata={
+            "help": "Tokenizer folder; default: the model's own. The code stage from Llama 2 needs Code "
+            "Llama's tokenizer (`codellama-hf tokenizer --llama2 ... --out ...`)."
+        },
     )
     init_model_size: str | None = field(
         default=None,
-        metadata={"help": "When model_name_or_path is unset or does not exist, start from a random model of this "
-                          "size (only 'tiny' is sensible: the CPU preset) with the tiny tokenizer."},
+        metadata={
+            "help": "When model_name_or_path is unset or does not exist, start from a random model of this "
+            "size (only 'tiny' is sensible: the CPU preset) with the tiny tokenizer."
+        },
     )
     resize_token_embeddings: bool = field(
         default=False,
-        metadata={"help": "Grow the embeddings to the tokenizer's size (Llama 2's 32000 -> Code Llama's 32016, new "
-                          "rows at the mean embedding). Otherwise a size mismatch is an error."},
+        metadata={
+            "help": "Grow the embeddings to the tokenizer's size (Llama 2's 32000 -> Code Llama's 32016, new "
+            "rows at the mean embedding). Otherwise a size mismatch is an error."
+        },
     )
     rope_theta: float | None = field(
         default=None,
-        metadata={"help": "RoPE base period to train with (long context: 1e6). Set through rope_parameters and "
-                          "checked in the rotary embedding before the first step."},
+        metadata={
+            "help": "RoPE base period to train with (long context: 1e6). Set through rope_parameters and "
+            "checked in the rotary embedding before the first step."
+        },
     )
     max_position_embeddings: int | None = field(
         default=None, metadata={"help": "New max_position_embeddings for the config (long context: 16384)."}
     )
     dtype: str = field(
         default="auto",
-        metadata={"help": "Weights dtype to load: auto, bfloat16, float16 or float32.",
-                  "choices": ["auto", "bfloat16", "float16", "float32"]},
+        metadata={
+            "help": "Weights dtype to load: auto, bfloat16, float16 or float32.",
+            "choices": ["auto", "bfloat16", "float16", "float32"],
+        },
     )
     attn_implementation: str = field(
         default="sdpa",
-        metadata={"help": "sdpa, eager or flash_attention_2 (if installed). Packed documents are kept apart by "
-                          "position_ids with each of them."},
+        metadata={
+            "help": "sdpa, eager or flash_attention_2 (if installed). Packed documents are kept apart by "
+            "position_ids with each of them."
+        },
     )
 
 
@@ -79,24 +93,32 @@ class DataArguments:
 
     dataset_mixture: str | None = field(
         default=None,
-        metadata={"help": "A mixture preset ('code' or 'python': the paper's Table 1 proportions) or a mixture "
-                          "YAML file, read by codellama_hf.corpus.load_mixture; 'none' to use dataset_sources."},
+        metadata={
+            "help": "A mixture preset ('code' or 'python': the paper's Table 1 proportions) or a mixture "
+            "YAML file, read by codellama_hf.corpus.load_mixture; 'none' to use dataset_sources."
+        },
     )
     dataset_sources: list[str] | None = field(
         default=None,
-        metadata={"help": "Local folders of source files, data files, or datasets names / paths, read as one "
-                          "corpus without a mixture (e.g. --dataset_mixture none --dataset_sources ~/src/repo)."},
+        metadata={
+            "help": "Local folders of source files, data files, or datasets names / paths, read as one "
+            "corpus without a mixture (e.g. --dataset_mixture none --dataset_sources ~/src/repo)."
+        },
     )
     mixture_sources: dict | str | None = field(
         default=None,
-        metadata={"help": "Sources per mixture component, e.g. {code: [~/src/repo], nl: [{dataset: wikitext}]} "
-                          "(JSON on the command line); components left out use their default (embedded) corpus."},
+        metadata={
+            "help": "Sources per mixture component, e.g. {code: [~/src/repo], nl: [{dataset: wikitext}]} "
+            "(JSON on the command line); components left out use their default (embedded) corpus."
+        },
     )
     dataset_split: str = field(default="train", metadata={"help": "Split of the mixture's components to train on."})
     streaming: bool = field(
         default=False,
-        metadata={"help": "Stream large datasets instead of materialising them. Resuming then replays the stream "
-                          "up to the checkpoint instead of jumping to it."},
+        metadata={
+            "help": "Stream large datasets instead of materialising them. Resuming then replays the stream "
+            "up to the checkpoint instead of jumping to it."
+        },
     )
     text_column: str = field(default="text", metadata={"help": "Column holding the document text."})
     fim_rate: float = field(
@@ -119,8 +141,10 @@ class DataArguments:
         if self.dataset_mixture is None and not self.dataset_sources:
             raise ValueError("no training data: set dataset_mixture (a preset or mixture file) or dataset_sources")
         if self.dataset_mixture is not None and self.dataset_sources:
-            raise ValueError("dataset_sources reads one corpus without a mixture; with dataset_mixture, give "
-                             "sources per component in mixture_sources")
+            raise ValueError(
+                "dataset_sources reads one corpus without a mixture; with dataset_mixture, give "
+                "sources per component in mixture_sources"
+            )
         if self.mixture_sources is not None and self.dataset_mixture is None:
             raise ValueError("mixture_sources needs dataset_mixture")
 
@@ -161,8 +185,12 @@ class BatchPlan:
         return self.tokens_per_step * self.max_steps
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "sequences_per_step": self.sequences_per_step,
-                "tokens_per_step": self.tokens_per_step, "total_tokens": self.total_tokens}  # fmt: skip
+        return {
+            **asdict(self),
+            "sequences_per_step": self.sequences_per_step,
+            "tokens_per_step": self.tokens_per_step,
+            "total_tokens": self.total_tokens,
+        }
 
     def describe(self) -> str:
         return (
@@ -183,8 +211,12 @@ def batch_plan(
     grad_accum: int | None = None,
 ) -> BatchPlan:
     """Derive gradient accumulation (and steps, from a token budget) so each step sees exactly `tokens_per_step`."""
-    for name, value in (("tokens_per_step", tokens_per_step), ("seq_len", seq_len),
-                        ("per_device_train_batch_size", micro_batch), ("world size", world_size)):  # fmt: skip
+    for name, value in (
+        ("tokens_per_step", tokens_per_step),
+        ("seq_len", seq_len),
+        ("per_device_train_batch_size", micro_batch),
+        ("world size", world_size),
+    ):
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name}={value!r}: must be a positive integer")
     if tokens_per_step % seq_len:
@@ -198,9 +230,12 @@ def batch_plan(
             f"per_device_train_batch_size={micro_batch} cannot reach the token batch: {world_size} processes x "
             f"{micro_batch} sequences = {per_pass} sequences per pass, which {reason} the {sequences} sequences of "
             f"tokens_per_step={tokens_per_step:,}. "
-            + (f"Use per_device_train_batch_size in {fits}." if fits else
-               f"Raise tokens_per_step to a multiple of {per_pass * seq_len:,} or use fewer processes.")
-        )  # fmt: skip
+            + (
+                f"Use per_device_train_batch_size in {fits}."
+                if fits
+                else f"Raise tokens_per_step to a multiple of {per_pass * seq_len:,} or use fewer processes."
+            )
+        )
     derived = sequences // per_pass
     if grad_accum is not None and grad_accum != derived:
         raise ValueError(
@@ -215,8 +250,9 @@ def batch_plan(
         max_steps = math.ceil(train_tokens / tokens_per_step)
     if max_steps <= 0:
         raise ValueError(f"max_steps={max_steps}: must be positive")
-    return BatchPlan(world_size=world_size, micro_batch=micro_batch, seq_len=seq_len, grad_accum=derived,
-                     max_steps=max_steps)  # fmt: skip
+    return BatchPlan(
+        world_size=world_size, micro_batch=micro_batch, seq_len=seq_len, grad_accum=derived, max_steps=max_steps
+    )
 
 
 def launch_world_size() -> int:
@@ -247,8 +283,10 @@ class StageConfig(TrainingArguments):
     )
     plan_world_size: int | None = field(
         default=None,
-        metadata={"help": "Compute the plan for this many processes instead of this launch's (with plan_only, "
-                          "to preview a cluster run)."},
+        metadata={
+            "help": "Compute the plan for this many processes instead of this launch's (with plan_only, "
+            "to preview a cluster run)."
+        },
     )
     plan_only: bool = field(default=False, metadata={"help": "Print the batch plan and exit."})
     overwrite_output_dir: bool = field(
@@ -261,9 +299,12 @@ class StageConfig(TrainingArguments):
     )
     resume_from_checkpoint: str | None = field(
         default=None,
-        metadata={"help": "Continue from a checkpoint folder, or 'latest' (the flag alone) for the newest complete "
-                          "checkpoint in output_dir; a fresh start when there is none yet.",
-                  "nargs": "?", "const": "latest"},
+        metadata={
+            "help": "Continue from a checkpoint folder, or 'latest' (the flag alone) for the newest complete "
+            "checkpoint in output_dir; a fresh start when there is none yet.",
+            "nargs": "?",
+            "const": "latest",
+        },
     )
     max_steps: int = field(default=None, metadata={"help": "Optimizer steps (alternative to train_tokens)."})
     adam_beta1: float = _paper_default("adam_beta1", 0.9)
@@ -288,12 +329,19 @@ class StageConfig(TrainingArguments):
             raise ValueError("output_dir is not set: every stage writes its model and checkpoints there")
         world = self.plan_world_size or launch_world_size()
         if self.plan_world_size and not self.plan_only and self.plan_world_size != launch_world_size():
-            raise ValueError(f"plan_world_size={self.plan_world_size} but this launch has {launch_world_size()} "
-                             "processes; plan_world_size is for previews with plan_only")  # fmt: skip
-        self.plan = batch_plan(tokens_per_step=self.tokens_per_step, seq_len=self.seq_len,
-                               micro_batch=self.per_device_train_batch_size, world_size=world,
-                               max_steps=self.max_steps, train_tokens=self.train_tokens,
-                               grad_accum=self.gradient_accumulation_steps)  # fmt: skip
+            raise ValueError(
+                f"plan_world_size={self.plan_world_size} but this launch has {launch_world_size()} "
+                "processes; plan_world_size is for previews with plan_only"
+            )
+        self.plan = batch_plan(
+            tokens_per_step=self.tokens_per_step,
+            seq_len=self.seq_len,
+            micro_batch=self.per_device_train_batch_size,
+            world_size=world,
+            max_steps=self.max_steps,
+            train_tokens=self.train_tokens,
+            grad_accum=self.gradient_accumulation_steps,
+        )
         self.gradient_accumulation_steps = self.plan.grad_accum
         self.max_steps = self.plan.max_steps
         if self.plan_only:  # nothing is trained: no run folders, and a GPU config previews on a laptop
@@ -326,9 +374,24 @@ class StageConfig(TrainingArguments):
 
     def hyperparameters(self) -> dict:
         """The optimisation settings a model card should quote."""
-        keys = ("learning_rate", "adam_beta1", "adam_beta2", "adam_epsilon", "weight_decay", "max_grad_norm",
-                "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "seq_len", "tokens_per_step",
-                "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "bf16", "seed")  # fmt: skip
+        keys = (
+            "learning_rate",
+            "adam_beta1",
+            "adam_beta2",
+            "adam_epsilon",
+            "weight_decay",
+            "max_grad_norm",
+            "lr_scheduler_type",
+            "lr_scheduler_kwargs",
+            "warmup_steps",
+            "seq_len",
+            "tokens_per_step",
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "max_steps",
+            "bf16",
+            "seed",
+        )
         return {key: getattr(self, key) for key in keys}
 
 
@@ -357,8 +420,10 @@ def read_config_file(path: str | os.PathLike) -> dict:
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ValueError(f"{path}: unknown key {key!r}{hint}; keys must be fields of ModelArguments, "
-                             "DataArguments or StageConfig (see `--help`)")  # fmt: skip
+            raise ValueError(
+                f"{path}: unknown key {key!r}{hint}; keys must be fields of ModelArguments, "
+                "DataArguments or StageConfig (see `--help`)"
+            )
     return config
 
 
@@ -379,8 +444,10 @@ def parse_stage_config(
     path = argv[position + 1]
     config = read_config_file(path)
     if config.get("stage", stage) != stage:
-        raise ValueError(f"{path} configures the {config['stage']!r} stage, not {stage!r}: use recipes/"
-                         f"{config['stage']}.py or a {stage} config")  # fmt: skip
+        raise ValueError(
+            f"{path} configures the {config['stage']!r} stage, not {stage!r}: use recipes/"
+            f"{config['stage']}.py or a {stage} config"
+        )
     if "stage" not in config:
         argv += ["--stage", stage]
     parser = TrlParser(ARGUMENT_CLASSES, allow_abbrev=False)  # `--learning_rat` must not pass for learning_rate

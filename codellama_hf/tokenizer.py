@@ -26,9 +26,9 @@ import json
 import os
 import re
 import sysconfig
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
@@ -41,10 +41,19 @@ PREFIX, SUFFIX, MIDDLE, EOT = "▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"
 SENTINELS = (PREFIX, SUFFIX, MIDDLE, EOT)
 # The 16 pieces Meta appended to Llama 2's vocabulary, in id order (32000-32015).
 INFILLING_PIECES = (
-    "▁<SU", "▁<SUF", "▁<PRE", "▁<M", "▁<MID", "▁<E", "▁<EOT",
-    PREFIX, SUFFIX, MIDDLE, EOT,
+    "▁<SU",
+    "▁<SUF",
+    "▁<PRE",
+    "▁<M",
+    "▁<MID",
+    "▁<E",
+    "▁<EOT",
+    PREFIX,
+    SUFFIX,
+    MIDDLE,
+    EOT,
     *("▁" + "<EOT>" * n for n in range(2, 7)),
-)  # fmt: skip
+)
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
 _NORMAL, _CONTROL, _UNUSED = (
@@ -385,9 +394,11 @@ def encode_slices(
     spaced_idx = [i for i, (_, sp) in enumerate(requests) if sp]
     unspaced_idx = [i for i, (_, sp) in enumerate(requests) if not sp]
     encoded: list[list[int]] = [[] for _ in requests]
-    for idx, ids in zip(spaced_idx, encode_batch(tokenizer, [requests[i][0] for i in spaced_idx])):
+    for idx, ids in zip(spaced_idx, encode_batch(tokenizer, [requests[i][0] for i in spaced_idx]), strict=False):
         encoded[idx] = ids
-    for idx, ids in zip(unspaced_idx, encode_infilling_batch(tokenizer, [requests[i][0] for i in unspaced_idx])):
+    for idx, ids in zip(
+        unspaced_idx, encode_infilling_batch(tokenizer, [requests[i][0] for i in unspaced_idx]), strict=False
+    ):
         encoded[idx] = ids
     out = []
     for head, doc, ka, kb in plans:
@@ -413,7 +424,10 @@ def decode_infilling(tokenizer, ids: Iterable[int]) -> str:
 
 
 def infilling_prompt(tokenizer, prefix: str, suffix: str, *, suffix_first: bool = False) -> list[int]:
-    """Meta's `infilling_prompt_tokens`: PSM `<s> ▁<PRE> pre ▁<SUF>suf ▁<MID>` or SPM `<s> ▁<PRE> ▁<SUF>suf ▁<MID> pre`."""
+    """Meta's `infilling_prompt_tokens`.
+
+    PSM `<s> ▁<PRE> pre ▁<SUF>suf ▁<MID>` or SPM `<s> ▁<PRE> ▁<SUF>suf ▁<MID> pre`.
+    """
     ids = infill_ids(tokenizer)
     suf = encode_infilling(tokenizer, suffix)
     pre = encode(tokenizer, prefix)

@@ -122,8 +122,10 @@ def load_tokenizer_and_model(model_args: ModelArguments, config: StageConfig):
         if model_args.init_model_size != "tiny" and model_args.tokenizer_name_or_path is None:
             raise ValueError(f"init_model_size={model_args.init_model_size!r} needs tokenizer_name_or_path")
         if source is not None:
-            _print(f"[yellow]{source} holds no model yet: starting from a random {model_args.init_model_size} "
-                   "model[/yellow]")  # fmt: skip
+            _print(
+                f"[yellow]{source} holds no model yet: starting from a random {model_args.init_model_size} "
+                "model[/yellow]"
+            )
         tokenizer_path = model_args.tokenizer_name_or_path or tiny_tokenizer_dir()
         tokenizer = _load_tokenizer(tokenizer_path)
         model_config = llama_config(model_args.init_model_size, vocab_size=len(tokenizer))
@@ -133,8 +135,9 @@ def load_tokenizer_and_model(model_args: ModelArguments, config: StageConfig):
         try:
             model_config = AutoConfig.from_pretrained(source)
         except OSError as err:
-            raise FileNotFoundError(f"model_name_or_path={source}: not a model folder, nor a Hub model reachable "
-                                    f"from here ({err})") from None
+            raise FileNotFoundError(
+                f"model_name_or_path={source}: not a model folder, nor a Hub model reachable from here ({err})"
+            ) from None
         tokenizer_path = model_args.tokenizer_name_or_path or source
         tokenizer = _load_tokenizer(tokenizer_path)
     theta = model_args.rope_theta
@@ -142,27 +145,32 @@ def load_tokenizer_and_model(model_args: ModelArguments, config: StageConfig):
         if not theta > 0:
             raise ValueError(f"rope_theta={theta}: must be positive")
         if all(getattr(model_config, key, None) is None for key in ("rope_parameters", "rope_theta")):
-            raise ValueError(f"rope_theta={theta:g} cannot take effect on {source}: its architecture "
-                               f"({model_config.model_type}) has no rotary position embedding")  # fmt: skip
+            raise ValueError(
+                f"rope_theta={theta:g} cannot take effect on {source}: its architecture "
+                f"({model_config.model_type}) has no rotary position embedding"
+            )
         set_rope_theta(model_config, theta, max_position_embeddings=model_args.max_position_embeddings)
     elif model_args.max_position_embeddings is not None:
         model_config.max_position_embeddings = model_args.max_position_embeddings
     if config.seq_len > getattr(model_config, "max_position_embeddings", config.seq_len):
-        raise ValueError(f"seq_len={config.seq_len} exceeds the model's max_position_embeddings="
-                         f"{model_config.max_position_embeddings}; set max_position_embeddings")  # fmt: skip
+        raise ValueError(
+            f"seq_len={config.seq_len} exceeds the model's max_position_embeddings="
+            f"{model_config.max_position_embeddings}; set max_position_embeddings"
+        )
     model_config.use_cache = False  # packed rows: no cache, or documents would see each other (verified-here.md)
 
     kwargs = {"dtype": _torch_dtype(model_args.dtype), "attn_implementation": model_args.attn_implementation}
     if model_args.quantized:
         if fresh:
-            raise ValueError(f"load_in_{model_args.quantized} quantizes a pretrained base for QLoRA; a random "
-                             f"{model_args.init_model_size} model has none: set model_name_or_path")  # fmt: skip
+            raise ValueError(
+                f"load_in_{model_args.quantized} quantizes a pretrained base for QLoRA; a random "
+                f"{model_args.init_model_size} model has none: set model_name_or_path"
+            )
         kwargs.update(model_loading_kwargs(model_args, torch.bfloat16 if config.bf16 else torch.float32))
     if fresh:
         torch.manual_seed(config.seed)
         model = AutoModelForCausalLM.from_config(model_config, **kwargs)
-        base = {"name_or_path": None, "random_init": model_args.init_model_size, "seed": config.seed,
-                "lineage": None}  # fmt: skip
+        base = {"name_or_path": None, "random_init": model_args.init_model_size, "seed": config.seed, "lineage": None}
     else:
         model = AutoModelForCausalLM.from_pretrained(source, config=model_config, **kwargs)
         base = {"name_or_path": source, "random_init": None, "lineage": read_lineage(source)}
@@ -205,8 +213,13 @@ def load_documents(data_args: DataArguments, seed: int):
 
     if data_args.dataset_mixture is not None:
         sources = data_args.mixture_sources_dict()
-        return load_mixture(data_args.dataset_mixture, data_args.dataset_split, seed=seed,
-                            streaming=data_args.streaming, sources=sources)  # fmt: skip
+        return load_mixture(
+            data_args.dataset_mixture,
+            data_args.dataset_split,
+            seed=seed,
+            streaming=data_args.streaming,
+            sources=sources,
+        )
     return read_sources(data_args.dataset_sources, streaming=data_args.streaming)
 
 
@@ -217,9 +230,11 @@ def _fim_config(data_args: DataArguments, tokenizer, seed: int):
     if data_args.fim_rate == 0:
         return None
     if not supports_infilling(tokenizer):
-        raise ValueError(f"fim_rate={data_args.fim_rate} needs a tokenizer with the infilling pieces (<PRE> <SUF> "
-                         "<MID> <EOT>); build one with `codellama-hf tokenizer --llama2 ... --out ...` or set "
-                         "fim_rate: 0")  # fmt: skip
+        raise ValueError(
+            f"fim_rate={data_args.fim_rate} needs a tokenizer with the infilling pieces (<PRE> <SUF> "
+            "<MID> <EOT>); build one with `codellama-hf tokenizer --llama2 ... --out ...` or set "
+            "fim_rate: 0"
+        )
     return FIMConfig(rate=data_args.fim_rate, spm_rate=data_args.fim_spm_rate, seed=seed)
 
 
@@ -248,8 +263,15 @@ def _pack_epoch(documents, tokenizer, data_args: DataArguments, seq_len: int, fi
             break
     while True:
         prefix = shuffled.select(range(count)).flatten_indices(keep_in_memory=True)
-        packed = pack_dataset(prefix, tokenizer, seq_len=seq_len, fim=fim, epoch=epoch,
-                              text_column=data_args.text_column, buffer_documents=data_args.packing_buffer)
+        packed = pack_dataset(
+            prefix,
+            tokenizer,
+            seq_len=seq_len,
+            fim=fim,
+            epoch=epoch,
+            text_column=data_args.text_column,
+            buffer_documents=data_args.packing_buffer,
+        )
         if len(packed) >= rows or count == len(shuffled):
             break
         count = min(2 * count, len(shuffled))
@@ -277,10 +299,15 @@ def build_train_dataset(data_args: DataArguments, config: StageConfig, tokenizer
 
     seed = config.data_seed if config.data_seed is not None else config.seed
     fim = _fim_config(data_args, tokenizer, seed)
-    info = {"mixture": data_args.dataset_mixture, "sources": data_args.dataset_sources,
-            "mixture_sources": data_args.mixture_sources_dict(), "split": data_args.dataset_split,
-            "streaming": data_args.streaming, "seq_len": config.seq_len,
-            "fim": asdict(fim) if fim else None}  # fmt: skip
+    info = {
+        "mixture": data_args.dataset_mixture,
+        "sources": data_args.dataset_sources,
+        "mixture_sources": data_args.mixture_sources_dict(),
+        "split": data_args.dataset_split,
+        "streaming": data_args.streaming,
+        "seq_len": config.seq_len,
+        "fim": asdict(fim) if fim else None,
+    }
     if data_args.dataset_mixture is not None:
         from codellama_hf.corpus import get_mixture
 
@@ -289,20 +316,35 @@ def build_train_dataset(data_args: DataArguments, config: StageConfig, tokenizer
         documents = load_documents(data_args, seed)
     if isinstance(documents, datasets.IterableDataset):
         stream = documents.shuffle(seed=seed, buffer_size=10_000)
-        packed = pack_dataset(stream, tokenizer, seq_len=config.seq_len, fim=fim, text_column=data_args.text_column,
-                              buffer_documents=data_args.packing_buffer)  # fmt: skip
+        packed = pack_dataset(
+            stream,
+            tokenizer,
+            seq_len=config.seq_len,
+            fim=fim,
+            text_column=data_args.text_column,
+            buffer_documents=data_args.packing_buffer,
+        )
         return packed.select_columns(["input_ids", "seq_lengths"]), info
     if len(documents) == 0:
         raise ValueError(f"the corpus is empty ({_describe_data(data_args)})")
     if data_args.text_column not in documents.column_names:
-        raise ValueError(f"{_describe_data(data_args)} has no {data_args.text_column!r} column "
-                         f"(columns: {documents.column_names}); set text_column")  # fmt: skip
+        raise ValueError(
+            f"{_describe_data(data_args)} has no {data_args.text_column!r} column "
+            f"(columns: {documents.column_names}); set text_column"
+        )
 
     rows = config.plan.max_steps * config.plan.sequences_per_step
     # Keyed by the settings, not the corpus contents: within an output_dir the packed rows are the run's frozen
     # data (a resume must read them even if the source files changed since), and a new run starts a new folder.
-    key = _digest({"data": asdict(data_args), "tokenizer": tokenizer.backend_tokenizer.to_str(),
-                   "seq_len": config.seq_len, "rows": rows, "seed": seed})  # fmt: skip
+    key = _digest(
+        {
+            "data": asdict(data_args),
+            "tokenizer": tokenizer.backend_tokenizer.to_str(),
+            "seq_len": config.seq_len,
+            "rows": rows,
+            "seed": seed,
+        }
+    )
     folder = Path(config.output_dir) / PACKED_DIR / key
     with config.main_process_first(desc="packing the training data"):
         if not (folder / "rows.json").is_file():
@@ -310,8 +352,10 @@ def build_train_dataset(data_args: DataArguments, config: StageConfig, tokenizer
             while made < rows:
                 part = _pack_epoch(documents, tokenizer, data_args, config.seq_len, fim, seed, len(parts), rows - made)
                 if len(part) == 0:
-                    raise ValueError(f"the corpus gives no training tokens ({_describe_data(data_args)}): its "
-                                     "documents are empty after tokenization")  # fmt: skip
+                    raise ValueError(
+                        f"the corpus gives no training tokens ({_describe_data(data_args)}): its "
+                        "documents are empty after tokenization"
+                    )
                 parts.append(part)
                 made += len(part)
             tmp = folder.with_name(f".{key}.tmp")
@@ -353,8 +397,9 @@ class StageTrainer(Trainer):
             starts = ids == self.infill.prefix
             spm = (starts[:, :-1] & (ids[:, 1:] == self.infill.suffix)).sum()
             self._fim_counts += torch.stack([starts.sum() - spm, spm]).to(self._fim_counts.device)
-        return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                    num_items_in_batch=num_items_in_batch)  # fmt: skip
+        return super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         if self._fim_counts is not None and "loss" in logs:  # every process logs here, so reducing is safe
@@ -380,18 +425,27 @@ class RunSignatureCallback(TrainerCallback):
 def run_signature(config: StageConfig, data_args: DataArguments) -> dict:
     """The settings that fix the sequence of batches; a checkpoint resumes only under the same ones."""
     plan = config.plan
-    return {"stage": config.stage, "world_size": plan.world_size, "micro_batch": plan.micro_batch,
-            "grad_accum": plan.grad_accum, "seq_len": plan.seq_len, "seed": config.seed, "data_seed": config.data_seed,
-            "data": asdict(data_args)}  # fmt: skip
+    return {
+        "stage": config.stage,
+        "world_size": plan.world_size,
+        "micro_batch": plan.micro_batch,
+        "grad_accum": plan.grad_accum,
+        "seq_len": plan.seq_len,
+        "seed": config.seed,
+        "data_seed": config.data_seed,
+        "data": asdict(data_args),
+    }
 
 
 def check_zero3_saves_weights(deepspeed_config: dict) -> None:
     """ZeRO-3 without 16-bit gathering on save writes a model folder with no weights (toolkits.md §7): refuse."""
     zero = deepspeed_config.get("zero_optimization", {})
     if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save", False):
-        raise ValueError("the DeepSpeed config runs ZeRO-3 without stage3_gather_16bit_weights_on_model_save: true, "
-                         "so the final model would be saved without weights; set it (deepspeed_configs/zero3.json "
-                         "does)")  # fmt: skip
+        raise ValueError(
+            "the DeepSpeed config runs ZeRO-3 without stage3_gather_16bit_weights_on_model_save: true, "
+            "so the final model would be saved without weights; set it (deepspeed_configs/zero3.json "
+            "does)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -426,8 +480,10 @@ def prepare_output_dir(config: StageConfig) -> None:
     if not earlier or config.resume_from_checkpoint is not None:
         return
     if not config.overwrite_output_dir:
-        raise FileExistsError(f"output_dir {out} already holds a run; pass --resume_from_checkpoint to continue it "
-                              "or --overwrite_output_dir true to start over")  # fmt: skip
+        raise FileExistsError(
+            f"output_dir {out} already holds a run; pass --resume_from_checkpoint to continue it "
+            "or --overwrite_output_dir true to start over"
+        )
     if state.is_main_process:
         _print(f"[yellow]overwriting the earlier run in {out}[/yellow]")
         shutil.rmtree(out)
@@ -447,16 +503,19 @@ def resume_checkpoint(config: StageConfig, signature: dict) -> str | None:
     else:
         found = Path(requested)
         if not (found / "trainer_state.json").is_file():
-            raise FileNotFoundError(f"resume_from_checkpoint={requested}: not a checkpoint folder "
-                                    "(no trainer_state.json)")  # fmt: skip
+            raise FileNotFoundError(
+                f"resume_from_checkpoint={requested}: not a checkpoint folder (no trainer_state.json)"
+            )
     saved_path = found / SIGNATURE_FILE
     if saved_path.is_file():
         saved = json.loads(saved_path.read_text())
         changed = sorted(k for k in set(saved) | set(signature) if saved.get(k) != _jsonable(signature).get(k))
         if changed:
             detail = "; ".join(f"{k}: {saved.get(k)!r} -> {_jsonable(signature).get(k)!r}" for k in changed)
-            raise ValueError(f"cannot resume from {found}: it was written under different settings ({detail}). "
-                             "Resume with the same processes, batch and data, or start a new output_dir")  # fmt: skip
+            raise ValueError(
+                f"cannot resume from {found}: it was written under different settings ({detail}). "
+                "Resume with the same processes, batch and data, or start a new output_dir"
+            )
     _print(f"resuming from {found}")
     return str(found)
 
@@ -492,9 +551,13 @@ def _versions() -> dict:
     import datasets
     import transformers
 
-    found = {"codellama_hf": codellama_hf.__version__, "transformers": transformers.__version__,
-             "torch": torch.__version__, "accelerate": accelerate.__version__,
-             "datasets": datasets.__version__}  # fmt: skip
+    found = {
+        "codellama_hf": codellama_hf.__version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "accelerate": accelerate.__version__,
+        "datasets": datasets.__version__,
+    }
     try:
         import deepspeed
 
@@ -574,8 +637,10 @@ def save_final(trainer: Trainer, lineage: dict, adapter: AdapterArguments | None
                     os.replace(path, tmp / path.name)
                 merged.rmdir()
         elif not any(tmp.glob("*.safetensors")):
-            raise RuntimeError(f"no weights were written to {tmp} (DeepSpeed ZeRO-3 needs "
-                               "stage3_gather_16bit_weights_on_model_save: true)")  # fmt: skip
+            raise RuntimeError(
+                f"no weights were written to {tmp} (DeepSpeed ZeRO-3 needs "
+                "stage3_gather_16bit_weights_on_model_save: true)"
+            )
         if (tmp / "config.json").is_file():
             write_config_with_both_rope_keys(tmp)
         trainer.save_state()
@@ -604,17 +669,25 @@ def print_summary(lineage: dict, out: Path, config: StageConfig) -> None:
     rows = [
         ("model", f"{out}  (AutoModelForCausalLM.from_pretrained({str(out)!r}))"),
         ("started from", started),
-        ("steps", f"{lineage['steps']:,} x {config.plan.tokens_per_step:,} tokens; {lineage['tokens_seen']:,} "
-                  f"tokens seen in {lineage['train_runtime_s']:.0f} s"),
+        (
+            "steps",
+            f"{lineage['steps']:,} x {config.plan.tokens_per_step:,} tokens; {lineage['tokens_seen']:,} "
+            f"tokens seen in {lineage['train_runtime_s']:.0f} s",
+        ),
         ("loss", f"{losses[0]:.3f} -> {losses[-1]:.3f}" if losses else f"{average:.3f} on average (no step logged)"),
-        ("rope theta", f"{lineage['rope_theta']:,.0f} (config.json: rope_parameters and rope_theta), "
-                       f"max positions {lineage['max_position_embeddings']:,}"),
-        ("vocabulary", f"{lineage['vocab_size']:,} tokens = embedding rows; infilling "
-                       f"{'yes' if lineage['infilling'] else 'no'}"),
+        (
+            "rope theta",
+            f"{lineage['rope_theta']:,.0f} (config.json: rope_parameters and rope_theta), "
+            f"max positions {lineage['max_position_embeddings']:,}",
+        ),
+        (
+            "vocabulary",
+            f"{lineage['vocab_size']:,} tokens = embedding rows; infilling {'yes' if lineage['infilling'] else 'no'}",
+        ),
         ("checkpoints", ", ".join(p.name for p in checkpoints(out)) or "none kept"),
         ("curves", f"{out / 'training_curves.png'}; tensorboard --logdir {out / 'runs'}"),
         ("lineage", str(out / LINEAGE_FILE)),
-    ]  # fmt: skip
+    ]
     for name, value in rows:
         table.add_row(f"[bold]{name}[/bold]", value)
     _print(Panel(table, title=f"{config.stage} stage finished", expand=False))
@@ -660,8 +733,10 @@ def run_stage(
     if chat_template is not None:
         tokenizer.chat_template = chat_template
     parameters = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3 partitions them
-    _print(f"model: {parameters:,} parameters, rope theta {effective_rope_theta(model):,.0f}, "
-           f"vocabulary {len(tokenizer):,}")  # fmt: skip
+    _print(
+        f"model: {parameters:,} parameters, rope theta {effective_rope_theta(model):,.0f}, "
+        f"vocabulary {len(tokenizer):,}"
+    )
     # 3. Data: rows for this stage (documents -> FIM -> packed rows by default)
     train_dataset, data_info = (build_data or build_train_dataset)(data_args, config, tokenizer)
     # 4. Trainer, resuming where a checkpoint left off
@@ -682,8 +757,15 @@ def run_stage(
     started = time.time()
     trainer.train(resume_from_checkpoint=resume)
     # 6. Save the final model with its lineage, and say where it went
-    lineage = lineage_record(config=config, base=base, data_info=data_info, model=trainer.model, tokenizer=tokenizer,
-                             trainer=trainer, runtime=time.time() - started)  # fmt: skip
+    lineage = lineage_record(
+        config=config,
+        base=base,
+        data_info=data_info,
+        model=trainer.model,
+        tokenizer=tokenizer,
+        trainer=trainer,
+        runtime=time.time() - started,
+    )
     if chat_template is not None:
         lineage["chat_template"] = chat_template
     out = save_final(trainer, lineage, model_args)

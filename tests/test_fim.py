@@ -36,7 +36,7 @@ def test_psm_prompt_is_a_strict_prefix_and_spm_agrees_through_mid(codellama_toke
     docs = code_documents(120)
     out = tokenize_documents(docs, None, tok, seq_len=8192, fim=ALWAYS)
     seen = set()
-    for doc, sample, kind in zip(docs, out.input_ids, out.kinds):
+    for doc, sample, kind in zip(docs, out.input_ids, out.kinds, strict=False):
         if kind not in (PSM, SPM):
             continue
         d = decide(ALWAYS, doc.encode(), 0, len(doc))
@@ -80,8 +80,8 @@ def test_rates_within_statistical_bounds(tiny_tokenizer):
     assert abs(spm - 0.5 * fim) < 5 * math.sqrt(fim * 0.25)
     # Split points are uniform over the characters: lo/len ~ 1/3 and hi/len ~ 2/3 on average.
     decisions = [decide(cfg, d.encode(), 0, len(d)) for d in docs]
-    mean_lo = sum(d.lo / len(doc) for d, doc in zip(decisions, docs)) / n
-    mean_hi = sum(d.hi / len(doc) for d, doc in zip(decisions, docs)) / n
+    mean_lo = sum(d.lo / len(doc) for d, doc in zip(decisions, docs, strict=False)) / n
+    mean_hi = sum(d.hi / len(doc) for d, doc in zip(decisions, docs, strict=False)) / n
     assert abs(mean_lo - 1 / 3) < 5 * math.sqrt(1 / 18 / n) and abs(mean_hi - 2 / 3) < 5 * math.sqrt(1 / 18 / n)
 
 

@@ -138,8 +138,16 @@ class LoopbackHub:
         if path == "/api/whoami-v2":
             if not request.authorized:
                 return self._error(401, None, "Invalid credentials in Authorization header")
-            return 200, {}, {"type": "user", "name": self.user, "orgs": [],
-                             "auth": {"type": "access_token", "accessToken": {"role": "write"}}}  # fmt: skip
+            return (
+                200,
+                {},
+                {
+                    "type": "user",
+                    "name": self.user,
+                    "orgs": [],
+                    "auth": {"type": "access_token", "accessToken": {"role": "write"}},
+                },
+            )
         if path == "/api/validate-yaml":
             return 200, {}, {"errors": [], "warnings": []}
         if path == "/api/repos/create":
@@ -159,8 +167,16 @@ class LoopbackHub:
             if error:
                 return error
             (repo, sha) = found
-            return 200, {}, {"id": match[1], "sha": sha, "private": repo["private"],
-                             "siblings": [{"rfilename": p} for p in sorted(repo["commits"][sha])]}  # fmt: skip
+            return (
+                200,
+                {},
+                {
+                    "id": match[1],
+                    "sha": sha,
+                    "private": repo["private"],
+                    "siblings": [{"rfilename": p} for p in sorted(repo["commits"][sha])],
+                },
+            )
         match = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
         if match:
             return self._tree(match[1], match[2], match[3] or "", request)
@@ -210,8 +226,9 @@ class LoopbackHub:
             lfs = f["path"].endswith(LFS_SUFFIXES) or f["size"] > 10_000_000 or b"\0" in sample
             remote = repo["commits"][sha].get(f["path"])
             oid = None if remote is None else remote["lfs"] if remote["lfs"] else remote["blob"]
-            out.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False,
-                        "oid": oid})  # fmt: skip
+            out.append(
+                {"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid}
+            )
         return 200, {}, {"files": out}
 
     def _lfs_batch(self, spec):
@@ -245,21 +262,27 @@ class LoopbackHub:
             key, value = op["key"], op["value"]
             if key == "file":
                 content = base64.b64decode(value["content"])
-                files[value["path"]] = {"size": len(content), "lfs": None, "blob": _git_blob(content),
-                                        "content": content}  # fmt: skip
+                files[value["path"]] = {
+                    "size": len(content),
+                    "lfs": None,
+                    "blob": _git_blob(content),
+                    "content": content,
+                }
             elif key == "lfsFile":
                 if value["oid"] not in self.lfs:
                     return self._error(422, None, f"LFS object {value['oid']} of {value['path']} was not uploaded")
                 size = len(self.lfs[value["oid"]])
-                files[value["path"]] = {"size": size, "lfs": value["oid"],
-                                        "blob": _git_blob(_pointer(value["oid"], size))}  # fmt: skip
+                files[value["path"]] = {
+                    "size": size,
+                    "lfs": value["oid"],
+                    "blob": _git_blob(_pointer(value["oid"], size)),
+                }
             elif key == "deletedFile":
                 files.pop(value["path"], None)
         new = hashlib.sha1(json.dumps([sha, sorted((p, f["blob"]) for p, f in files.items())]).encode()).hexdigest()
         repo["commits"][new] = files
         repo["branches"][unquote(revision)] = new
-        return 200, {}, {"commitUrl": f"{self.url}/{repo_id}/commit/{new}", "commitOid": new,
-                         "pullRequestUrl": None}  # fmt: skip
+        return 200, {}, {"commitUrl": f"{self.url}/{repo_id}/commit/{new}", "commitOid": new, "pullRequestUrl": None}
 
     def _resolve(self, repo_id, revision, path, request):
         found, error = self._repo(repo_id, request, revision)
@@ -270,33 +293,59 @@ class LoopbackHub:
         if f is None:
             return self._error(404, "EntryNotFound", f"{path} does not exist")
         content = self.lfs[f["lfs"]] if f["lfs"] else f["content"]
-        headers = {"X-Repo-Commit": sha, "ETag": f'"{f["blob"]}"', "Content-Length": str(len(content)),
-                   "Content-Type": "application/octet-stream"}  # fmt: skip
+        headers = {
+            "X-Repo-Commit": sha,
+            "ETag": f'"{f["blob"]}"',
+            "Content-Length": str(len(content)),
+            "Content-Type": "application/octet-stream",
+        }
         if f["lfs"]:
             headers.update({"X-Linked-Etag": f'"{f["lfs"]}"', "X-Linked-Size": str(len(content))})
         return 200, headers, content
 
     def _collection_json(self, slug, *, with_position=True):
         c = self.collections[slug]
-        data = {"slug": slug, "title": c["title"], "owner": {"name": c["namespace"]}, "items": c["items"],
-                "lastUpdated": "2026-01-01T00:00:00.000Z", "private": c["private"], "theme": "blue", "upvotes": 0,
-                "description": c["description"]}  # fmt: skip
+        data = {
+            "slug": slug,
+            "title": c["title"],
+            "owner": {"name": c["namespace"]},
+            "items": c["items"],
+            "lastUpdated": "2026-01-01T00:00:00.000Z",
+            "private": c["private"],
+            "theme": "blue",
+            "upvotes": 0,
+            "description": c["description"],
+        }
         return {**data, "position": 0} if with_position else data
 
     def _collections(self, method, path, request):
         if path == "/api/collections" and method == "GET":
             owner = request.query.get("owner")
-            return 200, {}, [self._collection_json(s, with_position=False) for s, c in self.collections.items()
-                             if owner in (None, c["namespace"])]  # fmt: skip
+            return (
+                200,
+                {},
+                [
+                    self._collection_json(s, with_position=False)
+                    for s, c in self.collections.items()
+                    if owner in (None, c["namespace"])
+                ],
+            )
         if path == "/api/collections" and method == "POST":
             spec = json.loads(request.body)
             for slug, c in self.collections.items():
                 if (c["namespace"], c["title"]) == (spec["namespace"], spec["title"]):
                     return 409, {}, {"error": "collection exists", "slug": slug}
-            slug = f"{spec['namespace']}/{re.sub(r'[^a-z0-9]+', '-', spec['title'].lower()).strip('-')}-" + \
-                secrets.token_hex(12)  # fmt: skip
-            self.collections[slug] = {"title": spec["title"], "namespace": spec["namespace"], "items": [],
-                                      "private": spec.get("private", False), "description": spec.get("description")}
+            slug = (
+                f"{spec['namespace']}/{re.sub(r'[^a-z0-9]+', '-', spec['title'].lower()).strip('-')}-"
+                + secrets.token_hex(12)
+            )
+            self.collections[slug] = {
+                "title": spec["title"],
+                "namespace": spec["namespace"],
+                "items": [],
+                "private": spec.get("private", False),
+                "description": spec.get("description"),
+            }
             return 200, {}, self._collection_json(slug)
         match = re.fullmatch(r"/api/collections/([^/]+/[^/]+?)(/items)?", path)
         if match is None or match[1] not in self.collections:
@@ -306,8 +355,15 @@ class LoopbackHub:
             item = json.loads(request.body)
             if any(i["id"] == item["item"]["id"] for i in c["items"]):
                 return 409, {}, {"error": "item already in the collection"}
-            c["items"].append({"_id": secrets.token_hex(12), "id": item["item"]["id"], "type": item["item"]["type"],
-                               "position": len(c["items"]), "note": {"text": item.get("note")}})  # fmt: skip
+            c["items"].append(
+                {
+                    "_id": secrets.token_hex(12),
+                    "id": item["item"]["id"],
+                    "type": item["item"]["type"],
+                    "position": len(c["items"]),
+                    "note": {"text": item.get("note")},
+                }
+            )
         return 200, {}, self._collection_json(slug)
 
 
@@ -348,8 +404,11 @@ def results(family, tmp_path_factory):
 def _config(family, results, hub, tmp_path, **overrides):
     from codellama_hf.hub import Member, PushConfig
 
-    members = [Member("tiny", family["tiny"], [results]), Member("tiny-python", family["tiny-python"]),
-               Member("tiny-instruct", family["tiny-instruct"])]  # fmt: skip
+    members = [
+        Member("tiny", family["tiny"], [results]),
+        Member("tiny-python", family["tiny-python"]),
+        Member("tiny-instruct", family["tiny-instruct"]),
+    ]
     return PushConfig(models=members, stage_dir=tmp_path / "staging", endpoint=hub.url, **overrides)
 
 
@@ -370,8 +429,9 @@ def test_push_family_then_rerun_uploads_nothing(online, family, results, tmp_pat
         assert hub.files(repo_id) == local  # every staged file arrived, byte for byte
         assert {"config.json", "model.safetensors", "tokenizer.json", "lineage.json", "README.md"} <= set(local)
     assert "evaluation/humaneval.json" in hub.files(repos[0])
-    lfs_files = {p for p, f in hub.repos[repos[0]]["commits"][hub.repos[repos[0]]["branches"]["main"]].items()
-                 if f["lfs"]}  # fmt: skip
+    lfs_files = {
+        p for p, f in hub.repos[repos[0]]["commits"][hub.repos[repos[0]]["branches"]["main"]].items() if f["lfs"]
+    }
     assert "model.safetensors" in lfs_files  # large files went through the Git LFS batch API
     card = ModelCard(hub.files(repos[1])["README.md"].decode())
     assert card.data.base_model == repos[0]  # the Python model names its published parent
@@ -391,9 +451,18 @@ def test_push_family_then_rerun_uploads_nothing(online, family, results, tmp_pat
     newer.mkdir()
     (newer / "perplexity.json").write_bytes((results / "perplexity.json").read_bytes())
     humaneval = json.loads((results / "humaneval.json").read_text())
-    write_result(newer, new_result("humaneval", humaneval["model"], metrics={"pass@1": 0.5},
-                                   config=humaneval["config"], num_problems=164, total_problems=164,
-                                   num_samples=164))  # fmt: skip
+    write_result(
+        newer,
+        new_result(
+            "humaneval",
+            humaneval["model"],
+            metrics={"pass@1": 0.5},
+            config=humaneval["config"],
+            num_problems=164,
+            total_problems=164,
+            num_samples=164,
+        ),
+    )
     before = len(hub.log)
     changed = push_family(_config(family, newer, hub, tmp_path))
     assert changed["repos"][repos[0]]["upload"] == ["README.md", "evaluation/humaneval.json"]
@@ -404,8 +473,9 @@ def test_push_family_then_rerun_uploads_nothing(online, family, results, tmp_pat
     assert json.loads(hub.files(repos[0])["evaluation/humaneval.json"])["metrics"]["pass@1"] == 0.5
 
     # A file the staged repository no longer has (e.g. a shard of an earlier upload) goes with delete_stale only.
-    HfApi(endpoint=hub.url, token=TOKEN).upload_file(path_or_fileobj=b"old", path_in_repo="model-00002.safetensors",
-                                                     repo_id=repos[2])  # fmt: skip
+    HfApi(endpoint=hub.url, token=TOKEN).upload_file(
+        path_or_fileobj=b"old", path_in_repo="model-00002.safetensors", repo_id=repos[2]
+    )
     kept = push_family(_config(family, newer, hub, tmp_path))
     assert kept["repos"][repos[2]]["delete"] == [] and "model-00002.safetensors" in hub.files(repos[2])
     cleaned = push_family(_config(family, newer, hub, tmp_path, delete_stale=True))
@@ -420,8 +490,17 @@ def test_dry_run_stages_exactly_what_push_uploads(family, results, hub, tmp_path
     (home / "token").write_text(TOKEN)  # the login store `hf auth login` writes
     env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(home), "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1"}
     stage = tmp_path / "staging"
-    args = ["push", "--model", f"tiny={family['tiny']}", "--results", f"tiny={results}",
-            "--model", f"tiny-python={family['tiny-python']}", "--stage-dir", str(stage)]  # fmt: skip
+    args = [
+        "push",
+        "--model",
+        f"tiny={family['tiny']}",
+        "--results",
+        f"tiny={results}",
+        "--model",
+        f"tiny-python={family['tiny-python']}",
+        "--stage-dir",
+        str(stage),
+    ]
     dry = cli([*args, "--dry-run"], env)
     assert dry.returncode == 0, dry.stderr
     assert hub.writes() == [] and hub.repos == {}
@@ -464,8 +543,14 @@ def test_push_without_token_is_a_clear_error(family, hub, tmp_path, monkeypatch,
 def cli(args: list[str], env: dict):
     """`python -m codellama_hf ARGS` with this environment and no token but what `env` provides."""
     base = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HOME")}
-    return subprocess.run([sys.executable, "-m", "codellama_hf", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**base, "PYTHONPATH": str(ROOT), **env}, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "codellama_hf", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**base, "PYTHONPATH": str(ROOT), **env},
+        timeout=600,
+    )
 
 
 def test_wrong_token_and_push_config_errors(online, family, results, tmp_path, monkeypatch):
@@ -495,8 +580,11 @@ def test_load_from_the_hf_cache_offline(online, family, tmp_path):
     from codellama_hf.load import HUB_PATTERNS
 
     hub = online
-    push_family(PushConfig(models=[Member("tiny", family["tiny"])], stage_dir=tmp_path / "s", endpoint=hub.url,
-                           collection=None))  # fmt: skip
+    push_family(
+        PushConfig(
+            models=[Member("tiny", family["tiny"])], stage_dir=tmp_path / "s", endpoint=hub.url, collection=None
+        )
+    )
     cache = tmp_path / "hf_cache"
     snapshot_download("tester/CodeLlama-tiny-hf", cache_dir=cache, endpoint=hub.url, allow_patterns=HUB_PATTERNS)
     script = (
@@ -511,8 +599,13 @@ def test_load_from_the_hf_cache_offline(online, family, tmp_path):
         "        out[name] = str(err)\n"
         "print(json.dumps(out))\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_ENDPOINT": "http://127.0.0.1:9",
-           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(cache),
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "PYTHONPATH": str(ROOT),
+    }
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -530,8 +623,11 @@ def test_online_errors_name_the_revision_and_the_repo(online, family, tmp_path, 
     from codellama_hf.load import load
 
     hub = online
-    push_family(PushConfig(models=[Member("tiny", family["tiny"])], stage_dir=tmp_path / "s", endpoint=hub.url,
-                           collection=None))  # fmt: skip
+    push_family(
+        PushConfig(
+            models=[Member("tiny", family["tiny"])], stage_dir=tmp_path / "s", endpoint=hub.url, collection=None
+        )
+    )
     monkeypatch.setattr(constants, "ENDPOINT", hub.url)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     with pytest.raises(ValueError, match=r"tester/CodeLlama-tiny-hf has no revision 'nope'"):

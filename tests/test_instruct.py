@@ -147,9 +147,13 @@ def test_prompts_are_the_papers_figures():
 def test_parsing_model_output():
     assert I.parse_questions(QUESTIONS_ANSWER + "[INST] 6. not a question") == [ADD, EVEN, FACT, VAGUE, ADD]
     assert I.parse_questions("Sure! Here are some:\n\n1) First one?\n2) Second.\n\nHope this helps.") == [
-        "First one?", "Second."]  # fmt: skip
+        "First one?",
+        "Second.",
+    ]
     assert I.parse_tests("[TESTS]\nassert f(1) == 2\nassert f(\n    2) == 3\nprint('x')\n[/TESTS]\nassert no") == [
-        "assert f(1) == 2", "assert f(\n    2) == 3"]  # fmt: skip
+        "assert f(1) == 2",
+        "assert f(\n    2) == 3",
+    ]
     assert I.parse_tests("[TESTS]\n# Test case 1:\nassert f(1) == 2\nassert f(2 ==\n") == ["assert f(1) == 2"]
     assert I.parse_tests("no tests here") == []
     assert I.parse_solution("[PYTHON]\ndef f():\n    return 1\n[/PYTHON]\ntrailing") == "def f():\n    return 1"
@@ -167,8 +171,9 @@ def test_pipeline_keeps_the_first_correct_solution(tmp_path):
 
 def test_restart_does_not_redo_finished_items(tmp_path, caplog):
     with pytest.raises(RuntimeError, match="simulated crash"):
-        I.generate_self_instruct(config(tmp_path, chunk_size=1), ScriptedGenerator(fail_on=FACT),
-                                 allow_code_execution=True)  # fmt: skip
+        I.generate_self_instruct(
+            config(tmp_path, chunk_size=1), ScriptedGenerator(fail_on=FACT), allow_code_execution=True
+        )
     finished = [json.loads(line)["question"] for line in (tmp_path / I.ITEMS_FILE).read_text().splitlines()]
     assert finished == [ADD, EVEN]
     with open(tmp_path / I.ITEMS_FILE, "a") as f:  # a run killed in the middle of writing a line
@@ -231,8 +236,10 @@ class FakeServer:
                 n = min(payload["n"], server.max_choices or payload["n"])
                 texts = script.answer(text, n, served.get(text, 0))  # a new request gets new samples
                 served[text] = served.get(text, 0) + n
-                choices = [{"index": i, **({"message": {"role": "assistant", "content": t}} if chat else {"text": t})}
-                           for i, t in enumerate(texts)]  # fmt: skip
+                choices = [
+                    {"index": i, **({"message": {"role": "assistant", "content": t}} if chat else {"text": t})}
+                    for i, t in enumerate(texts)
+                ]
                 self._send(200, {"choices": choices})
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -253,8 +260,23 @@ def server():
 
 @pytest.mark.slow
 def test_cli_with_an_openai_compatible_server_resumes(server, tmp_path):
-    args = ["instruct", "generate", "--url", server.url, "--out", str(tmp_path), "--allow-code-execution",
-            "--question-requests", "2", "--solutions", "4", "--timeout", "1", "--workers", "2"]  # fmt: skip
+    args = [
+        "instruct",
+        "generate",
+        "--url",
+        server.url,
+        "--out",
+        str(tmp_path),
+        "--allow-code-execution",
+        "--question-requests",
+        "2",
+        "--solutions",
+        "4",
+        "--timeout",
+        "1",
+        "--workers",
+        "2",
+    ]
     done = run_cli(*args, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     check_run(tmp_path, json.loads((tmp_path / I.SUMMARY_FILE).read_text()))
@@ -292,8 +314,9 @@ def test_unreachable_endpoint_is_a_clear_error(tmp_path):
     fake = FakeServer()
     try:
         with pytest.raises(I.EndpointError, match="HTTP 404.*model nope not found"):
-            I.OpenAIGenerator(fake.url, model="nope").complete([I.questions_prompt()], n=1,
-                                                               sampling=I.Sampling(16), seed=0)  # fmt: skip
+            I.OpenAIGenerator(fake.url, model="nope").complete(
+                [I.questions_prompt()], n=1, sampling=I.Sampling(16), seed=0
+            )
     finally:
         fake.close()
     with pytest.raises(ValueError, match="base URL"):
@@ -314,12 +337,21 @@ def test_tiny_hf_model_runs_the_pipeline_and_counts_what_it_skips(tmp_path, tiny
         for chat in (False, True):
             generator = I.HFGenerator(model, tiny_tokenizer, batch_size=4, chat=chat)
             short = I.Sampling(8, 0.0, 1.0, ("[/TESTS]",))
-            run = config(tmp_path / f"chat{chat}", questions_file=questions, solutions=2,
-                         test_sampling=short, solution_sampling=I.Sampling(8, 0.8, 0.95, ("[/PYTHON]",)))  # fmt: skip
+            run = config(
+                tmp_path / f"chat{chat}",
+                questions_file=questions,
+                solutions=2,
+                test_sampling=short,
+                solution_sampling=I.Sampling(8, 0.8, 0.95, ("[/PYTHON]",)),
+            )
             summary = I.generate_self_instruct(run, generator, allow_code_execution=True)
             assert (summary["questions"], summary["duplicates_removed"]) == (1, 1)
-            assert summary["questions_kept"] + summary["questions_without_passing_solution"] + summary[
-                "questions_without_tests"] == 1  # fmt: skip
+            assert (
+                summary["questions_kept"]
+                + summary["questions_without_passing_solution"]
+                + summary["questions_without_tests"]
+                == 1
+            )
             items = [json.loads(line) for line in (run.out_dir / I.ITEMS_FILE).read_text().splitlines()]
             assert all(len(i["outcomes"]) == (0 if i["skipped"] else 2) for i in items)
             assert all(isinstance(i["tests_text"], str) for i in items)  # the model's real (random) answer

@@ -20,12 +20,19 @@ TINY = ROOT / "recipes" / "configs" / "tiny" / "instruct.yaml"
 CODE = "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n"
 GOOD = [
     [{"role": "user", "content": "Write fib(n)."}, {"role": "assistant", "content": I.solution_message(CODE)}],
-    [{"role": "system", "content": "Answer with code only."}, {"role": "user", "content": "Reverse a list `xs`."},
-     {"role": "assistant", "content": "xs[::-1]"}, {"role": "user", "content": "In place?"},
-     {"role": "assistant", "content": "xs.reverse()"}],
-    [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"},
-     {"role": "user", "content": "A trailing question is dropped."}],
-]  # fmt: skip
+    [
+        {"role": "system", "content": "Answer with code only."},
+        {"role": "user", "content": "Reverse a list `xs`."},
+        {"role": "assistant", "content": "xs[::-1]"},
+        {"role": "user", "content": "In place?"},
+        {"role": "assistant", "content": "xs.reverse()"},
+    ],
+    [
+        {"role": "user", "content": "Add 2 and 3."},
+        {"role": "assistant", "content": "5"},
+        {"role": "user", "content": "A trailing question is dropped."},
+    ],
+]
 BAD = [
     [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],  # does not alternate
     [{"role": "assistant", "content": "hello"}],  # starts with the assistant
@@ -40,9 +47,25 @@ def write_dialogs(path: Path) -> Path:
 
 
 def stage_config(tmp_path, *overrides, config_file=TINY):
-    argv = ["--config", str(config_file), "--output_dir", str(tmp_path / "out"), "--seq_len", "256",
-            "--tokens_per_step", "1024", "--per_device_train_batch_size", "2", "--max_steps", "4",
-            "--report_to", "none", "--packing_buffer", "16", *overrides]  # fmt: skip
+    argv = [
+        "--config",
+        str(config_file),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--seq_len",
+        "256",
+        "--tokens_per_step",
+        "1024",
+        "--per_device_train_batch_size",
+        "2",
+        "--max_steps",
+        "4",
+        "--report_to",
+        "none",
+        "--packing_buffer",
+        "16",
+        *overrides,
+    ]
     return parse_stage_config("instruct", argv)
 
 
@@ -51,8 +74,9 @@ def test_packed_rows_carry_labels_only_on_answers(tmp_path, codellama_tokenizer)
     _, data_args, config = stage_config(tmp_path, "--mixture_sources", json.dumps({"instruct": [str(dialogs)]}))
     packed, info = I.build_instruct_dataset(data_args, config, codellama_tokenizer)
     assert len(packed) == 4 * 4 and info["rows"] == 16
-    assert info["skipped"] == {"instruct": {"invalid dialog": 2, "no assistant answer": 1,
-                                            "dialog longer than seq_len 256": 1}}  # fmt: skip
+    assert info["skipped"] == {
+        "instruct": {"invalid dialog": 2, "no assistant answer": 1, "dialog longer than seq_len 256": 1}
+    }
     # Token shares follow the weights: each component is at most one example (<= seq_len tokens) ahead.
     total = sum(c["tokens"] for c in info["components"].values())
     for name, weight in info["mixture_weights"].items():
@@ -122,12 +146,40 @@ def test_tiny_instruct_run_learns_and_saves_the_chat_template(tmp_path):
     """`accelerate launch recipes/instruct.py` (tiny, shortened): the loss falls; the tokenizer has the template."""
     out = tmp_path / "instruct"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    args = ["--output_dir", str(out), "--model_name_or_path", str(tmp_path / "no-lcft-yet"), "--max_steps", "10",
-            "--seq_len", "256", "--tokens_per_step", "1024", "--learning_rate", "3e-3", "--warmup_steps", "1",
-            "--logging_steps", "1", "--save_steps", "5", "--report_to", "none", "--packing_buffer", "32"]  # fmt: skip
+    args = [
+        "--output_dir",
+        str(out),
+        "--model_name_or_path",
+        str(tmp_path / "no-lcft-yet"),
+        "--max_steps",
+        "10",
+        "--seq_len",
+        "256",
+        "--tokens_per_step",
+        "1024",
+        "--learning_rate",
+        "3e-3",
+        "--warmup_steps",
+        "1",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "5",
+        "--report_to",
+        "none",
+        "--packing_buffer",
+        "32",
+    ]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1"]
-    done = subprocess.run([*launch, str(ROOT / "recipes" / "instruct.py"), *args], check=False, cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [*launch, str(ROOT / "recipes" / "instruct.py"), *args],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     losses = [e["loss"] for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
     assert len(losses) == 10 and losses[-1] < losses[0] - 1.0, losses

@@ -16,8 +16,36 @@ from codellama_hf.load import FAMILY, Variant, parse_slot, resolve, variant_from
 from tests.conftest import ROOT
 
 GOLDEN_PREFIX, GOLDEN_SUFFIX = 'def remove_non_ascii(s: str) -> str:\n    """ ', "\n    return result\n"
-GOLDEN_PSM = [1, 32007, 822, 3349, 29918, 5464, 29918, 294, 18869, 29898, 29879, 29901, 851, 29897, 1599, 851, 29901,
-              13, 1678, 9995, 29871, 32008, 13, 1678, 736, 1121, 13, 32009]  # verified-here.md  # fmt: skip
+GOLDEN_PSM = [
+    1,
+    32007,
+    822,
+    3349,
+    29918,
+    5464,
+    29918,
+    294,
+    18869,
+    29898,
+    29879,
+    29901,
+    851,
+    29897,
+    1599,
+    851,
+    29901,
+    13,
+    1678,
+    9995,
+    29871,
+    32008,
+    13,
+    1678,
+    736,
+    1121,
+    13,
+    32009,
+]  # verified-here.md
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -62,8 +90,9 @@ def codellama_dir(tmp_path_factory, codellama_tokenizer_dir):
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("cl") / "CodeLlama-tiny-Instruct"
-    tokenizer = save_tokenizer(load_sp_model(codellama_tokenizer_dir / "tokenizer.model"), folder.parent / "tok",
-                               chat_template=CHAT_TEMPLATE)  # fmt: skip
+    tokenizer = save_tokenizer(
+        load_sp_model(codellama_tokenizer_dir / "tokenizer.model"), folder.parent / "tok", chat_template=CHAT_TEMPLATE
+    )
     return _model_folder(folder, LlamaForCausalLM(llama_config("tiny", vocab_size=32016)), tokenizer)
 
 
@@ -91,8 +120,11 @@ def test_family_names_and_who_can_infill():
     assert {v.vocab_size for v in FAMILY if v.infilling} == {32016}
     assert {v.vocab_size for v in FAMILY if not v.infilling} == {32000}
     python = variant_from_name("codellama/CodeLlama-34b-Python-hf")
-    assert (python, python.hub_id, python.title) == (Variant("34b", "python"), "codellama/CodeLlama-34b-Python-hf",
-                                                     "Code Llama - Python 34B")  # fmt: skip
+    assert (python, python.hub_id, python.title) == (
+        Variant("34b", "python"),
+        "codellama/CodeLlama-34b-Python-hf",
+        "Code Llama - Python 34B",
+    )
     assert parse_slot("13b-instruct").name == "CodeLlama-13b-Instruct" and variant_from_name("Llama-2-7b") is None
     with pytest.raises(ValueError, match="'70b-python': unknown Code Llama size '70b'"):
         parse_slot("70b-python")
@@ -110,7 +142,7 @@ def test_infill_builds_meta_prompt_and_returns_only_the_middle(codellama_dir):
     assert script.prompts[-1] == GOLDEN_PSM
     script.reset([*encode_infilling(model.tokenizer, "x = 1"), ids.eot])
     assert model.infill(GOLDEN_PREFIX, GOLDEN_SUFFIX, suffix_first=True) == "x = 1"
-    psm_prefix = GOLDEN_PSM[2:GOLDEN_PSM.index(32008)]
+    psm_prefix = GOLDEN_PSM[2 : GOLDEN_PSM.index(32008)]
     psm_suffix = GOLDEN_PSM[GOLDEN_PSM.index(32008) + 1 : -1]
     assert script.prompts[-1] == [1, 32007, 32008, *psm_suffix, 32009, *psm_prefix]  # Meta's SPM layout
     script.handle.remove()
@@ -123,8 +155,12 @@ def test_chat_uses_the_tokenizer_template_and_meta_encoding(codellama_dir):
 
     model = load(codellama_dir)
     assert model.can_chat and model.variant == Variant("tiny", "instruct")
-    dialog = [{"role": "system", "content": "Answer in Python."}, {"role": "user", "content": "Reverse a list?"},
-              {"role": "assistant", "content": "Use reversed()."}, {"role": "user", "content": "And a string?"}]
+    dialog = [
+        {"role": "system", "content": "Answer in Python."},
+        {"role": "user", "content": "Reverse a list?"},
+        {"role": "assistant", "content": "Use reversed()."},
+        {"role": "user", "content": "And a string?"},
+    ]
     script = Script(model.model, [*encode(model.tokenizer, "Use s[::-1]."), model.tokenizer.eos_token_id, 700])
     assert model.chat(dialog) == "Use s[::-1]."
     assert script.prompts[-1] == prompt_ids(model.tokenizer, dialog)  # Meta's chat_completion tokens
@@ -218,8 +254,9 @@ def test_adapter_is_loaded_on_its_base_only(tiny_dir, tmp_path):
     from codellama_hf.adapters import AdapterArguments, apply_adapters, save_adapter
     from codellama_hf.models import llama_config
 
-    peft_model = apply_adapters(AutoModelForCausalLM.from_pretrained(tiny_dir),
-                                AdapterArguments(use_peft=True, lora_r=4, lora_dropout=0.0))  # fmt: skip
+    peft_model = apply_adapters(
+        AutoModelForCausalLM.from_pretrained(tiny_dir), AdapterArguments(use_peft=True, lora_r=4, lora_dropout=0.0)
+    )
     for module in peft_model.modules():  # a non-zero update, as after training
         if hasattr(module, "lora_B"):
             torch.nn.init.normal_(module.lora_B["default"].weight, std=0.02)
@@ -230,8 +267,9 @@ def test_adapter_is_loaded_on_its_base_only(tiny_dir, tmp_path):
         torch.testing.assert_close(model.model(tokens).logits, peft_model.eval()(input_ids=tokens).logits)
     assert "adapter=" in repr(model)
     torch.manual_seed(5)
-    other = _model_folder(tmp_path / "other", LlamaForCausalLM(llama_config("tiny", vocab_size=4016,
-                                                                            intermediate_size=384)), tiny_dir)
+    other = _model_folder(
+        tmp_path / "other", LlamaForCausalLM(llama_config("tiny", vocab_size=4016, intermediate_size=384)), tiny_dir
+    )
     with pytest.raises(ValueError, match="was trained on another base model"):
         load(other, adapter=adapter)
     with pytest.raises(ValueError, match="is a PEFT adapter, not a model"):

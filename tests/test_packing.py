@@ -25,7 +25,7 @@ def test_packed_loss_equals_each_document_alone(tiny_tokenizer, tiny_model_facto
     samples = [s[:120] for s in samples]  # several documents per 256-token row
     rows, lengths = pack(samples, 256, tiny_tokenizer.eos_token_id)
     assert len(rows) < len(samples)
-    batch = PackedCollator()([{"input_ids": r, "seq_lengths": n} for r, n in zip(rows, lengths)])
+    batch = PackedCollator()([{"input_ids": r, "seq_lengths": n} for r, n in zip(rows, lengths, strict=False)])
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
         alone = {}
@@ -51,7 +51,7 @@ def test_packed_loss_equals_each_document_alone(tiny_tokenizer, tiny_model_facto
     with torch.no_grad():
         total = model(**batch, use_cache=False).loss.item()
     weights = [len(s) - 1 for s in samples]
-    expected = sum(alone[tuple(s)] * w for s, w in zip(samples, weights)) / sum(weights)
+    expected = sum(alone[tuple(s)] * w for s, w in zip(samples, weights, strict=False)) / sum(weights)
     assert total == pytest.approx(expected, abs=1e-5)
 
 
@@ -60,7 +60,7 @@ def test_every_token_is_packed_once_and_long_documents_are_chunked():
     rows, lengths = pack(samples, 64, pad_id=0)
     assert all(len(r) == 64 for r in rows)
     pieces = []
-    for row, doc_lengths in zip(rows, lengths):
+    for row, doc_lengths in zip(rows, lengths, strict=False):
         start = 0
         for n in doc_lengths:
             pieces.append(row[start : start + n].tolist())

@@ -15,8 +15,20 @@ from tests.conftest import run_cli
 pytestmark = pytest.mark.slow
 
 PNG = b"\x89PNG\r\n\x1a\n"
-STEPS = ("tokenizer", "pretrain", "meta", "init", "data", "code", "code-nofim", "python", "lcft", "selfinstruct",
-         "instruct", "hub")  # fmt: skip
+STEPS = (
+    "tokenizer",
+    "pretrain",
+    "meta",
+    "init",
+    "data",
+    "code",
+    "code-nofim",
+    "python",
+    "lcft",
+    "selfinstruct",
+    "instruct",
+    "hub",
+)
 
 
 def test_smoke_pipeline_end_to_end_then_rerun(tmp_path):
@@ -29,8 +41,10 @@ def test_smoke_pipeline_end_to_end_then_rerun(tmp_path):
     assert params["vocab_size"] == 4000 and (out / "meta" / "consolidated.00.pth").is_file()
     assert json.loads((out / "models" / "init" / "config.json").read_text())["vocab_size"] == 4016
     # the stages chain as in the paper, and only the code stage trained with FIM
-    lineage = {m: json.loads((out / "models" / m / "lineage.json").read_text())
-               for m in ("pretrain", "code", "code-nofim", "python", "lcft", "instruct")}  # fmt: skip
+    lineage = {
+        m: json.loads((out / "models" / m / "lineage.json").read_text())
+        for m in ("pretrain", "code", "code-nofim", "python", "lcft", "instruct")
+    }
     assert lineage["pretrain"]["stage"] == "pretrain" and lineage["pretrain"]["vocab_size"] == 4000
     assert lineage["code"]["base_model"]["name_or_path"] == str(out / "models" / "init")
     assert lineage["code"]["data"]["fim"] and not lineage["code-nofim"]["data"]["fim"]
@@ -42,8 +56,12 @@ def test_smoke_pipeline_end_to_end_then_rerun(tmp_path):
     assert summary["questions_kept"] == 3 and summary["solutions"]["wrong_answer"] == 3
 
     claims = json.loads((out / "report" / "claims.json").read_text())
-    for key in ("1_fim_costs_little_left_to_right", "2_fim_gives_infilling", "3_lcft_lowers_long_context_perplexity",
-                "4_python_stage_lowers_python_loss"):  # fmt: skip
+    for key in (
+        "1_fim_costs_little_left_to_right",
+        "2_fim_gives_infilling",
+        "3_lcft_lowers_long_context_perplexity",
+        "4_python_stage_lowers_python_loss",
+    ):
         assert isinstance(claims[key]["held"], bool)
     assert set(claims["3_lcft_lowers_long_context_perplexity"]["perplexity_lcft"]) == {"64", "128", "256"}
     assert set(claims["5_loss_curves"]) == {"pretrain", "code", "code-nofim", "python", "lcft", "instruct"}

@@ -20,13 +20,16 @@ M = 1024 * 1024
 
 # The paper's values (codellama.md §3.4): peak learning rate, FIM rate, and for LCFT tokens per step and steps.
 PAPER = {
-    ("7b", "code"): dict(lr=3e-4, fim=0.9), ("13b", "code"): dict(lr=3e-4, fim=0.9),
+    ("7b", "code"): dict(lr=3e-4, fim=0.9),
+    ("13b", "code"): dict(lr=3e-4, fim=0.9),
     ("34b", "code"): dict(lr=1.5e-4, fim=0.0),
-    ("7b", "python"): dict(lr=1e-4, fim=0.0), ("13b", "python"): dict(lr=1e-4, fim=0.0),
+    ("7b", "python"): dict(lr=1e-4, fim=0.0),
+    ("13b", "python"): dict(lr=1e-4, fim=0.0),
     ("34b", "python"): dict(lr=1e-4, fim=0.0),
-    ("7b", "lcft"): dict(lr=2e-5, tokens=2 * M, steps=3000), ("13b", "lcft"): dict(lr=2e-5, tokens=2 * M, steps=10000),
+    ("7b", "lcft"): dict(lr=2e-5, tokens=2 * M, steps=3000),
+    ("13b", "lcft"): dict(lr=2e-5, tokens=2 * M, steps=10000),
     ("34b", "lcft"): dict(lr=2e-5, tokens=1 * M, steps=11000),
-}  # fmt: skip
+}
 
 
 def _parse(path: Path, *extra: str):
@@ -94,8 +97,9 @@ def test_plan_rejects_a_micro_batch_that_cannot_reach_the_token_batch():
 
 
 def test_command_line_overrides_the_yaml_and_unknown_keys_are_errors(tmp_path):
-    model_args, _, config = _parse(config_path("code"), "--learning_rate", "1e-4", "--seq_len", "256",
-                                   "--model_name_or_path", "elsewhere")  # fmt: skip
+    model_args, _, config = _parse(
+        config_path("code"), "--learning_rate", "1e-4", "--seq_len", "256", "--model_name_or_path", "elsewhere"
+    )
     assert config.learning_rate == 1e-4 and config.seq_len == 256 and model_args.model_name_or_path == "elsewhere"
     assert config.plan.sequences_per_step == 4096 // 256
 
@@ -145,8 +149,18 @@ def stage_args(tmp_path):
     """Parsed tiny lcft arguments writing into tmp_path, with extra overrides."""
 
     def make(stage="lcft", *extra):
-        return parse_stage_config(stage, ["--config", str(config_path(stage)), "--output_dir", str(tmp_path / "out"),
-                                          "--report_to", "none", *extra])  # fmt: skip
+        return parse_stage_config(
+            stage,
+            [
+                "--config",
+                str(config_path(stage)),
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--report_to",
+                "none",
+                *extra,
+            ],
+        )
 
     return make
 
@@ -156,8 +170,9 @@ def test_vocabulary_mismatch_is_an_error_unless_resizing(stage_args, tiny_tokeni
 
     folder = tmp_path / "small-vocab"
     tiny_model_factory(4000).save_pretrained(folder)  # Llama-2-like: no rows for the 16 infilling pieces
-    model_args, _, config = stage_args("code", "--model_name_or_path", str(folder),
-                                       "--tokenizer_name_or_path", str(tiny_tokenizer_dir))  # fmt: skip
+    model_args, _, config = stage_args(
+        "code", "--model_name_or_path", str(folder), "--tokenizer_name_or_path", str(tiny_tokenizer_dir)
+    )
     with pytest.raises(ValueError, match=r"vocabulary mismatch: .* has 4000 embedding rows but tokenizer .* 4016"):
         load_tokenizer_and_model(model_args, config)
     model_args.resize_token_embeddings = True
@@ -166,8 +181,9 @@ def test_vocabulary_mismatch_is_an_error_unless_resizing(stage_args, tiny_tokeni
     assert base["name_or_path"] == str(folder) and base["lineage"] is None
 
 
-def test_theta_is_set_through_rope_parameters_and_checked(stage_args, tiny_tokenizer_dir, tiny_model_factory,
-                                                          tmp_path):
+def test_theta_is_set_through_rope_parameters_and_checked(
+    stage_args, tiny_tokenizer_dir, tiny_model_factory, tmp_path
+):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from codellama_hf.models import effective_rope_theta
@@ -175,8 +191,9 @@ def test_theta_is_set_through_rope_parameters_and_checked(stage_args, tiny_token
 
     folder = tmp_path / "code-model"
     tiny_model_factory(4016).save_pretrained(folder)
-    model_args, _, config = stage_args("lcft", "--model_name_or_path", str(folder),
-                                       "--tokenizer_name_or_path", str(tiny_tokenizer_dir))  # fmt: skip
+    model_args, _, config = stage_args(
+        "lcft", "--model_name_or_path", str(folder), "--tokenizer_name_or_path", str(tiny_tokenizer_dir)
+    )
     _, model, _ = load_tokenizer_and_model(model_args, config)
     assert effective_rope_theta(model) == pytest.approx(1e6, rel=1e-6)
     assert model.config.rope_parameters["rope_theta"] == 1e6 and model.config.max_position_embeddings == 16384

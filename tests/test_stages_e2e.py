@@ -38,13 +38,27 @@ def _free_port() -> int:
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-            "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def _launch_cmd(accelerate_config: Path, recipe: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config),
-            "--main_process_port", str(_free_port()), str(ROOT / "recipes" / recipe), *args]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(accelerate_config),
+        "--main_process_port",
+        str(_free_port()),
+        str(ROOT / "recipes" / recipe),
+        *args,
+    ]
 
 
 def _run(cmd: list[str], cwd: Path, log: Path) -> None:
@@ -105,9 +119,18 @@ def _make_code_config(path: Path, corpus: Path) -> None:
     """The tiny code preset on the small corpus: 8 steps of 2,048 tokens, checkpoints every 3."""
     config = yaml.safe_load((ROOT / "recipes/configs/tiny/code.yaml").read_text())
     del config["dataset_mixture"]
-    config.update(dataset_sources=[str(corpus)], max_steps=CODE_STEPS, tokens_per_step=CODE_TOKENS,
-                  per_device_train_batch_size=1, save_steps=3, save_total_limit=5,
-                  logging_steps=1, warmup_steps=2, learning_rate=PEAK_LR, overwrite_output_dir=False)  # fmt: skip
+    config.update(
+        dataset_sources=[str(corpus)],
+        max_steps=CODE_STEPS,
+        tokens_per_step=CODE_TOKENS,
+        per_device_train_batch_size=1,
+        save_steps=3,
+        save_total_limit=5,
+        logging_steps=1,
+        warmup_steps=2,
+        learning_rate=PEAK_LR,
+        overwrite_output_dir=False,
+    )
     path.write_text(yaml.safe_dump(config))
 
 
@@ -122,8 +145,14 @@ def code_run(shared) -> Path:
             _make_corpus(shared / "corpus")
             _make_accelerate_config(shared / "cpu_zero3.yaml")
             _make_code_config(shared / "code.yaml", shared / "corpus")
-            cmd = _launch_cmd(shared / "cpu_zero3.yaml", "code.py", "--config", str(shared / "code.yaml"),
-                              "--output_dir", str(shared / "code"))  # fmt: skip
+            cmd = _launch_cmd(
+                shared / "cpu_zero3.yaml",
+                "code.py",
+                "--config",
+                str(shared / "code.yaml"),
+                "--output_dir",
+                str(shared / "code"),
+            )
             _run(cmd, ROOT, shared / "code.log")
     return shared / "code"
 
@@ -164,8 +193,14 @@ def test_code_stage_zero3_fim(code_run):
 def test_sigkill_and_resume_reproduce_the_run(code_run, tmp_path):
     out = tmp_path / "killed"
     log = tmp_path / "killed.log"
-    cmd = _launch_cmd(code_run.parent / "cpu_zero3.yaml", "code.py", "--config", str(code_run.parent / "code.yaml"),
-                      "--output_dir", str(out))  # fmt: skip
+    cmd = _launch_cmd(
+        code_run.parent / "cpu_zero3.yaml",
+        "code.py",
+        "--config",
+        str(code_run.parent / "code.yaml"),
+        "--output_dir",
+        str(out),
+    )
     with open(log, "w") as sink:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=sink, stderr=subprocess.STDOUT)
         deadline = time.time() + 500
@@ -190,7 +225,9 @@ def test_sigkill_and_resume_reproduce_the_run(code_run, tmp_path):
     for step in sorted(reference):
         assert resumed[step]["loss"] == pytest.approx(reference[step]["loss"], abs=1e-6), step
         assert (resumed[step]["fim_psm"], resumed[step]["fim_spm"]) == (
-            reference[step]["fim_psm"], reference[step]["fim_spm"]), step  # fmt: skip
+            reference[step]["fim_psm"],
+            reference[step]["fim_spm"],
+        ), step
     assert json.loads((out / "lineage.json").read_text())["tokens_seen"] == CODE_STEPS * CODE_TOKENS
 
 
@@ -203,9 +240,26 @@ def test_lcft_main_job_zero3_continues_the_code_stage(code_run, tmp_path):
     cwd = tmp_path / "main-job"
     shutil.copytree(code_run, cwd / "outputs" / "tiny" / "code", ignore=shutil.ignore_patterns("checkpoint-*"))
     sources = json.dumps({name: [str(code_run.parent / "corpus")] for name in ("code", "nl_code", "nl")})
-    _run(_launch_cmd(code_run.parent / "cpu_zero3.yaml", "lcft.py", "--mixture_sources", sources, "--seq_len", "1024",
-                     "--tokens_per_step", "2048", "--max_steps", "6", "--warmup_steps", "1", "--logging_steps", "1"),
-         cwd, tmp_path / "lcft.log")  # fmt: skip
+    _run(
+        _launch_cmd(
+            code_run.parent / "cpu_zero3.yaml",
+            "lcft.py",
+            "--mixture_sources",
+            sources,
+            "--seq_len",
+            "1024",
+            "--tokens_per_step",
+            "2048",
+            "--max_steps",
+            "6",
+            "--warmup_steps",
+            "1",
+            "--logging_steps",
+            "1",
+        ),
+        cwd,
+        tmp_path / "lcft.log",
+    )
     out = cwd / "outputs" / "tiny" / "lcft"
     log = (tmp_path / "lcft.log").read_text()
     assert "lcft stage finished" in log and "rope theta 1,000,000" in log

@@ -17,9 +17,13 @@ from tests.conftest import run_cli
 # verified-here.md: Meta's PSM prompt for this example, from Meta's own tokenizer (quoted in llama.cpp #3503).
 GOLDEN_PREFIX = 'def remove_non_ascii(s: str) -> str:\n    """ '
 GOLDEN_SUFFIX = "\n    return result\n"
-GOLDEN_PSM = [int(x) for x in (
-    "1 32007 822 3349 29918 5464 29918 294 18869 29898 29879 29901 851 29897 1599 851 29901 13 1678 9995 29871 "
-    "32008 13 1678 736 1121 13 32009").split()]  # fmt: skip
+GOLDEN_PSM = [
+    int(x)
+    for x in (
+        "1 32007 822 3349 29918 5464 29918 294 18869 29898 29879 29901 851 29897 1599 851 29901 13 1678 9995 29871 "
+        "32008 13 1678 736 1121 13 32009"
+    ).split()
+]
 
 
 def code_documents(n=220, min_chars=200):
@@ -47,10 +51,22 @@ class MetaTokenizer:
 
     def infilling_prompt(self, pre, suf, suffix_first=False):
         if suffix_first:
-            return [self.sp.bos_id(), self.prefix_id, self.suffix_id, *self.encode_infilling(suf), self.middle_id,
-                    *self.sp.encode(pre)]  # fmt: skip
-        return [self.sp.bos_id(), self.prefix_id, *self.sp.encode(pre), self.suffix_id, *self.encode_infilling(suf),
-                self.middle_id]  # fmt: skip
+            return [
+                self.sp.bos_id(),
+                self.prefix_id,
+                self.suffix_id,
+                *self.encode_infilling(suf),
+                self.middle_id,
+                *self.sp.encode(pre),
+            ]
+        return [
+            self.sp.bos_id(),
+            self.prefix_id,
+            *self.sp.encode(pre),
+            self.suffix_id,
+            *self.encode_infilling(suf),
+            self.middle_id,
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +95,10 @@ def test_extended_vocabulary_layout(llama2_dir, codellama_tokenizer_dir, codella
 
 
 def test_tokenizer_json_matches_official_llama2(llama2_dir, tmp_path):
-    """Without infilling pieces our tokenizer.json model is Llama 2's official one: same vocab, same merges in order."""
+    """Without infilling pieces our tokenizer.json model is Llama 2's official one.
+
+    Same vocab, same merges in order.
+    """
     out = T.build_codellama_tokenizer(llama2_dir / "tokenizer.model", tmp_path / "base", infilling=False)
     ours = json.loads((out / "tokenizer.json").read_text())["model"]
     official = json.loads((llama2_dir / "tokenizer.json").read_text())["model"]
@@ -101,7 +120,7 @@ def test_hf_files_equal_sentencepiece_on_real_code(which, codellama_tokenizer_di
     assert len(docs) >= 200
     hf = tok(docs, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     ours = T.encode_batch(tok, docs)
-    for doc, hf_ids, our_ids in zip(docs, hf, ours):
+    for doc, hf_ids, our_ids in zip(docs, hf, ours, strict=False):
         expected = sp.encode(doc)
         assert hf_ids == expected
         assert our_ids == expected

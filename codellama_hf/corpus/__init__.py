@@ -35,4 +35,4 @@ __all__ = [
     "load_mixture",
     "read_sources",
     "register",
-]  # fmt: skip
+]

@@ -138,7 +138,7 @@ def split_by_file(dataset, seed: int, fraction: float):
     """DatasetDict(train, validation) with every file wholly on one side (see embedded.is_validation)."""
     from datasets import DatasetDict
 
-    held = [is_validation(seed, s, p, fraction) for s, p in zip(dataset["source"], dataset["path"])]
+    held = [is_validation(seed, s, p, fraction) for s, p in zip(dataset["source"], dataset["path"], strict=False)]
     splits = {
         "train": dataset.select([i for i, h in enumerate(held) if not h]),
         "validation": dataset.select([i for i, h in enumerate(held) if h]),

@@ -74,10 +74,13 @@ def shingle_hashes(text: str, ngram: int) -> np.ndarray:
     vocab: dict[str, int] = {}
     ids = [vocab.setdefault(token, len(vocab)) for token in tokens]
     token_hashes = np.fromiter(
-        (int.from_bytes(hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
-         for t in vocab),
-        dtype=np.uint64, count=len(vocab),
-    )[ids]  # fmt: skip
+        (
+            int.from_bytes(hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+            for t in vocab
+        ),
+        dtype=np.uint64,
+        count=len(vocab),
+    )[ids]
     width = min(ngram, len(token_hashes))
     count = len(token_hashes) - width + 1
     acc = np.zeros(count, dtype=np.uint64)
@@ -107,10 +110,14 @@ def signatures(dataset, config: DedupConfig, *, num_proc: int | None = None) -> 
         return np.zeros((0, config.num_perm), dtype=np.uint32)
     kwargs = {"num_perm": config.num_perm, "ngram": config.ngram, "seed": config.seed}
     mapped = dataset.select_columns(["text"]).map(
-        _signatures, fn_kwargs=kwargs, batched=True, batch_size=256, remove_columns=["text"],
+        _signatures,
+        fn_kwargs=kwargs,
+        batched=True,
+        batch_size=256,
+        remove_columns=["text"],
         num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) >= 2 * num_proc else None,
         desc="minhash",
-    )  # fmt: skip
+    )
     return np.asarray(mapped.with_format("numpy")["_minhash"], dtype=np.uint32).reshape(len(dataset), -1)
 
 
@@ -171,9 +178,12 @@ def _content_hashes(batch: dict) -> dict:
 def exact_duplicate_mask(dataset, *, num_proc: int | None = None) -> np.ndarray:
     """True for the first occurrence of each distinct text (SHA-256 of the UTF-8 bytes, hashed in parallel)."""
     hashed = dataset.select_columns(["text"]).map(
-        _content_hashes, batched=True, remove_columns=["text"], desc="content hash",
+        _content_hashes,
+        batched=True,
+        remove_columns=["text"],
+        desc="content hash",
         num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) >= 2 * num_proc else None,
-    )  # fmt: skip
+    )
     seen: set[bytes] = set()
     keep = np.zeros(len(dataset), dtype=bool)
     for i, digest in enumerate(hashed["_sha256"]):

@@ -48,8 +48,22 @@ EMBEDDED_MAX_BYTES = 100_000  # keeps the first build fast; long files still rea
 EMBEDDED_VERSION = 2
 MANIFEST = "embedded_manifest.json"
 SYSTEM_DOCS = Path("/usr/share/doc")
-PLAIN_TEXT_NAMES = ("readme", "news", "changes", "changelog", "history", "authors", "credits", "copyright",
-                    "license", "licence", "copying", "notice", "todo", "thanks")  # fmt: skip
+PLAIN_TEXT_NAMES = (
+    "readme",
+    "news",
+    "changes",
+    "changelog",
+    "history",
+    "authors",
+    "credits",
+    "copyright",
+    "license",
+    "licence",
+    "copying",
+    "notice",
+    "todo",
+    "thanks",
+)
 MIN_PROSE_SHARE = 0.8  # letters and whitespace in an "nl" document
 NOT_PROSE = re.compile(r"[^\w\s]+|[\d_]+")
 
@@ -271,10 +285,16 @@ def _manifest(kind: str, seed: int, dedup, stats: SkipCounter) -> str:
     """Provenance saved beside the data: what was installed when it was built, what was skipped."""
     dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
     return json.dumps(
-        {"kind": kind, "seed": seed, "python": sys.version, "distributions": dists, "dedup": vars(dedup),
-         "skipped": dict(stats)},
+        {
+            "kind": kind,
+            "seed": seed,
+            "python": sys.version,
+            "distributions": dists,
+            "dedup": vars(dedup),
+            "skipped": dict(stats),
+        },
         indent=1,
-    )  # fmt: skip
+    )
 
 
 def build_embedded(kind: str, *, seed: int = 0, documents: int = DOCUMENTS_PER_KIND, out_dir: Path | None = None):
@@ -291,7 +311,7 @@ def build_embedded(kind: str, *, seed: int = 0, documents: int = DOCUMENTS_PER_K
     with tqdm(total=wanted, desc=f"embedded corpus: {kind}", unit="doc", leave=False, mininterval=1.0) as bar:
         for item in items:
             for path, language, text in item.extract(item, filters, stats):
-                for name, value in zip(COLUMNS, (text, language, item.source, path, item.license)):
+                for name, value in zip(COLUMNS, (text, language, item.source, path, item.license), strict=False):
                     rows[name].append(value)
                 bar.update()
             if len(rows["text"]) >= wanted:
@@ -300,7 +320,7 @@ def build_embedded(kind: str, *, seed: int = 0, documents: int = DOCUMENTS_PER_K
         raise RuntimeError(f"no {kind!r} documents found on this machine (skipped: {dict(stats)})")
     dataset, dedup = deduplicate(Dataset.from_dict(rows, features=features()), DedupConfig())
     dataset = dataset.select(range(min(documents, len(dataset))))
-    held_out = [is_validation(seed, s, p) for s, p in zip(dataset["source"], dataset["path"])]
+    held_out = [is_validation(seed, s, p) for s, p in zip(dataset["source"], dataset["path"], strict=False)]
     splits = DatasetDict(
         train=dataset.select([i for i, v in enumerate(held_out) if not v]),
         validation=dataset.select([i for i, v in enumerate(held_out) if v]),

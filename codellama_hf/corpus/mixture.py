@@ -177,8 +177,9 @@ def get_mixture(preset_or_path: str | os.PathLike | Mixture) -> Mixture:
     raise ValueError(f"unknown mixture {key!r}: use a preset ({', '.join(PRESETS)}) or a YAML file")
 
 
-def _component_dataset(component: Component, split: str, seed: int, corpus_seed: int, streaming: bool,
-                       max_documents: int | None):  # fmt: skip
+def _component_dataset(
+    component: Component, split: str, seed: int, corpus_seed: int, streaming: bool, max_documents: int | None
+):
     import datasets
 
     if component.sources is None:
@@ -271,7 +272,7 @@ def load_mixture(
     features = datasets.Features({"text": datasets.Value("string"), "component": datasets.Value("string")})
     parts = [p.cast(features) for p in parts]
     if mixture.balance == "bytes":
-        per_byte = [w / _mean_bytes(p) for w, p in zip(probabilities, parts)]
+        per_byte = [w / _mean_bytes(p) for w, p in zip(probabilities, parts, strict=False)]
         probabilities = [x / sum(per_byte) for x in per_byte]
     return datasets.interleave_datasets(
         parts, probabilities=probabilities, seed=seed, stopping_strategy=mixture.stopping_strategy

@@ -1,9 +1,9 @@
 """Where documents come from: local folders, git checkouts (local or cloned) and `datasets` names, paths or files.
 
-Every source becomes rows with the same columns (`COLUMNS`, all strings): text, language, source, path, license. Files get a
-language from their extension (or well-known name); rows of a dataset take theirs from the spec, a `language`/`lang`
-column or their path. Filters (filters.py) run while reading, and everything that is not kept is counted by reason
-in a `SkipCounter`: bad input is skipped and counted, never a crash halfway.
+Every source becomes rows with the same columns (`COLUMNS`, all strings): text, language, source, path, license.
+Files get a language from their extension (or well-known name); rows of a dataset take theirs from the spec, a
+`language`/`lang` column or their path. Filters (filters.py) run while reading, and everything that is not kept is
+counted by reason in a `SkipCounter`: bad input is skipped and counted, never a crash halfway.
 
 Walking a folder follows symlinks but never visits a directory twice, so symlink loops are counted and cut.
 A folder that is a git checkout is listed with `git ls-files`, which honours .gitignore.
@@ -39,21 +39,75 @@ COLUMNS = ("text", "language", "source", "path", "license")
 READER_VERSION = 1
 
 EXTENSIONS = {
-    ".py": "python", ".pyx": "cython", ".pxd": "cython", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp",
-    ".cxx": "cpp", ".hpp": "cpp", ".hh": "cpp", ".hxx": "cpp", ".cu": "cuda", ".cuh": "cuda", ".java": "java",
-    ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".jsx": "javascript", ".ts": "typescript",
-    ".tsx": "typescript", ".go": "go", ".rs": "rust", ".rb": "ruby", ".php": "php", ".cs": "c-sharp",
-    ".sh": "shell", ".bash": "shell", ".zsh": "shell", ".pl": "perl", ".pm": "perl", ".lua": "lua",
-    ".scala": "scala", ".kt": "kotlin", ".swift": "swift", ".r": "r", ".jl": "julia", ".f90": "fortran",
-    ".f": "fortran", ".hs": "haskell", ".ml": "ocaml", ".sql": "sql", ".html": "html", ".htm": "html",
-    ".css": "css", ".tex": "tex", ".cmake": "cmake", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml",
-    ".md": "markdown", ".markdown": "markdown", ".rst": "restructuredtext", ".txt": "text",
-}  # fmt: skip
+    ".py": "python",
+    ".pyx": "cython",
+    ".pxd": "cython",
+    ".c": "c",
+    ".h": "c",
+    ".cc": "cpp",
+    ".cpp": "cpp",
+    ".cxx": "cpp",
+    ".hpp": "cpp",
+    ".hh": "cpp",
+    ".hxx": "cpp",
+    ".cu": "cuda",
+    ".cuh": "cuda",
+    ".java": "java",
+    ".js": "javascript",
+    ".mjs": "javascript",
+    ".cjs": "javascript",
+    ".jsx": "javascript",
+    ".ts": "typescript",
+    ".tsx": "typescript",
+    ".go": "go",
+    ".rs": "rust",
+    ".rb": "ruby",
+    ".php": "php",
+    ".cs": "c-sharp",
+    ".sh": "shell",
+    ".bash": "shell",
+    ".zsh": "shell",
+    ".pl": "perl",
+    ".pm": "perl",
+    ".lua": "lua",
+    ".scala": "scala",
+    ".kt": "kotlin",
+    ".swift": "swift",
+    ".r": "r",
+    ".jl": "julia",
+    ".f90": "fortran",
+    ".f": "fortran",
+    ".hs": "haskell",
+    ".ml": "ocaml",
+    ".sql": "sql",
+    ".html": "html",
+    ".htm": "html",
+    ".css": "css",
+    ".tex": "tex",
+    ".cmake": "cmake",
+    ".yaml": "yaml",
+    ".yml": "yaml",
+    ".toml": "toml",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".rst": "restructuredtext",
+    ".txt": "text",
+}
 FILENAMES = {
-    "Makefile": "makefile", "makefile": "makefile", "GNUmakefile": "makefile", "Dockerfile": "dockerfile",
-    "CMakeLists.txt": "cmake", "README": "text", "NEWS": "text", "AUTHORS": "text", "LICENSE": "text",
-    "COPYING": "text", "CHANGES": "text", "HISTORY": "text", "copyright": "text",
-}  # fmt: skip
+    "Makefile": "makefile",
+    "makefile": "makefile",
+    "GNUmakefile": "makefile",
+    "Dockerfile": "dockerfile",
+    "CMakeLists.txt": "cmake",
+    "README": "text",
+    "NEWS": "text",
+    "AUTHORS": "text",
+    "LICENSE": "text",
+    "COPYING": "text",
+    "CHANGES": "text",
+    "HISTORY": "text",
+    "copyright": "text",
+}
 # Never descended into: version-control metadata and caches, not content.
 SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".tox"})
 SAVED_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")

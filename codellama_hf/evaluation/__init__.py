@@ -10,6 +10,15 @@ from codellama_hf.evaluation.passk import estimate_pass_at_k, pass_at_k
 from codellama_hf.evaluation.sandbox import Limits, Program, Result, Sandbox, calibrated_timeout, run_programs
 
 __all__ = [
-    "Benchmark", "Limits", "Problem", "Program", "Result", "Sandbox", "calibrated_timeout", "estimate_pass_at_k",
-    "get_benchmark", "pass_at_k", "run_programs",
-]  # fmt: skip
+    "Benchmark",
+    "Limits",
+    "Problem",
+    "Program",
+    "Result",
+    "Sandbox",
+    "calibrated_timeout",
+    "estimate_pass_at_k",
+    "get_benchmark",
+    "pass_at_k",
+    "run_programs",
+]

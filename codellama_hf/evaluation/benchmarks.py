@@ -13,9 +13,15 @@ from typing import Any
 from codellama_hf.evaluation.sandbox import Program
 
 EXECUTION_TASKS = (
-    "humaneval", "mbpp", "multiple-py", "multiple-cpp", "multiple-java", "multiple-cs",
-    "humaneval-infill-single", "humaneval-infill-multi",
-)  # fmt: skip
+    "humaneval",
+    "mbpp",
+    "multiple-py",
+    "multiple-cpp",
+    "multiple-java",
+    "multiple-cs",
+    "humaneval-infill-single",
+    "humaneval-infill-multi",
+)
 
 
 @dataclass(frozen=True)

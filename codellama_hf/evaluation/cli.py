@@ -21,17 +21,34 @@ LONG_CONTEXT_TASKS = ("key-retrieval", "perplexity")
 
 def _execution_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("execution (sandbox)")
-    group.add_argument("--allow-code-execution", action="store_true",
-                       help="required: run model-written code in the sandbox (codellama_hf/evaluation/sandbox.py)")
+    group.add_argument(
+        "--allow-code-execution",
+        action="store_true",
+        help="required: run model-written code in the sandbox (codellama_hf/evaluation/sandbox.py)",
+    )
     group.add_argument("--workers", type=int, default=2, help="parallel sandbox workers (default 2)")
-    group.add_argument("--timeout-floor", type=float, default=None,
-                       help="per-program timeout floor in seconds (default: the benchmark's, 3 s for Python)")
-    group.add_argument("--timeout-factor", type=float, default=4.0,
-                       help="timeout = max(floor, factor x reference runtime), as evalplus (default 4)")
-    group.add_argument("--mbpp-source", default=None,
-                       help="MBPP: Hub dataset or local .jsonl/.json/.parquet (default google-research-datasets/mbpp)")
-    group.add_argument("--multiple-source", default=None,
-                       help="MultiPL-E: local JSON/JSONL file or Hub dataset (default: the registry copy)")  # fmt: skip
+    group.add_argument(
+        "--timeout-floor",
+        type=float,
+        default=None,
+        help="per-program timeout floor in seconds (default: the benchmark's, 3 s for Python)",
+    )
+    group.add_argument(
+        "--timeout-factor",
+        type=float,
+        default=4.0,
+        help="timeout = max(floor, factor x reference runtime), as evalplus (default 4)",
+    )
+    group.add_argument(
+        "--mbpp-source",
+        default=None,
+        help="MBPP: Hub dataset or local .jsonl/.json/.parquet (default google-research-datasets/mbpp)",
+    )
+    group.add_argument(
+        "--multiple-source",
+        default=None,
+        help="MultiPL-E: local JSON/JSONL file or Hub dataset (default: the registry copy)",
+    )
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
@@ -44,9 +61,13 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("evaluate", help="run and score benchmarks (HumanEval, MBPP, MultiPL-E, infilling, "
-                                   "long context) and build per-model reports", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="run and score benchmarks (HumanEval, MBPP, MultiPL-E, infilling, "
+        "long context) and build per-model reports",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     tasks = parser.add_subparsers(dest="task", required=True, metavar="TASK")
     for task in EXECUTION_TASKS:
         sub = tasks.add_parser(task, help=f"generate and score {task}")
@@ -70,8 +91,13 @@ def register(subparsers) -> None:
     ppl = tasks.add_parser("perplexity", help="perplexity as a function of context length")
     _model_options(ppl)
     ppl.add_argument("--lengths", type=int, nargs="+", required=True, help="context lengths in tokens")
-    ppl.add_argument("--files", type=Path, nargs="*", default=[],
-                     help="text/code files (default: standard-library .py files >= --min-bytes)")
+    ppl.add_argument(
+        "--files",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="text/code files (default: standard-library .py files >= --min-bytes)",
+    )
     ppl.add_argument("--min-bytes", type=int, default=50_000)
     ppl.add_argument("--max-tokens-per-file", type=int, default=None)
     ppl.set_defaults(func=_run_perplexity)
@@ -99,8 +125,12 @@ def _execution_settings(args: argparse.Namespace):
     from codellama_hf.evaluation.sandbox import require_opt_in
 
     require_opt_in(args.allow_code_execution)  # refuse before loading anything
-    return ExecutionSettings(allow_code_execution=True, workers=args.workers, timeout_floor=args.timeout_floor,
-                             timeout_factor=args.timeout_factor)  # fmt: skip
+    return ExecutionSettings(
+        allow_code_execution=True,
+        workers=args.workers,
+        timeout_floor=args.timeout_floor,
+        timeout_factor=args.timeout_factor,
+    )
 
 
 def _load(args: argparse.Namespace):
@@ -125,11 +155,26 @@ def _run_execution(args: argparse.Namespace) -> int:
 
     execution = _execution_settings(args)
     model, tokenizer, folder = _load(args)
-    generation = GenerationSettings(n_samples=args.n_samples, temperature=args.temperature, top_p=args.top_p,
-                                    max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
-    result = evaluate_execution(args.task, model, tokenizer, args.model, folder, generation=generation,
-                                execution=execution, infill_format=getattr(args, "format", "psm"), limit=args.limit,
-                                benchmark_options=_benchmark_options(args, args.task))  # fmt: skip
+    generation = GenerationSettings(
+        n_samples=args.n_samples,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    result = evaluate_execution(
+        args.task,
+        model,
+        tokenizer,
+        args.model,
+        folder,
+        generation=generation,
+        execution=execution,
+        infill_format=getattr(args, "format", "psm"),
+        limit=args.limit,
+        benchmark_options=_benchmark_options(args, args.task),
+    )
     return _finish(result, folder)
 
 
@@ -137,8 +182,17 @@ def _run_key_retrieval(args: argparse.Namespace) -> int:
     from codellama_hf.evaluation.runner import evaluate_key_retrieval
 
     model, tokenizer, folder = _load(args)
-    result = evaluate_key_retrieval(model, tokenizer, args.model, folder, lengths=args.lengths, depths=args.depths,
-                                    examples=args.examples, seed=args.seed, batch_size=args.batch_size)  # fmt: skip
+    result = evaluate_key_retrieval(
+        model,
+        tokenizer,
+        args.model,
+        folder,
+        lengths=args.lengths,
+        depths=args.depths,
+        examples=args.examples,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
     return _finish(result, folder)
 
 
@@ -146,8 +200,16 @@ def _run_perplexity(args: argparse.Namespace) -> int:
     from codellama_hf.evaluation.runner import evaluate_perplexity
 
     model, tokenizer, folder = _load(args)
-    result = evaluate_perplexity(model, tokenizer, args.model, folder, lengths=args.lengths, files=args.files,
-                                 min_bytes=args.min_bytes, max_tokens_per_file=args.max_tokens_per_file)  # fmt: skip
+    result = evaluate_perplexity(
+        model,
+        tokenizer,
+        args.model,
+        folder,
+        lengths=args.lengths,
+        files=args.files,
+        min_bytes=args.min_bytes,
+        max_tokens_per_file=args.max_tokens_per_file,
+    )
     return _finish(result, folder)
 
 
@@ -156,8 +218,13 @@ def _run_score(args: argparse.Namespace) -> int:
     from codellama_hf.evaluation.runner import score_samples
 
     execution = _execution_settings(args)
-    result = score_samples(args.score_task, args.samples, args.out, execution=execution,
-                           benchmark_options=_benchmark_options(args, args.score_task))  # fmt: skip
+    result = score_samples(
+        args.score_task,
+        args.samples,
+        args.out,
+        execution=execution,
+        benchmark_options=_benchmark_options(args, args.score_task),
+    )
     print(table([result]))
     return 0
 

@@ -70,7 +70,7 @@ def _pack_filler(tokenizer, start: int, budget: int) -> list[str]:
         statements = _statements(files[i % len(files)])
         if not statements:
             continue
-        for chunk, ids in zip(statements, tokenizer(statements, add_special_tokens=False)["input_ids"]):
+        for chunk, ids in zip(statements, tokenizer(statements, add_special_tokens=False)["input_ids"], strict=False):
             if len(ids) <= largest and used + len(ids) <= budget:
                 chunks.append(chunk)
                 used += len(ids)
@@ -86,8 +86,9 @@ def _prompt(chunks: list[str], depth: float, key: str) -> str:
     return "".join(chunks[:cut]) + key + "\n" + "".join(chunks[cut:]) + QUERY
 
 
-def key_retrieval_prompts(tokenizer, lengths: Sequence[int], depths: Sequence[float] = DEPTHS, *,
-                          examples: int = 4, seed: int = 0) -> list[dict]:  # fmt: skip
+def key_retrieval_prompts(
+    tokenizer, lengths: Sequence[int], depths: Sequence[float] = DEPTHS, *, examples: int = 4, seed: int = 0
+) -> list[dict]:
     """Prompts of at most `length` tokens each (BOS included; the real count is `tokens`), key at `depth`."""
     fixed = len(tokenizer(KEY_FUNCTION.format(value=10) + "\n" + QUERY, add_special_tokens=True)["input_ids"])
     prompts = []
@@ -108,8 +109,9 @@ def key_retrieval_prompts(tokenizer, lengths: Sequence[int], depths: Sequence[fl
                     if tokens <= length or not chunks:
                         break
                     chunks.pop()
-                prompts.append(dict(length=length, depth=depth, example=example, value=value, tokens=tokens,
-                                    prompt=text))  # fmt: skip
+                prompts.append(
+                    dict(length=length, depth=depth, example=example, value=value, tokens=tokens, prompt=text)
+                )
     return prompts
 
 
@@ -118,23 +120,46 @@ def answer_value(completion: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def key_retrieval(model, tokenizer, lengths: Sequence[int], depths: Sequence[float] = DEPTHS, *, examples: int = 4,
-                  seed: int = 0, batch_size: int = 1) -> dict:  # fmt: skip
+def key_retrieval(
+    model,
+    tokenizer,
+    lengths: Sequence[int],
+    depths: Sequence[float] = DEPTHS,
+    *,
+    examples: int = 4,
+    seed: int = 0,
+    batch_size: int = 1,
+) -> dict:
     """Accuracy per (length, depth) and overall, with every example's answer."""
     prompts = key_retrieval_prompts(tokenizer, lengths, depths, examples=examples, seed=seed)
-    outputs = generate(model, tokenizer, [p["prompt"] for p in prompts], max_new_tokens=6, stop=("\n",),
-                       batch_size=batch_size, progress="key retrieval")  # fmt: skip
+    outputs = generate(
+        model,
+        tokenizer,
+        [p["prompt"] for p in prompts],
+        max_new_tokens=6,
+        stop=("\n",),
+        batch_size=batch_size,
+        progress="key retrieval",
+    )
     records = []
-    for p, (completion,) in zip(prompts, outputs):
-        records.append({k: p[k] for k in ("length", "depth", "example", "value", "tokens")}
-                       | {"completion": completion, "correct": answer_value(completion) == p["value"]})  # fmt: skip
+    for p, (completion,) in zip(prompts, outputs, strict=False):
+        records.append(
+            {k: p[k] for k in ("length", "depth", "example", "value", "tokens")}
+            | {"completion": completion, "correct": answer_value(completion) == p["value"]}
+        )
     grid = {}
     for length in lengths:
         for depth in depths:
             cell = [r["correct"] for r in records if r["length"] == length and r["depth"] == depth]
             grid[f"{length}@{depth:g}"] = sum(cell) / len(cell)
-    return {"accuracy": sum(r["correct"] for r in records) / len(records), "by_length_depth": grid,
-            "lengths": list(lengths), "depths": list(depths), "examples": examples, "records": records}  # fmt: skip
+    return {
+        "accuracy": sum(r["correct"] for r in records) / len(records),
+        "by_length_depth": grid,
+        "lengths": list(lengths),
+        "depths": list(depths),
+        "examples": examples,
+        "records": records,
+    }
 
 
 def _window_nll(model, window: torch.Tensor, scored: int, chunk: int) -> float:
@@ -151,8 +176,15 @@ def _window_nll(model, window: torch.Tensor, scored: int, chunk: int) -> float:
     return total
 
 
-def perplexity_by_length(model, tokenizer, texts: Sequence[str], lengths: Sequence[int], *,
-                         max_tokens_per_text: int | None = None, chunk: int = 1024) -> dict:  # fmt: skip
+def perplexity_by_length(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    lengths: Sequence[int],
+    *,
+    max_tokens_per_text: int | None = None,
+    chunk: int = 1024,
+) -> dict:
     """PPL(L) for each context length L over the same scored tokens (see the module docstring)."""
     lengths = sorted(set(lengths))
     if not lengths or lengths[0] < 2:
@@ -164,8 +196,10 @@ def perplexity_by_length(model, tokenizer, texts: Sequence[str], lengths: Sequen
         if len(ids) >= need:
             streams.append(ids[: max(need, max_tokens_per_text or 0)] if max_tokens_per_text else ids)
     if not streams:
-        raise ValueError(f"no text has the {need} tokens that context length {lengths[-1]} needs; "
-                         "add longer files or use shorter lengths")  # fmt: skip
+        raise ValueError(
+            f"no text has the {need} tokens that context length {lengths[-1]} needs; "
+            "add longer files or use shorter lengths"
+        )
     device = model.device
     result = {}
     for length in lengths:
@@ -183,5 +217,9 @@ def perplexity_by_length(model, tokenizer, texts: Sequence[str], lengths: Sequen
                 count += new_end - end
                 end = new_end
         result[length] = math.exp(nll / count)
-    return {"perplexity": {str(k): v for k, v in result.items()}, "lengths": lengths, "files": len(streams),
-            "scored_tokens": count}  # fmt: skip
+    return {
+        "perplexity": {str(k): v for k, v in result.items()},
+        "lengths": lengths,
+        "files": len(streams),
+        "scored_tokens": count,
+    }

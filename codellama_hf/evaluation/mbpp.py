@@ -24,8 +24,10 @@ def format_example(row: dict, *, with_solution: bool) -> str:
     """`You are an expert Python programmer, and here is your task: {prompt} Your code should pass these tests:
     \\n\\n{tests}\\n[BEGIN]\\n{code}\\n[DONE]`, the query ending after [BEGIN]\\n."""
     tests = "\n".join(row["test_list"])
-    head = (f"You are an expert Python programmer, and here is your task: {row['text']} "
-            f"Your code should pass these tests:\n\n{tests}\n[BEGIN]\n")  # fmt: skip
+    head = (
+        f"You are an expert Python programmer, and here is your task: {row['text']} "
+        f"Your code should pass these tests:\n\n{tests}\n[BEGIN]\n"
+    )
     return head + (f"{row['code']}\n[DONE]" if with_solution else "")
 
 
@@ -73,10 +75,15 @@ class MBPP(Benchmark):
         if not tests:
             raise ValueError(f"{source}: no MBPP test task ids (11-510) in the data")
         self.problems = [
-            Problem(f"mbpp/{row['task_id']}", shots + "\n" + format_example(row, with_solution=False), STOP_WORDS,
-                    reference=row["code"], data=row)
+            Problem(
+                f"mbpp/{row['task_id']}",
+                shots + "\n" + format_example(row, with_solution=False),
+                STOP_WORDS,
+                reference=row["code"],
+                data=row,
+            )
             for row in tests
-        ]  # fmt: skip
+        ]
 
     def program(self, problem: Problem, completion: str, timeout: float) -> Program:
         row = problem.data

@@ -40,7 +40,11 @@ def load_rows(language: str, source: str | None) -> list[dict]:
     if path.exists():
         text = path.read_text()
         try:
-            rows = json.loads(text) if path.suffix == ".json" else [json.loads(l) for l in text.splitlines() if l]
+            rows = (
+                json.loads(text)
+                if path.suffix == ".json"
+                else [json.loads(line) for line in text.splitlines() if line]
+            )
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not MultiPL-E JSON ({err})") from None
     else:
@@ -65,8 +69,9 @@ class MultiPLE(Benchmark):
         if language not in SOURCE_FILE:
             raise ValueError(f"unknown MultiPL-E language {language!r}; choose one of {', '.join(SOURCE_FILE)}")
         self.name, self.language = f"multiple-{language}", language
-        self.problems = [Problem(r["name"], r["prompt"], tuple(r["stop_tokens"]), data=r)
-                         for r in load_rows(language, source)]  # fmt: skip
+        self.problems = [
+            Problem(r["name"], r["prompt"], tuple(r["stop_tokens"]), data=r) for r in load_rows(language, source)
+        ]
 
     def missing_toolchain(self) -> str | None:
         tools = {"py": [], "cpp": ["g++"], "java": ["javac", "java"], "cs": ["mcs", "mono"]}[self.language]
@@ -83,16 +88,26 @@ class MultiPLE(Benchmark):
             return Program(source=code, timeout=timeout)
         files = {SOURCE_FILE[self.language]: code}
         if self.language == "cpp":
-            return Program(command=["sh", "-c", "g++ -std=c++17 -o main main.cpp && ./main"], files=files,
-                           timeout=timeout)  # fmt: skip
+            return Program(
+                command=["sh", "-c", "g++ -std=c++17 -o main main.cpp && ./main"], files=files, timeout=timeout
+            )
         if self.language == "java":
             jar = javatuples_jar()
-            script = (f"javac {' '.join('-J' + opt for opt in JVM)} -cp {jar} Problem.java && "
-                      f"java -ea {' '.join(JVM)} -cp {jar}:. Problem")
-            return Program(command=["sh", "-c", script], files=files, timeout=timeout, memory_bytes=8 << 30,
-                           readable=[str(Path(jar).resolve().parent)])  # fmt: skip
+            script = (
+                f"javac {' '.join('-J' + opt for opt in JVM)} -cp {jar} Problem.java && "
+                f"java -ea {' '.join(JVM)} -cp {jar}:. Problem"
+            )
+            return Program(
+                command=["sh", "-c", script],
+                files=files,
+                timeout=timeout,
+                memory_bytes=8 << 30,
+                readable=[str(Path(jar).resolve().parent)],
+            )
         # C#, as MultiPL-E runs it: Debug.Assert needs DEBUG; a failed assert prints a trace and must fail the run.
-        script = ("mcs -d:DEBUG -r:System.Numerics.dll Problem.cs -out:Problem.exe && "
-                  "{ mono Problem.exe > run.log 2>&1; code=$?; cat run.log; "
-                  "[ $code -eq 0 ] && ! grep -q DefaultTraceListener.Fail run.log; }")  # fmt: skip
+        script = (
+            "mcs -d:DEBUG -r:System.Numerics.dll Problem.cs -out:Problem.exe && "
+            "{ mono Problem.exe > run.log 2>&1; code=$?; cat run.log; "
+            "[ $code -eq 0 ] && ! grep -q DefaultTraceListener.Fail run.log; }"
+        )
         return Program(command=["sh", "-c", script], files=files, timeout=timeout, memory_bytes=8 << 30)

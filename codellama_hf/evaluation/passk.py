@@ -21,7 +21,7 @@ def estimate_pass_at_k(num_samples: Sequence[int] | int, num_correct: Sequence[i
     samples = [int(num_samples)] * len(correct) if np.isscalar(num_samples) else list(num_samples)
     if len(samples) != len(correct):
         raise ValueError(f"{len(samples)} sample counts for {len(correct)} correct counts")
-    return np.array([one(n, c) for n, c in zip(samples, correct)])
+    return np.array([one(n, c) for n, c in zip(samples, correct, strict=False)])
 
 
 def pass_at_k(outcomes: Mapping[str, Iterable[bool]], ks: Iterable[int] = (1, 10, 100)) -> dict[str, float]:

@@ -49,9 +49,12 @@ def new_result(task: str, model: str, **fields) -> dict:
         "sandbox": {},
         "details": {},
         "samples_file": None,
-        "versions": {"codellama_hf": codellama_hf.__version__, "transformers": transformers.__version__,
-                     "torch": torch.__version__},
-    }  # fmt: skip
+        "versions": {
+            "codellama_hf": codellama_hf.__version__,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+        },
+    }
     unknown = set(fields) - set(result)
     if unknown:
         raise ValueError(f"unknown result fields {sorted(unknown)}")

@@ -38,8 +38,11 @@ class GenerationSettings:
         return self.temperature if self.temperature else DEFAULT_TEMPERATURE
 
     def describe(self) -> dict:
-        return {**asdict(self), "do_sample": self.do_sample,
-                "temperature": self.sampling_temperature if self.do_sample else 0.0}  # fmt: skip
+        return {
+            **asdict(self),
+            "do_sample": self.do_sample,
+            "temperature": self.sampling_temperature if self.do_sample else 0.0,
+        }
 
 
 @dataclass
@@ -58,9 +61,15 @@ def model_folder_name(model_id: str) -> str:
 
 
 def _record_scored(result: dict, scored, samples_name: str | None) -> dict:
-    result.update(metrics=scored.metrics, skipped=scored.skipped, num_problems=scored.num_problems,
-                  total_problems=scored.total_problems, num_samples=len(scored.samples), sandbox=scored.sandbox,
-                  samples_file=samples_name)  # fmt: skip
+    result.update(
+        metrics=scored.metrics,
+        skipped=scored.skipped,
+        num_problems=scored.num_problems,
+        total_problems=scored.total_problems,
+        num_samples=len(scored.samples),
+        sandbox=scored.sandbox,
+        samples_file=samples_name,
+    )
     result["config"]["timeouts"] = scored.timeouts
     return result
 
@@ -94,23 +103,42 @@ def evaluate_execution(
         raise ValueError(f"infilling format must be 'psm' or 'spm', got {infill_format!r}")
     problems = benchmark.problems[:limit] if limit else benchmark.problems
     n = generation.n_samples
-    sampling = dict(do_sample=generation.do_sample, temperature=generation.sampling_temperature,
-                    top_p=generation.top_p, max_new_tokens=generation.max_new_tokens,
-                    batch_size=generation.batch_size, seed=generation.seed, progress=f"{name} generation")  # fmt: skip
+    sampling = dict(
+        do_sample=generation.do_sample,
+        temperature=generation.sampling_temperature,
+        top_p=generation.top_p,
+        max_new_tokens=generation.max_new_tokens,
+        batch_size=generation.batch_size,
+        seed=generation.seed,
+        progress=f"{name} generation",
+    )
     if benchmark.infilling:
         infill_ids(tokenizer)  # a tokenizer without infilling pieces fails here, before any work
         repeated = [p for p in problems for _ in range(n)]
-        middles = infill(model, tokenizer, [p.prompt for p in repeated], [p.suffix for p in repeated],
-                         suffix_first=infill_format == "spm", **sampling)  # fmt: skip
+        middles = infill(
+            model,
+            tokenizer,
+            [p.prompt for p in repeated],
+            [p.suffix for p in repeated],
+            suffix_first=infill_format == "spm",
+            **sampling,
+        )
         completions = [middles[i * n : (i + 1) * n] for i in range(len(problems))]
     else:
         stop = problems[0].stop if problems else ()
         completions = generate(model, tokenizer, [p.prompt for p in problems], n=n, stop=stop, **sampling)
-    samples = [{"task_id": p.task_id, "completion": c} for p, cs in zip(problems, completions) for c in cs]
+    samples = [
+        {"task_id": p.task_id, "completion": c} for p, cs in zip(problems, completions, strict=False) for c in cs
+    ]
     samples_path = write_jsonl(out_dir / f"{name}.samples.jsonl", samples)
-    scored = score(benchmark, samples, allow_code_execution=execution.allow_code_execution,
-                   workers=execution.workers, timeout_floor=execution.timeout_floor,
-                   timeout_factor=execution.timeout_factor)  # fmt: skip
+    scored = score(
+        benchmark,
+        samples,
+        allow_code_execution=execution.allow_code_execution,
+        workers=execution.workers,
+        timeout_floor=execution.timeout_floor,
+        timeout_factor=execution.timeout_factor,
+    )
     write_jsonl(out_dir / f"{name}.results.jsonl", scored.samples)
     write_result(out_dir, _record_scored(result, scored, samples_path.name))
     return result
@@ -129,9 +157,14 @@ def score_samples(
     samples_path = Path(samples_path)
     samples = read_samples(samples_path)
     benchmark = get_benchmark(task, **(benchmark_options or {}))
-    scored = score(benchmark, samples, allow_code_execution=execution.allow_code_execution,
-                   workers=execution.workers, timeout_floor=execution.timeout_floor,
-                   timeout_factor=execution.timeout_factor)  # fmt: skip
+    scored = score(
+        benchmark,
+        samples,
+        allow_code_execution=execution.allow_code_execution,
+        workers=execution.workers,
+        timeout_floor=execution.timeout_floor,
+        timeout_factor=execution.timeout_factor,
+    )
     out_dir = Path(out_dir) if out_dir else samples_path.parent
     result = new_result(task, f"samples:{samples_path}", config={})
     _record_scored(result, scored, samples_path.name)
@@ -141,22 +174,52 @@ def score_samples(
     return result
 
 
-def evaluate_key_retrieval(model, tokenizer, model_id: str, out_dir: str | Path, *, lengths: Sequence[int],
-                           depths: Sequence[float] = DEPTHS, examples: int = 4, seed: int = 0,
-                           batch_size: int = 1) -> dict:  # fmt: skip
+def evaluate_key_retrieval(
+    model,
+    tokenizer,
+    model_id: str,
+    out_dir: str | Path,
+    *,
+    lengths: Sequence[int],
+    depths: Sequence[float] = DEPTHS,
+    examples: int = 4,
+    seed: int = 0,
+    batch_size: int = 1,
+) -> dict:
     details = key_retrieval(model, tokenizer, lengths, depths, examples=examples, seed=seed, batch_size=batch_size)
     records = details["records"]
-    result = new_result("key-retrieval", model_id, metrics={"accuracy": details["accuracy"]}, details=details,
-                        num_problems=len(records), total_problems=len(records), num_samples=len(records),
-                        config={"lengths": list(lengths), "depths": list(depths), "examples": examples, "seed": seed,
-                                "decoding": "greedy", "filler": "Python standard library sources"})  # fmt: skip
+    result = new_result(
+        "key-retrieval",
+        model_id,
+        metrics={"accuracy": details["accuracy"]},
+        details=details,
+        num_problems=len(records),
+        total_problems=len(records),
+        num_samples=len(records),
+        config={
+            "lengths": list(lengths),
+            "depths": list(depths),
+            "examples": examples,
+            "seed": seed,
+            "decoding": "greedy",
+            "filler": "Python standard library sources",
+        },
+    )
     write_result(out_dir, result)
     return result
 
 
-def evaluate_perplexity(model, tokenizer, model_id: str, out_dir: str | Path, *, lengths: Sequence[int],
-                        files: Sequence[str | Path] = (), min_bytes: int = 50_000,
-                        max_tokens_per_file: int | None = None) -> dict:  # fmt: skip
+def evaluate_perplexity(
+    model,
+    tokenizer,
+    model_id: str,
+    out_dir: str | Path,
+    *,
+    lengths: Sequence[int],
+    files: Sequence[str | Path] = (),
+    min_bytes: int = 50_000,
+    max_tokens_per_file: int | None = None,
+) -> dict:
     paths = [Path(f) for f in files] or stdlib_python_files(min_bytes)
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -164,10 +227,21 @@ def evaluate_perplexity(model, tokenizer, model_id: str, out_dir: str | Path, *,
     texts = [p.read_text(encoding="utf-8", errors="replace") for p in paths]
     details = perplexity_by_length(model, tokenizer, texts, lengths, max_tokens_per_text=max_tokens_per_file)
     metrics = {f"perplexity@{k}": v for k, v in details["perplexity"].items()}
-    result = new_result("perplexity", model_id, metrics=metrics, details=details, num_problems=details["files"],
-                        total_problems=details["files"], num_samples=details["scored_tokens"],
-                        config={"lengths": sorted(set(lengths)), "files": [str(p) for p in paths],
-                                "min_bytes": min_bytes, "max_tokens_per_file": max_tokens_per_file,
-                                "windowing": "windows of L tokens, stride L/2, each token scored once"})  # fmt: skip
+    result = new_result(
+        "perplexity",
+        model_id,
+        metrics=metrics,
+        details=details,
+        num_problems=details["files"],
+        total_problems=details["files"],
+        num_samples=details["scored_tokens"],
+        config={
+            "lengths": sorted(set(lengths)),
+            "files": [str(p) for p in paths],
+            "min_bytes": min_bytes,
+            "max_tokens_per_file": max_tokens_per_file,
+            "windowing": "windows of L tokens, stride L/2, each token scored once",
+        },
+    )
     write_result(out_dir, result)
     return result

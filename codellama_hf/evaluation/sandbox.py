@@ -101,8 +101,9 @@ class Result:
         return self.status == PASSED
 
 
-def calibrated_timeout(reference_seconds: float, *, floor: float = 3.0, factor: float = 4.0,
-                       cap: float = 60.0) -> float:  # fmt: skip
+def calibrated_timeout(
+    reference_seconds: float, *, floor: float = 3.0, factor: float = 4.0, cap: float = 60.0
+) -> float:
     """evalplus' rule: max(floor, factor x reference runtime), capped per program."""
     return min(cap, max(floor, factor * reference_seconds))
 
@@ -145,14 +146,21 @@ class _Worker:
 
     def __init__(self, limits: Limits, namespaces: bool, slot: Path):
         self.proc = subprocess.Popen(
-            [sys.executable, "-E", "-s", str(WORKER_SCRIPT), str(limits.processes), "auto" if namespaces else "off",
-             str(slot)],
+            [
+                sys.executable,
+                "-E",
+                "-s",
+                str(WORKER_SCRIPT),
+                str(limits.processes),
+                "auto" if namespaces else "off",
+                str(slot),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=_program_env({}),
             cwd=slot.parent,
             start_new_session=True,
-        )  # fmt: skip
+        )
         ready = self._readline(60.0)
         if not ready:
             raise RuntimeError("the sandbox worker did not start (no ready line within 60 s)")

@@ -47,8 +47,11 @@ READ = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
 
 
 class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
-                ("scoped", ctypes.c_uint64)]  # fmt: skip
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    ]
 
 
 class _PathBeneath(ctypes.Structure):
@@ -81,8 +84,11 @@ def _fs_rights(abi: int) -> int:
 def landlock_restrict(abi: int, writable: list[str], readable: list[str], device_files: list[str]) -> None:
     """Confine this process and all its future children (cannot be undone)."""
     handled = _fs_rights(abi)
-    attr = _RulesetAttr(handled, NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0,
-                        SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0)  # fmt: skip
+    attr = _RulesetAttr(
+        handled,
+        NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0,
+        SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0,
+    )
     size = 8 if abi < 4 else 16 if abi < 6 else 24
     ruleset = _check(LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), size, 0), "landlock ruleset")
     file_rights = handled & (FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV)
@@ -94,8 +100,10 @@ def landlock_restrict(abi: int, writable: list[str], readable: list[str], device
         except OSError:
             continue  # a listed folder this system does not have
         beneath = _PathBeneath(rights if os.path.isdir(path) else rights & file_rights, fd)
-        _check(LIBC.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(beneath), 0),
-               f"landlock rule for {path}")  # fmt: skip
+        _check(
+            LIBC.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(beneath), 0),
+            f"landlock rule for {path}",
+        )
         os.close(fd)
     _check(LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     _check(LIBC.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock restrict")
@@ -206,7 +214,7 @@ def _enter_program(job: dict, caps: dict, work: str, fds: tuple[int, int, int], 
         os.makedirs(os.path.dirname(name) or ".", exist_ok=True)
         with open(name, "w", encoding="utf-8") as handle:
             handle.write(text)
-    for fd, target in zip(fds, (0, 1, 2)):
+    for fd, target in zip(fds, (0, 1, 2), strict=False):
         os.dup2(fd, target)
     os.closerange(3, marker_fd)
     os.closerange(marker_fd + 1, 1 << 16)
@@ -339,10 +347,31 @@ def main() -> None:
         "cgroup": pids_cgroup(f"codellama_hf_sandbox.{os.getpid()}", max_processes) if os.geteuid() == 0 else None,
         # RLIMIT_NPROC counts all of the user's processes (threads included), so allow what runs already.
         "nproc": None if os.geteuid() == 0 else _tasks_on_system() + max_processes,
-        "readable": sorted({p for p in ["/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/opt", "/dev",
-                                        "/proc", "/sys", "/run", sys.prefix, sys.base_prefix, sys.exec_prefix,
-                                        *sys.path] if p and os.path.exists(p)}),
-    }  # fmt: skip
+        "readable": sorted(
+            {
+                p
+                for p in [
+                    "/usr",
+                    "/lib",
+                    "/lib32",
+                    "/lib64",
+                    "/bin",
+                    "/sbin",
+                    "/etc",
+                    "/opt",
+                    "/dev",
+                    "/proc",
+                    "/sys",
+                    "/run",
+                    sys.prefix,
+                    sys.base_prefix,
+                    sys.exec_prefix,
+                    *sys.path,
+                ]
+                if p and os.path.exists(p)
+            }
+        ),
+    }
     os.makedirs(slot, mode=0o700, exist_ok=True)
     gc.freeze()  # keep the interpreter's objects out of every fork's collections: fewer copied pages
     print(json.dumps({"ready": {k: v for k, v in caps.items() if k != "readable"}}), flush=True)

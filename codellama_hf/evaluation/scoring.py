@@ -75,8 +75,9 @@ class Scored:
         return self.num_problems == self.total_problems
 
 
-def _reference_durations(benchmark: Benchmark, problems, sandbox: Sandbox, cap: float,
-                         progress: bool) -> dict[str, float]:  # fmt: skip
+def _reference_durations(
+    benchmark: Benchmark, problems, sandbox: Sandbox, cap: float, progress: bool
+) -> dict[str, float]:
     """Runtime of each problem's reference solution in the sandbox, cached per machine and data."""
     from codellama_hf.assets import cache_dir
 
@@ -89,10 +90,14 @@ def _reference_durations(benchmark: Benchmark, problems, sandbox: Sandbox, cap: 
     programs = [benchmark.program(p, p.reference, cap) for p in problems]
     results = sandbox.run(programs, progress=f"{benchmark.name} reference timings" if progress else None)
     durations = {}
-    for problem, result in zip(problems, results):
+    for problem, result in zip(problems, results, strict=False):
         if not result.passed:
-            log.warning("%s: reference solution of %s does not pass (%s); using the timeout floor",
-                        benchmark.name, problem.task_id, result.detail)  # fmt: skip
+            log.warning(
+                "%s: reference solution of %s does not pass (%s); using the timeout floor",
+                benchmark.name,
+                problem.task_id,
+                result.detail,
+            )
             continue
         durations[problem.task_id] = result.duration
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -133,21 +138,34 @@ def score(
     with Sandbox(workers=workers, limits=limits or Limits(), allow_code_execution=allow_code_execution) as sandbox:
         scored.sandbox = sandbox.capabilities()
         with_reference = [p for p in problems if p.reference is not None]
-        reference = (_reference_durations(benchmark, with_reference, sandbox, timeout_cap, progress)
-                     if with_reference else {})  # fmt: skip
+        reference = (
+            _reference_durations(benchmark, with_reference, sandbox, timeout_cap, progress) if with_reference else {}
+        )
         timeouts = {
             p.task_id: calibrated_timeout(reference[p.task_id], floor=floor, factor=timeout_factor, cap=timeout_cap)
-            if p.task_id in reference else floor
+            if p.task_id in reference
+            else floor
             for p in problems
         }
         programs = [benchmark.program(index[s["task_id"]], s["completion"], timeouts[s["task_id"]]) for s in samples]
         results = sandbox.run(programs, progress=f"{benchmark.name} execution" if progress else None)
     outcomes: dict[str, list[bool]] = defaultdict(list)
-    for sample, result in zip(samples, results):
+    for sample, result in zip(samples, results, strict=False):
         outcomes[sample["task_id"]].append(result.passed)
-        scored.samples.append({**sample, "status": result.status, "passed": result.passed, "detail": result.detail,
-                               "duration": round(result.duration, 4)})  # fmt: skip
+        scored.samples.append(
+            {
+                **sample,
+                "status": result.status,
+                "passed": result.passed,
+                "detail": result.detail,
+                "duration": round(result.duration, 4),
+            }
+        )
     scored.metrics = pass_at_k(outcomes, ks)
-    scored.timeouts = {"floor": floor, "factor": timeout_factor, "cap": timeout_cap,
-                       "calibrated_on_references": len(reference)}  # fmt: skip
+    scored.timeouts = {
+        "floor": floor,
+        "factor": timeout_factor,
+        "cap": timeout_cap,
+        "calibrated_on_references": len(reference),
+    }
     return scored
