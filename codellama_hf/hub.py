@@ -32,9 +32,7 @@ import shutil
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
-from codellama_hf.files import atomic_dir
+from codellama_hf.io import atomic_dir, read_yaml_mapping, write_json
 from codellama_hf.load import Variant, parse_slot
 
 logger = logging.getLogger(__name__)
@@ -144,17 +142,8 @@ def read_push_config(
 
     models: Members added to (or replacing) the file's; results / base_models: {slot: value} for any member.
     """
-    data = {}
     where = str(path) if path else "push options"
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no such push config") from None
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML ({err})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: must be a mapping of push options")
+    data = read_yaml_mapping(path, "push config") if path is not None else {}
     known = {f.name for f in fields(PushConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -270,9 +259,7 @@ class _Hashes:
         return self.cache[key]
 
     def save(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self.cache))
-        os.replace(tmp, self.path)
+        write_json(self.path, self.cache, indent=None)
 
 
 def _git_blob_id(file: Path) -> str:
@@ -489,10 +476,7 @@ def push_family(config: PushConfig, *, token: str | None = None) -> dict:
         }
     if config.collection:
         report["collection"] = update_collection(api, config, namespace, {r: m.variant for r, m in repos.items()})
-    path = config.stage_dir / PLAN_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(config.stage_dir / PLAN_FILE, report)
     return report
 
 

@@ -50,6 +50,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from codellama_hf.chat import CHAT_TEMPLATE, IGNORE_INDEX, encode_dialogs, exchanges
+from codellama_hf.io import atomic_dir, atomic_file, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -494,9 +495,7 @@ def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
     if overwrite:
         for name in (QUESTIONS_FILE, ITEMS_FILE):
             (out / name).unlink(missing_ok=True)
-    tmp = path.with_name(f".{SETTINGS_FILE}.tmp")
-    tmp.write_text(json.dumps(settings, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, settings)
 
 
 def _read_questions_file(path: Path) -> list[str]:
@@ -645,9 +644,7 @@ def generate_self_instruct(
     summary["generators"] = {"questions": asked, "code": code_generator.name}
     write_dataset(items, out / DATASET_DIR, generator=code_generator.name)
     summary["dataset"] = str(out / DATASET_DIR)
-    tmp = out / f".{SUMMARY_FILE}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, out / SUMMARY_FILE)
+    write_json(out / SUMMARY_FILE, summary)
     plot_summary(summary, out / PLOT_FILE)
     return summary
 
@@ -742,10 +739,9 @@ def plot_summary(summary: dict, path: Path) -> None:
         ylabel="questions",
     )
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}")
-    fig.savefig(tmp, dpi=100, format="png")
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1220,36 +1216,33 @@ def build_instruct_dataset(data_args, config, tokenizer):
     folder = Path(config.output_dir) / PACKED_DIR / key
     with config.main_process_first(desc="packing the instruct data"):
         if not (folder / "rows.json").is_file():
-            tmp = folder.with_name(f".{key}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            packed = datasets.Dataset.from_generator(
-                _sft_rows, features=features, gen_kwargs=gen_kwargs, cache_dir=str(tmp / "cache"), fingerprint=key
-            )
-            packed.save_to_disk(str(tmp / "rows"))
-            label_tokens = sum(
-                (e - s) for spans in packed["label_spans"] for s, e in zip(spans[0::2], spans[1::2], strict=False)
-            )
-            total = sum(c.tokens for c in components.values()) or 1
-            realised = {
-                "components": {
-                    n: {
-                        "examples": c.examples,
-                        "tokens": c.tokens,
-                        "epochs": c.epochs,
-                        "token_share": round(c.tokens / total, 4),
-                    }
-                    for n, c in components.items()
-                },
-                "skipped": {n: dict(c.skipped) for n, c in components.items() if c.skipped},
-                "label_tokens": label_tokens,
-            }
-            (tmp / "rows.json").write_text(json.dumps(realised, indent=2) + "\n")
-            del packed
-            shutil.rmtree(tmp / "cache")
-            if realised["skipped"]:
-                logger.info("instruct data: skipped %s", realised["skipped"])
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
+            with atomic_dir(folder, overwrite=True) as tmp:
+                packed = datasets.Dataset.from_generator(
+                    _sft_rows, features=features, gen_kwargs=gen_kwargs, cache_dir=str(tmp / "cache"), fingerprint=key
+                )
+                packed.save_to_disk(str(tmp / "rows"))
+                label_tokens = sum(
+                    (e - s) for spans in packed["label_spans"] for s, e in zip(spans[0::2], spans[1::2], strict=False)
+                )
+                total = sum(c.tokens for c in components.values()) or 1
+                realised = {
+                    "components": {
+                        n: {
+                            "examples": c.examples,
+                            "tokens": c.tokens,
+                            "epochs": c.epochs,
+                            "token_share": round(c.tokens / total, 4),
+                        }
+                        for n, c in components.items()
+                    },
+                    "skipped": {n: dict(c.skipped) for n, c in components.items() if c.skipped},
+                    "label_tokens": label_tokens,
+                }
+                (tmp / "rows.json").write_text(json.dumps(realised, indent=2) + "\n")
+                del packed
+                shutil.rmtree(tmp / "cache")
+                if realised["skipped"]:
+                    logger.info("instruct data: skipped %s", realised["skipped"])
     packed = datasets.load_from_disk(str(folder / "rows"))
     info.update(json.loads((folder / "rows.json").read_text()), packed_dir=str(folder))
     return packed, info

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from codellama_hf.io import torch_dtype
+
 logger = logging.getLogger(__name__)
 
 KINDS = ("base", "python", "instruct")
@@ -368,11 +370,7 @@ def _torch_dtype(dtype, device_map):
     if dtype == "auto":
         on_gpu = torch.cuda.is_available() and device_map not in ("cpu", {"": "cpu"})
         return torch.bfloat16 if on_gpu else torch.float32
-    if isinstance(dtype, str):
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise ValueError(f"dtype={dtype!r}: use auto, bfloat16, float16 or float32")
-        return getattr(torch, dtype)
-    return dtype
+    return torch_dtype(dtype)
 
 
 def _check_cpu_4bit_shapes(model, name: str) -> None:

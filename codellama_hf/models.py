@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig
 
+from codellama_hf.io import write_json
+
 CODE_THETA = 1_000_000.0
 LLAMA2_THETA = 10_000.0
 
@@ -106,6 +108,4 @@ def write_config_with_both_rope_keys(folder: str | os.PathLike) -> None:
         raise ValueError(f"{path}: no rope theta in rope_parameters or rope_theta")
     config["rope_theta"] = theta
     config["rope_parameters"] = {"rope_type": "default", **params, "rope_theta": theta}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_json(path, config, sort_keys=True)

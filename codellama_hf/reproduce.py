@@ -40,6 +40,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from codellama_hf.io import write_json, write_jsonl, write_text
+
 console = Console(highlight=False)
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "tiny"
 PRETRAIN = "pretrain"
@@ -168,13 +170,6 @@ class Run:
         console.print(f"[green]{name} done in {self.timings[name]:.0f} s[/green]")
 
 
-def _write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # 3. Training stages, each in its own subprocess
 # ---------------------------------------------------------------------------------------------------------------
@@ -260,11 +255,7 @@ def code_pieces(run: Run) -> None:
             for i, piece in enumerate(pieces)
             if piece.strip()
         ]
-    path = run.path("data", "code-pieces.jsonl")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    os.replace(tmp, path)
+    path = write_jsonl(run.path("data", "code-pieces.jsonl"), rows)
     # relative to the run folder (the stages' working directory): the held-out rule hashes the source's name, so
     # an absolute path would give every --out folder a different split, and different numbers
     source = path.relative_to(run.out).as_posix()
@@ -273,9 +264,7 @@ def code_pieces(run: Run) -> None:
         "components": {"code": {"weight": 0.85, "sources": [source]}, "nl_code": 0.08, "nl": 0.07},
     }
     mixture_path = run.path("data", "code-mixture.yaml")
-    tmp = mixture_path.with_name(f".{mixture_path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(mixture))
-    os.replace(tmp, mixture_path)  # last: its presence marks the step complete
+    write_text(mixture_path, yaml.safe_dump(mixture))  # last: its presence marks the step complete
     console.print(f"{len(rows):,} code blocks of at most {limit:,} characters -> {path}, mixture {mixture_path}")
 
 
@@ -529,7 +518,7 @@ def evaluate(run: Run) -> None:
     }
     for name, measure in measurements.items():
         path = run.path("eval", f"{name}.json")
-        run.step(f"evaluate {name}", path, lambda measure=measure, path=path: _write_json(path, measure()))
+        run.step(f"evaluate {name}", path, lambda measure=measure, path=path: write_json(path, measure()))
     _write_results_for_cards(run)
 
 
@@ -595,7 +584,7 @@ def stage_family(run: Run) -> None:
             files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
             report["repos"][repo] = {"slot": member.slot, "folder": str(folder), "exists": False, "upload": files}
     report["compared_with_hub"] = compared
-    _write_json(stage_dir / "family.json", report)
+    write_json(stage_dir / "family.json", report)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -729,7 +718,7 @@ def write_report(run: Run) -> None:
     folder = run.path("report")
     folder.mkdir(parents=True, exist_ok=True)
     numbers = claims(run)
-    _write_json(folder / "claims.json", numbers)
+    write_json(folder / "claims.json", numbers)
     plots = _plots(run, numbers, folder)
     c1, c2 = numbers["1_fim_costs_little_left_to_right"], numbers["2_fim_gives_infilling"]
     c3, c4 = numbers["3_lcft_lowers_long_context_perplexity"], numbers["4_python_stage_lowers_python_loss"]
@@ -838,10 +827,8 @@ of {len(TOY_PROBLEMS)} interview problems with tests and candidate solutions, th
 
 {hub_note}
 """
-    tmp = folder / ".report.md.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, folder / "report.md")
-    _write_json(folder / "timings.json", run.timings)
+    write_text(folder / "report.md", text)
+    write_json(folder / "timings.json", run.timings)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -861,7 +848,7 @@ def reproduce(out: str | os.PathLike, *, preset: str = "tiny", seed: int = 0, hu
         raise ValueError(
             f"{run.out} holds a run with other settings ({saved}); use another --out or the same --preset and --seed"
         )
-    _write_json(saved, settings)
+    write_json(saved, settings)
     started = time.monotonic()
     from codellama_hf.convert import hf_to_meta, meta_to_hf
     from codellama_hf.tokenizer import build_tiny_tokenizer

@@ -20,10 +20,10 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import yaml
 from transformers import TrainingArguments
 
 from codellama_hf.adapters import AdapterArguments
+from codellama_hf.io import read_yaml_mapping
 
 STAGES = ("pretrain", "code", "python", "lcft", "instruct")  # pretrain: the miniature's stand-in for Llama 2
 PAPER_MIN_LR_RATE = 1 / 30  # "final learning rate 1/30th of the peak" (codellama.md §3.4)
@@ -406,15 +406,7 @@ def config_path(stage: str, size: str = "tiny", root: str | os.PathLike | None =
 
 def read_config_file(path: str | os.PathLike) -> dict:
     """Load a recipe YAML and reject keys that are no field of the argument classes, naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such config file")
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: must be a YAML mapping of field: value")
+    config = read_yaml_mapping(path, "config file")
     known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if f.init} | {"env"}
     for key in config:
         if key not in known:

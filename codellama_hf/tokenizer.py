@@ -35,7 +35,7 @@ from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
 from tokenizers.models import BPE
 
-from codellama_hf.files import atomic_dir
+from codellama_hf.io import atomic_dir
 
 PREFIX, SUFFIX, MIDDLE, EOT = "▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"
 SENTINELS = (PREFIX, SUFFIX, MIDDLE, EOT)

@@ -38,6 +38,7 @@ from codellama_hf.adapters import (
     model_loading_kwargs,
     write_adapter_metadata,
 )
+from codellama_hf.io import atomic_dir, torch_dtype, write_json
 from codellama_hf.models import (
     assert_rope_theta,
     effective_rope_theta,
@@ -107,10 +108,6 @@ def _load_tokenizer(path):
         raise FileNotFoundError(f"tokenizer {path}: cannot load it ({err})") from None
 
 
-def _torch_dtype(name: str):
-    return "auto" if name == "auto" else getattr(torch, name)
-
-
 def load_tokenizer_and_model(model_args: ModelArguments, config: StageConfig):
     """(tokenizer, model, base) for a stage, with theta set and checked and the vocabulary consistent.
 
@@ -159,7 +156,10 @@ def load_tokenizer_and_model(model_args: ModelArguments, config: StageConfig):
         )
     model_config.use_cache = False  # packed rows: no cache, or documents would see each other (verified-here.md)
 
-    kwargs = {"dtype": _torch_dtype(model_args.dtype), "attn_implementation": model_args.attn_implementation}
+    kwargs = {
+        "dtype": torch_dtype(model_args.dtype, auto="auto"),
+        "attn_implementation": model_args.attn_implementation,
+    }
     if model_args.quantized:
         if fresh:
             raise ValueError(
@@ -358,12 +358,9 @@ def build_train_dataset(data_args: DataArguments, config: StageConfig, tokenizer
                     )
                 parts.append(part)
                 made += len(part)
-            tmp = folder.with_name(f".{key}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            datasets.concatenate_datasets(parts).save_to_disk(str(tmp / "rows"))
-            (tmp / "rows.json").write_text(json.dumps({"rows": made, "epochs": len(parts)}))
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
+            with atomic_dir(folder, overwrite=True) as tmp:
+                datasets.concatenate_datasets(parts).save_to_disk(str(tmp / "rows"))
+                (tmp / "rows.json").write_text(json.dumps({"rows": made, "epochs": len(parts)}))
     packed = datasets.load_from_disk(str(folder / "rows"))
     info.update(json.loads((folder / "rows.json").read_text()), documents=len(documents), packed_dir=str(folder))
     return packed, info
@@ -419,7 +416,7 @@ class RunSignatureCallback(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
-                _write_json_atomic(folder / SIGNATURE_FILE, self.signature)
+                write_json(folder / SIGNATURE_FILE, self.signature, sort_keys=True)
 
 
 def run_signature(config: StageConfig, data_args: DataArguments) -> dict:
@@ -529,12 +526,6 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
 
 
-def _write_json_atomic(path: Path, value) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_jsonable(value), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def read_lineage(folder: str | os.PathLike) -> dict | None:
     """A model folder's lineage.json (None when it has none, e.g. a model converted from Meta's release)."""
     path = Path(folder) / LINEAGE_FILE
@@ -629,7 +620,7 @@ def save_final(trainer: Trainer, lineage: dict, adapter: AdapterArguments | None
     if state.is_main_process:
         if lora:
             write_adapter_metadata(trainer.accelerator.unwrap_model(trainer.model), tmp / "adapter")
-            _write_json_atomic(tmp / "adapter" / LINEAGE_FILE, lineage)
+            write_json(tmp / "adapter" / LINEAGE_FILE, lineage, sort_keys=True)
             if adapter.merge_adapter:
                 merged = merge_and_save(tmp / "adapter", tmp / ".merged")
                 lineage = json.loads((merged / LINEAGE_FILE).read_text())  # now with an "adapter" entry
@@ -645,7 +636,7 @@ def save_final(trainer: Trainer, lineage: dict, adapter: AdapterArguments | None
             write_config_with_both_rope_keys(tmp)
         trainer.save_state()
         plot_training_curves(trainer.state.log_history, tmp / "training_curves.png")
-        _write_json_atomic(tmp / LINEAGE_FILE, lineage)
+        write_json(tmp / LINEAGE_FILE, lineage, sort_keys=True)
         for path in sorted(tmp.iterdir(), key=lambda p: p.name == LINEAGE_FILE):
             if (out / path.name).is_dir():
                 shutil.rmtree(out / path.name)

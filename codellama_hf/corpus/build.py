@@ -24,6 +24,7 @@ from codellama_hf.corpus.dedup import DedupConfig, deduplicate
 from codellama_hf.corpus.embedded import KINDS, VALIDATION_FRACTION, embedded_corpus, is_validation, save_atomic
 from codellama_hf.corpus.filters import FilterConfig, SkipCounter
 from codellama_hf.corpus.sources import SourceSpec, dataset_from_generator, read_sources
+from codellama_hf.io import read_yaml_mapping
 
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "corpus_summary.json"
@@ -50,15 +51,7 @@ class BuildConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> BuildConfig:
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"corpus config {path} does not exist")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a corpus config is a mapping of BuildConfig fields")
-        return cls.from_dict(data, where=str(path))
+        return cls.from_dict(read_yaml_mapping(path, "corpus config"), where=str(path))
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "corpus config") -> BuildConfig:

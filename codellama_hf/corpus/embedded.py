@@ -23,12 +23,10 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import os
 import re
 import shutil
 import sys
 import sysconfig
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -38,6 +36,7 @@ from tqdm.auto import tqdm
 from codellama_hf.corpus.dedup import DedupConfig, deduplicate
 from codellama_hf.corpus.filters import PROSE_LANGUAGES, FilterConfig, SkipCounter, share
 from codellama_hf.corpus.sources import COLUMNS, features, language_of, list_files, read_document
+from codellama_hf.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -337,23 +336,11 @@ def save_atomic(dataset, out_dir: Path, *, extra_files: dict[str, str] | None = 
     `extra_files` (name -> text) are written beside the dataset first. With `overwrite`, an existing folder is
     replaced only once the new one is complete.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        dataset.save_to_disk(str(tmp / "data"))
+    with atomic_dir(out_dir, overwrite=overwrite, shared=not overwrite) as tmp:
+        dataset.save_to_disk(str(tmp))
         for name, text in (extra_files or {}).items():
-            (tmp / "data" / name).write_text(text, encoding="utf-8")
-        if overwrite and out_dir.exists():
-            os.rename(out_dir, tmp / "old")
-        try:
-            os.rename(tmp / "data", out_dir)
-        except OSError:
-            if not out_dir.exists():  # not merely another process finishing the same build first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+            (tmp / name).write_text(text, encoding="utf-8")
+    return Path(out_dir)
 
 
 def embedded_corpus(

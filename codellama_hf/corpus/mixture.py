@@ -43,6 +43,7 @@ from pathlib import Path
 
 from codellama_hf.corpus.embedded import KINDS, embedded_corpus, is_validation
 from codellama_hf.corpus.sources import read_sources
+from codellama_hf.io import read_yaml_mapping
 
 STOPPING_STRATEGIES = ("all_exhausted", "first_exhausted", "all_exhausted_without_replacement")
 BALANCES = ("documents", "bytes")
@@ -162,14 +163,7 @@ def get_mixture(preset_or_path: str | os.PathLike | Mixture) -> Mixture:
         return PRESETS[key]
     path = Path(key).expanduser()
     if path.suffix.lower() in (".yaml", ".yml") or path.exists():
-        import yaml
-
-        if not path.is_file():
-            raise FileNotFoundError(f"mixture file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise ValueError(f"mixture file {path} is not valid YAML: {err}") from err
+        data = read_yaml_mapping(path, "mixture file")
         try:
             return mixture_from_dict(data, name=path.stem)
         except ValueError as err:

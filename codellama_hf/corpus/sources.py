@@ -31,6 +31,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from codellama_hf.corpus.filters import FilterConfig, SkipCounter
+from codellama_hf.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -348,10 +349,7 @@ def _generate_folder(spec: dict, filters: FilterConfig, stats: SkipCounter, side
     yield from iter_folder(SourceSpec(**spec), filters, counts)
     stats.update(counts)
     if sidecar:  # remember the counts for cached re-reads, which do not run this generator
-        tmp = Path(f"{sidecar}.tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(counts))
-        os.replace(tmp, sidecar)
+        write_json(sidecar, counts, indent=None)
 
 
 def _read_folder(spec: SourceSpec, filters: FilterConfig, stats: SkipCounter, streaming: bool):

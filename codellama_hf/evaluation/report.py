@@ -26,6 +26,8 @@ import json
 import os
 from pathlib import Path
 
+from codellama_hf.io import write_json, write_text
+
 SCHEMA = "codellama_hf.eval/1"
 
 
@@ -64,13 +66,7 @@ def new_result(task: str, model: str, **fields) -> dict:
 
 def write_result(folder: str | os.PathLike, result: dict, *, name: str | None = None) -> Path:
     """Write folder/<name or task>.json atomically."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name or result['task']}.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(Path(folder) / f"{name or result['task']}.json", result)
 
 
 def load_results(folder: str | os.PathLike) -> list[dict]:
@@ -165,8 +161,4 @@ def write_report(folder: str | os.PathLike) -> Path:
             image = folder / f"{r['task']}.png"
             plot(r, image)
             parts += [f"![{r['task']}]({image.name})", ""]
-    path = folder / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(parts))
-    os.replace(tmp, path)
-    return path
+    return write_text(folder / "report.md", "\n".join(parts))

@@ -11,8 +11,9 @@ from pathlib import Path
 from codellama_hf.evaluation.benchmarks import get_benchmark
 from codellama_hf.evaluation.long_context import DEPTHS, key_retrieval, perplexity_by_length, stdlib_python_files
 from codellama_hf.evaluation.report import new_result, write_result
-from codellama_hf.evaluation.scoring import read_samples, score, write_jsonl
+from codellama_hf.evaluation.scoring import read_samples, score
 from codellama_hf.generation import DEFAULT_TEMPERATURE, generate, infill
+from codellama_hf.io import write_jsonl
 from codellama_hf.tokenizer import infill_ids
 
 log = logging.getLogger(__name__)

@@ -14,13 +14,14 @@ import os
 import platform
 import sys
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from codellama_hf.evaluation.benchmarks import Benchmark
 from codellama_hf.evaluation.passk import pass_at_k
 from codellama_hf.evaluation.sandbox import Limits, Sandbox, calibrated_timeout
+from codellama_hf.io import write_json
 
 log = logging.getLogger(__name__)
 DEFAULT_KS = (1, 10, 100)
@@ -47,17 +48,6 @@ def read_samples(path: str | os.PathLike) -> list[dict]:
     if not samples:
         raise ValueError(f"{path}: no samples in the file")
     return samples
-
-
-def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
-    """Write rows atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    os.replace(tmp, path)
-    return path
 
 
 @dataclass
@@ -100,10 +90,7 @@ def _reference_durations(
             )
             continue
         durations[problem.task_id] = result.duration
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(durations))
-    os.replace(tmp, cache)
+    write_json(cache, durations, indent=None)
     return durations
 
 
