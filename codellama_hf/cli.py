@@ -16,7 +16,7 @@ COMMANDS = {
     "convert": "codellama_hf.convert",
     "corpus": "codellama_hf.corpus",
     "evaluate": "codellama_hf.evaluation.cli",
-    "instruct": "codellama_hf.instruct",
+    "instruct": "codellama_hf.selfinstruct.cli",
     "card": "codellama_hf.cards",
     "push": "codellama_hf.hub",
     "reproduce": "codellama_hf.reproduce",

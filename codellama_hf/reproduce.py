@@ -12,7 +12,7 @@
  6. code          code stage with FIM (rate 0.9), and code-nofim: the same budget from the same start without FIM;
  7. python        Python stage continuing the code model;
  8. lcft          long-context fine-tuning of the code model: theta 1e6, sequences 4x the code stage's;
- 9. selfinstruct  self-instruct with execution filtering (instruct.generate_self_instruct), toy generator;
+ 9. selfinstruct  self-instruct with execution filtering (selfinstruct.generate_self_instruct), toy generator;
 10. instruct      instruct stage (SFT on those dialogs + rehearsal) continuing the LCFT model;
 11. evaluate      the claims' measurements on the corpus' held-out validation files (one cached JSON each);
 12. hub           model cards and the family staged for the Hub (hub.push_family, dry run);
@@ -365,7 +365,7 @@ class ToyGenerator:
 
 
 def self_instruct(run: Run) -> None:
-    from codellama_hf.instruct import SelfInstructConfig, generate_self_instruct
+    from codellama_hf.selfinstruct import SelfInstructConfig, generate_self_instruct
 
     out = run.path("selfinstruct")
     out.mkdir(parents=True, exist_ok=True)

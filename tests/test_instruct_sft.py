@@ -13,13 +13,14 @@ from transformers import AutoTokenizer
 
 from codellama_hf import chat
 from codellama_hf import instruct as I
+from codellama_hf.selfinstruct.prompts import solution_message
 from codellama_hf.stages import parse_stage_config
 from tests.conftest import ROOT
 
 TINY = ROOT / "recipes" / "configs" / "tiny" / "instruct.yaml"
 CODE = "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n"
 GOOD = [
-    [{"role": "user", "content": "Write fib(n)."}, {"role": "assistant", "content": I.solution_message(CODE)}],
+    [{"role": "user", "content": "Write fib(n)."}, {"role": "assistant", "content": solution_message(CODE)}],
     [
         {"role": "system", "content": "Answer with code only."},
         {"role": "user", "content": "Reverse a list `xs`."},
