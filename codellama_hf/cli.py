@@ -20,6 +20,7 @@ COMMANDS = {
     "card": "codellama_hf.cards",
     "push": "codellama_hf.hub",
     "reproduce": "codellama_hf.reproduce",
+    "plan": "codellama_hf.planner",
 }
 
 

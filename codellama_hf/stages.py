@@ -171,10 +171,15 @@ class BatchPlan:
     seq_len: int
     grad_accum: int
     max_steps: int
+    sequence_parallel: int = 1  # processes sharing each row (Ulysses); data-parallel replicas = world / this
+
+    @property
+    def data_parallel(self) -> int:
+        return self.world_size // self.sequence_parallel
 
     @property
     def sequences_per_step(self) -> int:
-        return self.world_size * self.micro_batch * self.grad_accum
+        return self.data_parallel * self.micro_batch * self.grad_accum
 
     @property
     def tokens_per_step(self) -> int:
@@ -193,8 +198,14 @@ class BatchPlan:
         }
 
     def describe(self) -> str:
+        replicas = (
+            f"{self.data_parallel} data-parallel replicas ({self.world_size} processes / sequence parallel "
+            f"{self.sequence_parallel})"
+            if self.sequence_parallel > 1
+            else f"{self.world_size} processes"
+        )
         return (
-            f"batch plan: {self.tokens_per_step:,} tokens per step = {self.world_size} processes x "
+            f"batch plan: {self.tokens_per_step:,} tokens per step = {replicas} x "
             f"{self.micro_batch} sequences x {self.grad_accum} accumulation steps x {self.seq_len:,} tokens; "
             f"{self.max_steps:,} steps = {self.total_tokens:,} tokens"
         )
@@ -209,8 +220,13 @@ def batch_plan(
     max_steps: int | None = None,
     train_tokens: int | None = None,
     grad_accum: int | None = None,
+    sequence_parallel: int = 1,
 ) -> BatchPlan:
-    """Derive gradient accumulation (and steps, from a token budget) so each step sees exactly `tokens_per_step`."""
+    """Derive gradient accumulation (and steps, from a token budget) so each step sees exactly `tokens_per_step`.
+
+    With sequence parallelism, `sequence_parallel` processes share each row, so only world / sequence_parallel
+    replicas add rows to a pass and accumulation grows to keep the tokens per step.
+    """
     for name, value in (
         ("tokens_per_step", tokens_per_step),
         ("seq_len", seq_len),
@@ -221,13 +237,19 @@ def batch_plan(
             raise ValueError(f"{name}={value!r}: must be a positive integer")
     if tokens_per_step % seq_len:
         raise ValueError(f"tokens_per_step={tokens_per_step:,} is not a whole number of {seq_len:,}-token sequences")
-    sequences = tokens_per_step // seq_len
-    per_pass = world_size * micro_batch
-    if per_pass > sequences or sequences % per_pass:
-        fits = [m for m in range(1, sequences // world_size + 1) if sequences % (m * world_size) == 0]
-        reason = "exceeds" if per_pass > sequences else "does not divide"
+    if not isinstance(sequence_parallel, int) or sequence_parallel < 1 or world_size % sequence_parallel:
         raise ValueError(
-            f"per_device_train_batch_size={micro_batch} cannot reach the token batch: {world_size} processes x "
+            f"sequence_parallel_size={sequence_parallel!r} must be a positive divisor of the {world_size} processes"
+        )
+    sequences = tokens_per_step // seq_len
+    replicas = world_size // sequence_parallel
+    per_pass = replicas * micro_batch
+    if per_pass > sequences or sequences % per_pass:
+        fits = [m for m in range(1, sequences // replicas + 1) if sequences % (m * replicas) == 0]
+        reason = "exceeds" if per_pass > sequences else "does not divide"
+        who = f"{replicas} data-parallel replicas" if sequence_parallel > 1 else f"{world_size} processes"
+        raise ValueError(
+            f"per_device_train_batch_size={micro_batch} cannot reach the token batch: {who} x "
             f"{micro_batch} sequences = {per_pass} sequences per pass, which {reason} the {sequences} sequences of "
             f"tokens_per_step={tokens_per_step:,}. "
             + (
@@ -239,7 +261,7 @@ def batch_plan(
     derived = sequences // per_pass
     if grad_accum is not None and grad_accum != derived:
         raise ValueError(
-            f"gradient_accumulation_steps={grad_accum} contradicts the plan ({derived} for {world_size} processes x "
+            f"gradient_accumulation_steps={grad_accum} contradicts the plan ({derived} for {replicas} replicas x "
             f"{micro_batch} sequences at tokens_per_step={tokens_per_step:,}); leave it unset: it is derived"
         )
     if (max_steps is None) == (train_tokens is None):
@@ -251,7 +273,12 @@ def batch_plan(
     if max_steps <= 0:
         raise ValueError(f"max_steps={max_steps}: must be positive")
     return BatchPlan(
-        world_size=world_size, micro_batch=micro_batch, seq_len=seq_len, grad_accum=derived, max_steps=max_steps
+        world_size=world_size,
+        micro_batch=micro_batch,
+        seq_len=seq_len,
+        grad_accum=derived,
+        max_steps=max_steps,
+        sequence_parallel=sequence_parallel,
     )
 
 
