@@ -13,7 +13,7 @@ import sys
 # command -> module exposing `register(subparsers)`, which adds that subcommand and sets `func` on its parser.
 COMMANDS = {
     "tokenizer": "codellama_hf.tokenizer",
-    "convert": "codellama_hf.convert",
+    "convert": "codellama_hf.convert.cli",
     "corpus": "codellama_hf.corpus",
     "evaluate": "codellama_hf.evaluation.cli",
     "instruct": "codellama_hf.selfinstruct.cli",
