@@ -53,11 +53,14 @@ def check_sequence_parallel(
         raise ValueError(f"{where}={sp} does not divide seq_len={seq_len}: every process gets an equal shard")
 
 
-def parallelism_config(sp: int, attn_implementation: str):
+def parallelism_config(sp: int, data_parallel: int, attn_implementation: str):
     """accelerate's ParallelismConfig for Ulysses over DeepSpeed (None when sp == 1).
 
+    ZeRO shards over the data-parallel dimension (`dp_shard_size` = world / sp, as in TRL's ALST example);
+
     `sp_attn_implementation` is the kernel Ulysses calls on the gathered sequence (flash_attention_2/3 or sdpa);
-    the model itself is switched to DeepSpeed's "ulysses" attention when accelerate prepares it.
+    the model itself is switched to DeepSpeed's "ulysses" attention when accelerate prepares it. Packed rows
+    carry position_ids, so the sequence length is variable only in principle: rows are all seq_len long.
     """
     if sp == 1:
         return None
@@ -67,6 +70,7 @@ def parallelism_config(sp: int, attn_implementation: str):
     return ParallelismConfig(
         sp_size=sp,
         sp_backend="deepspeed",
+        dp_shard_size=data_parallel,
         sp_handler=DeepSpeedSequenceParallelConfig(sp_attn_implementation=attn_implementation),
     )
 

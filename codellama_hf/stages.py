@@ -316,6 +316,14 @@ class StageConfig(TrainingArguments):
         },
     )
     plan_only: bool = field(default=False, metadata={"help": "Print the batch plan and exit."})
+    sequence_parallel_size: int = field(
+        default=1,
+        metadata={
+            "help": "Processes sharing each row (Ulysses sequence parallelism through DeepSpeed; needs a DeepSpeed "
+            "launch). Data-parallel replicas = world / this; accumulation grows to keep tokens_per_step. Must "
+            "divide the world size and the attention heads."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start over in an output_dir that holds an earlier run (its checkpoints are deleted)."},
@@ -368,6 +376,7 @@ class StageConfig(TrainingArguments):
             max_steps=self.max_steps,
             train_tokens=self.train_tokens,
             grad_accum=self.gradient_accumulation_steps,
+            sequence_parallel=self.sequence_parallel_size,
         )
         self.gradient_accumulation_steps = self.plan.grad_accum
         self.max_steps = self.plan.max_steps

@@ -31,6 +31,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback
 
 import codellama_hf
+from codellama_hf import speed
 from codellama_hf.adapters import (
     AdapterArguments,
     apply_adapters,
@@ -711,6 +712,7 @@ def run_stage(
     # 1. Configuration: YAML + command line -> dataclasses, the batch plan, and the distributed state (gloo for
     # DeepSpeed on CPU, created by StageConfig before transformers would)
     model_args, data_args, config = parse_stage_config(stage, argv, default_config=default_config)
+    speed.prepare(model_args, config)  # Liger / sequence-parallel settings checked before any weights are read
     if config.plan_only:
         print(config.plan.describe())
         return None
@@ -728,6 +730,9 @@ def run_stage(
         f"model: {parameters:,} parameters, rope theta {effective_rope_theta(model):,.0f}, "
         f"vocabulary {len(tokenizer):,}"
     )
+    speed.register_fused_loss_weight(model, config)
+    if (estimate := speed.memory_plan(model, model_args, config)) is not None:
+        _print(f"memory plan: {estimate[1].gib()} GiB per GPU (codellama-hf plan)")
     # 3. Data: rows for this stage (documents -> FIM -> packed rows by default)
     train_dataset, data_info = (build_data or build_train_dataset)(data_args, config, tokenizer)
     # 4. Trainer, resuming where a checkpoint left off

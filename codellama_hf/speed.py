@@ -1,0 +1,139 @@
+"""A stage's speed options, checked and wired before the model is loaded: Liger kernels, sequence parallelism, plan.
+
+- `use_liger_kernel` (TrainingArguments): Liger's Triton kernels for RMSNorm, RoPE, SwiGLU and the fused linear
+  cross-entropy, which never materialises the 32k-vocabulary logits (Hsu et al. 2024, arXiv 2410.10989). Triton
+  needs a GPU: on a machine without CUDA this is refused up front. Under ZeRO-3 the fused loss reads
+  `lm_head.weight` outside `lm_head.forward`, where DeepSpeed has not gathered it (an empty partition); it is
+  registered as an external parameter of the causal-LM module, DeepSpeed's own mechanism for a weight used by
+  another module's forward, so it is gathered for the loss and its gradient reduced as usual.
+- `torch_compile` (TrainingArguments): compiled forward and backward; equal losses are tested on CPU.
+- `sequence_parallel_size` (StageConfig): Ulysses through accelerate's ParallelismConfig and DeepSpeed
+  (codellama_hf.parallel); checked against the model's heads and the launch before the weights are read.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+LIGER_INSTALL = "pip install 'codellama_hf[liger]'"
+
+
+def check_liger(enabled: bool) -> None:
+    """Refuse use_liger_kernel where its kernels cannot run, with what to do instead."""
+    if not enabled:
+        return
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ValueError(f"use_liger_kernel: true needs liger-kernel ({LIGER_INSTALL})")
+    if not torch.cuda.is_available():
+        raise ValueError(
+            "use_liger_kernel: true needs a CUDA GPU: Liger's kernels are written in Triton, which has no CPU "
+            "driver. Set use_liger_kernel: false on this machine (the unfused path computes the same loss)"
+        )
+
+
+def model_shape_before_loading(model_args):
+    """The model's head counts and shape, from its config.json or the random-init preset (no weights read)."""
+    from transformers import AutoConfig
+
+    from codellama_hf.planner import ModelShape
+
+    source = model_args.model_name_or_path
+    try:
+        return ModelShape.from_config(AutoConfig.from_pretrained(source))
+    except (OSError, TypeError, ValueError):
+        if model_args.init_model_size is not None:
+            return ModelShape.from_size(model_args.init_model_size)
+        return None  # the model loader reports the missing model in its own words
+
+
+def prepare(model_args, config) -> None:
+    """Check and wire the speed options of a parsed stage; runs before any model weights are loaded.
+
+    A plan_only preview checks the sequence-parallel split but not the Liger device (it may run on a laptop).
+    """
+    if not config.plan_only:
+        check_liger(config.use_liger_kernel)
+    sp = getattr(config, "sequence_parallel_size", 1)
+    shape = model_shape_before_loading(model_args)
+    if sp > 1:
+        from codellama_hf.parallel import check_sequence_parallel, parallelism_config
+
+        if shape is not None:
+            check_sequence_parallel(
+                sp,
+                world_size=config.plan.world_size,
+                num_heads=shape.heads,
+                num_kv_heads=shape.kv_heads,
+                seq_len=config.seq_len,
+            )
+        if model_args.attn_implementation not in ("sdpa", "flash_attention_2", "flash_attention_3"):
+            raise ValueError(
+                f"sequence_parallel_size={sp} with attn_implementation={model_args.attn_implementation!r}: "
+                "Ulysses runs sdpa, flash_attention_2 or flash_attention_3 on the gathered sequence"
+            )
+        if not (config.deepspeed or _accelerate_uses_deepspeed() or config.plan_only):
+            raise ValueError(
+                f"sequence_parallel_size={sp} runs through DeepSpeed (Ulysses): launch with a DeepSpeed config, "
+                "e.g. accelerate launch --config_file accelerate_configs/zero3.yaml"
+            )
+        config.parallelism_config = parallelism_config(
+            sp, config.plan.world_size // sp, model_args.attn_implementation
+        )
+
+
+def _accelerate_uses_deepspeed() -> bool:
+    import os
+
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true", "yes")
+
+
+def memory_plan(model, model_args, config):
+    """The planner's estimate for this very run (GPU memory of this machine), or None without a GPU."""
+    from codellama_hf.planner import ModelShape, Setup, attention_kind, memory
+
+    if not torch.cuda.is_available():
+        return None
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    zero = 3 if is_deepspeed_zero3_enabled() else 0
+    setup = Setup(
+        gpus=config.plan.world_size,
+        gpu_memory_gib=torch.cuda.get_device_properties(0).total_memory / 2**30,
+        seq_len=config.seq_len,
+        tokens_per_step=config.tokens_per_step,
+        zero_stage=zero,
+        sequence_parallel=getattr(config, "sequence_parallel_size", 1),
+        checkpointing=bool(config.gradient_checkpointing),
+        fused_loss=bool(config.use_liger_kernel),
+        attention=attention_kind(model_args.attn_implementation),
+        bf16=bool(config.bf16),
+        micro_batch=config.per_device_train_batch_size,
+    )
+    return setup, memory(ModelShape.from_config(model.config), setup, config.per_device_train_batch_size)
+
+
+def register_fused_loss_weight(model, config) -> bool:
+    """Under ZeRO-3 with Liger's fused loss, have DeepSpeed gather lm_head.weight for the causal-LM forward.
+
+    Returns whether it registered anything. Idempotent; harmless when the weight is not partitioned.
+    """
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not (config.use_liger_kernel and is_deepspeed_zero3_enabled()):
+        return False
+    return register_lm_head_with_causal_lm(model)
+
+
+def register_lm_head_with_causal_lm(model) -> bool:
+    """deepspeed.zero.register_external_parameter(causal LM, lm_head.weight), through PEFT wrappers."""
+    import deepspeed
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    if weight is None or not hasattr(weight, "ds_id"):
+        return False
+    deepspeed.zero.register_external_parameter(base, weight)
+    return True
