@@ -15,7 +15,7 @@
  9. selfinstruct  self-instruct with execution filtering (selfinstruct.generate_self_instruct), toy generator;
 10. instruct      instruct stage (SFT on those dialogs + rehearsal) continuing the LCFT model;
 11. evaluate      the claims' measurements on the corpus' held-out validation files (one cached JSON each);
-12. hub           model cards and the family staged for the Hub (hub.push_family, dry run);
+12. hub           model cards and the family staged for the Hub (publish.hub.push_family, dry run);
 13. report        DIR/report/report.md with PNGs and DIR/report/claims.json (only measured numbers).
 
 Every training stage is the library's `run_stage` / `run_instruct` in its own subprocess (accelerate's state is a
@@ -560,7 +560,8 @@ def stage_family(run: Run) -> None:
 
     from huggingface_hub import constants
 
-    from codellama_hf.hub import Member, PushConfig, push_family
+    from codellama_hf.publish.hub import push_family
+    from codellama_hf.publish.staging import Member, PushConfig
 
     stage_dir = run.path("hub")
     members = [

@@ -1,6 +1,6 @@
 """Publish a Code Llama family to the Hub: one repository per model with its card, and a collection.
 
-Same as `codellama-hf push` (codellama_hf/hub.py documents the steps). A family config, e.g. family.yaml:
+Same as `codellama-hf push` (codellama_hf/publish/hub.py documents the steps). A family config, e.g. family.yaml:
 
     namespace: my-org                    # default: the token's user
     collection: Code Llama (codellama_hf)

@@ -193,7 +193,8 @@ def test_lora_merge_keeps_the_trained_theta_and_matches_the_adapter(base_dirs, t
         torch.testing.assert_close(merged(_batch()).logits, peft_model(input_ids=_batch()).logits, atol=1e-4, rtol=0)
     lineage = json.loads((merged_dir / "lineage.json").read_text())
     assert lineage["adapter"]["lora"]["target_modules"] == ["q_proj", "v_proj"]
-    from codellama_hf.cards import CardOptions, read_facts, render_card
+    from codellama_hf.publish.card import CardOptions, render_card
+    from codellama_hf.publish.facts import read_facts
 
     card = render_card(read_facts(merged_dir), [], CardOptions())
     assert "| lcft | `?` | LoRA r=4, alpha 32 |" in card.text and "| RoPE theta | 1,000,000 |" in card.text

@@ -1,4 +1,4 @@
-"""Model cards from a model's lineage and evaluation results (codellama_hf.cards).
+"""Model cards from a model's lineage and evaluation results (codellama_hf.publish).
 
 The family used here (and by test_hub.py) is made by real, tiny training stages: transformers' Trainer runs two
 steps, then the stage engineer's `lineage_record` and `save_final` write the folder exactly as a stage does. The
@@ -167,7 +167,8 @@ def results(family, tmp_path_factory):
 
 
 def _card(folder, results=None, **options):
-    from codellama_hf.cards import CardOptions, read_facts, read_results, render_card
+    from codellama_hf.publish.card import CardOptions, render_card
+    from codellama_hf.publish.facts import read_facts, read_results
 
     return render_card(read_facts(folder), read_results(results), CardOptions(**options))
 
@@ -175,7 +176,7 @@ def _card(folder, results=None, **options):
 def test_card_metadata_parses_and_carries_measured_results(family, results):
     from huggingface_hub import ModelCard
 
-    from codellama_hf.load import parse_slot
+    from codellama_hf.family import parse_slot
 
     card = ModelCard(
         str(
@@ -217,7 +218,7 @@ def test_card_metadata_parses_and_carries_measured_results(family, results):
 
 def test_every_number_comes_from_the_folder(family):
     """Stage facts in the card are the lineage's and config's; changing them changes the card."""
-    from codellama_hf.cards import read_facts
+    from codellama_hf.publish.facts import read_facts
 
     facts = read_facts(family["tiny-instruct"])
     text = str(_card(family["tiny-instruct"]))
@@ -234,14 +235,14 @@ def test_every_number_comes_from_the_folder(family):
     lineage["tokens_seen"] = 987_654_321
     lineage["hyperparameters"]["learning_rate"] = 7.5e-06
     facts.stages[-1].update(tokens_seen=987_654_321, hyperparameters=lineage["hyperparameters"])
-    from codellama_hf.cards import CardOptions, render_card
+    from codellama_hf.publish.card import CardOptions, render_card
 
     changed = str(render_card(facts, [], CardOptions()))
     assert "987,654,321" in changed and "7.5e-06" in changed and "987,654,321" not in text
 
 
 def test_parents_in_the_family_become_base_model_links(family):
-    from codellama_hf.load import parse_slot
+    from codellama_hf.family import parse_slot
 
     published = {str(family["tiny"].resolve()): "me/CodeLlama-tiny-hf"}
     card = _card(
@@ -282,7 +283,7 @@ def test_subset_and_skipped_runs_stay_out_of_the_model_index(family, tmp_path):
 def test_bad_input_is_a_clear_error(family, tmp_path):
     import shutil
 
-    from codellama_hf.cards import read_facts, read_results
+    from codellama_hf.publish.facts import read_facts, read_results
 
     folder = tmp_path / "m"
     shutil.copytree(family["tiny"], folder)

@@ -1,4 +1,4 @@
-"""Publishing a family (codellama_hf.hub) through the real huggingface_hub client, against a loopback Hub.
+"""Publishing a family (codellama_hf.publish) through the real huggingface_hub client, against a loopback Hub.
 
 `LoopbackHub` is an HTTP server on 127.0.0.1 written here. It speaks the endpoints the client calls (whoami,
 repos/create, tree, preupload, the Git LFS batch API with basic transfers, NDJSON commits, collections, model
@@ -402,7 +402,7 @@ def results(family, tmp_path_factory):
 
 
 def _config(family, results, hub, tmp_path, **overrides):
-    from codellama_hf.hub import Member, PushConfig
+    from codellama_hf.publish.staging import Member, PushConfig
 
     members = [
         Member("tiny", family["tiny"], [results]),
@@ -416,7 +416,7 @@ def test_push_family_then_rerun_uploads_nothing(online, family, results, tmp_pat
     from huggingface_hub import HfApi, ModelCard
 
     from codellama_hf.evaluation.report import new_result, write_result
-    from codellama_hf.hub import push_family
+    from codellama_hf.publish.hub import push_family
 
     hub = online
     report = push_family(_config(family, results, hub, tmp_path))
@@ -554,7 +554,8 @@ def cli(args: list[str], env: dict):
 
 
 def test_wrong_token_and_push_config_errors(online, family, results, tmp_path, monkeypatch):
-    from codellama_hf.hub import Member, PushConfig, push_family, read_push_config
+    from codellama_hf.publish.hub import push_family
+    from codellama_hf.publish.staging import Member, PushConfig, read_push_config
 
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
     with pytest.raises(RuntimeError, match=r"HTTP 401.*check HF_TOKEN or run `hf auth login`"):
@@ -576,8 +577,9 @@ def test_load_from_the_hf_cache_offline(online, family, tmp_path):
     """Push one model, download it into an empty HF cache, then load it by Hub id with HF_HUB_OFFLINE=1."""
     from huggingface_hub import snapshot_download
 
-    from codellama_hf.hub import Member, PushConfig, push_family
     from codellama_hf.load import HUB_PATTERNS
+    from codellama_hf.publish.hub import push_family
+    from codellama_hf.publish.staging import Member, PushConfig
 
     hub = online
     push_family(
@@ -619,8 +621,9 @@ def test_load_from_the_hf_cache_offline(online, family, tmp_path):
 def test_online_errors_name_the_revision_and_the_repo(online, family, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from codellama_hf.hub import Member, PushConfig, push_family
     from codellama_hf.load import load
+    from codellama_hf.publish.hub import push_family
+    from codellama_hf.publish.staging import Member, PushConfig
 
     hub = online
     push_family(

@@ -12,7 +12,8 @@ import sys
 import pytest
 import torch
 
-from codellama_hf.load import FAMILY, Variant, parse_slot, resolve, variant_from_name
+from codellama_hf.family import FAMILY, Variant, parse_slot, variant_from_name
+from codellama_hf.load import resolve
 from tests.conftest import ROOT
 
 GOLDEN_PREFIX, GOLDEN_SUFFIX = 'def remove_non_ascii(s: str) -> str:\n    """ ', "\n    return result\n"

@@ -18,7 +18,7 @@ The reverse direction writes .pth files that are byte-for-byte what `torch.save`
 one tensor at a time, so Meta's own `Llama.build` and Meta-format tools run our models.
 
 Modules: `layout` (shapes, tensor placement, rotary permutation), `meta_reader` (Meta shards), `writers`
-(safetensors and .pth), `to_hf` and `to_meta` (the two directions), `cli`.
+(safetensors and .pth), `to_hf` and `to_meta` (the two directions); the command is codellama_hf.cli.convert.
 """
 
 from codellama_hf.convert.layout import LlamaShape, ffn_hidden_size, hf_to_meta_rotary, meta_to_hf_rotary, weights

@@ -23,7 +23,8 @@ the paper's pass@k sampling) and the answer format of a training dialog (the sol
 format of Fig. 12).
 
 Modules: `prompts` (the figures' prompts and reading the model's answers), `generators` (HF models and
-OpenAI-compatible servers), `pipeline` (the resumable run, judging, dataset, summary), `cli`.
+OpenAI-compatible servers), `pipeline` (the resumable run, judging, dataset, summary); the command is
+codellama_hf.cli.instruct.
 """
 
 from codellama_hf.selfinstruct.generators import Generator, HFGenerator, OpenAIGenerator, Sampling

@@ -13,12 +13,12 @@ import sys
 # command -> module exposing `register(subparsers)`, which adds that subcommand and sets `func` on its parser.
 COMMANDS = {
     "tokenizer": "codellama_hf.tokenizer",
-    "convert": "codellama_hf.convert.cli",
+    "convert": "codellama_hf.cli.convert",
     "corpus": "codellama_hf.corpus",
     "evaluate": "codellama_hf.evaluation.cli",
-    "instruct": "codellama_hf.selfinstruct.cli",
-    "card": "codellama_hf.cards",
-    "push": "codellama_hf.hub",
+    "instruct": "codellama_hf.cli.instruct",
+    "card": "codellama_hf.cli.card",
+    "push": "codellama_hf.cli.push",
     "reproduce": "codellama_hf.reproduce",
     "plan": "codellama_hf.planner",
 }
