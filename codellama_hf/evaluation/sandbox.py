@@ -1,24 +1,36 @@
 """Run model-written programs contained, in parallel, and fast enough to score thousands of samples.
 
 Trusted harnesses call their guard "not a security sandbox" and set no memory limit (evaluation.md §2, §7). Here
-each program runs in its own process, created by a pre-started worker (sandbox_worker.py), with:
+each program runs in its own process, created by a pre-started worker (sandbox_worker.py, layers in
+sandbox_layers.py), with:
 
-- its own session and work dir (also HOME and TMPDIR; a private size-limited tmpfs with namespaces), stdin,
-  stdout and stderr on memory files, and only the first `output_bytes` of each coming back;
+- its own session and work dir (HOME), stdin, stdout and stderr on memory files, and only the first
+  `output_bytes` of each coming back;
 - a wall-clock timeout enforced by the worker, RLIMIT_CPU, RLIMIT_AS (memory), RLIMIT_FSIZE (files and output),
   RLIMIT_NOFILE, and a process cap (pids cgroup for root, RLIMIT_NPROC otherwise);
 - a scrubbed environment (PATH, HOME, TMPDIR, LANG: no tokens or credentials);
-- when the OS allows it (root): new pid and mount namespaces per program, in a network namespace per worker. The
-  program is pid 1 of its namespace, so the kernel kills everything it started when it ends, daemons included; it
-  sees only its own processes in /proc; the network namespace has no interface but a down loopback. Otherwise
-  the worker is a child subreaper and kills whatever the program left behind;
-- no capabilities (root keeps its uid but not its powers) and no new privileges;
-- Landlock (Linux >= 5.13, unprivileged): writes only under the work dir; reads only in system and Python folders
-  (so ~/.cache/huggingface/token and ssh keys stay unreadable); TCP bind/connect denied (ABI >= 4); signals and
-  abstract unix sockets outside the sandbox denied (ABI >= 6).
+- an identity of its own when the harness is root: a uid/gid no account uses (one per worker), no supplementary
+  groups, no capabilities, no_new_privs; so root-owned files are closed to it by plain permissions;
+- with namespaces (root): a private root view built once per worker: read-only /usr and the interpreter's folder,
+  the toolchain folders programs declare (`Program.readable`), /etc reduced to loader/timezone/JVM files with
+  passwd, group and hosts written fresh, five /dev nodes, and per program a fresh size-limited tmpfs (work dir,
+  /tmp, /dev/shm) and its own /proc. /root, /home, /run, /var/run and the host's /tmp and /dev/shm, with every
+  pathname Unix socket in them, do not exist there. The program is pid 1 of a new pid namespace, so the kernel
+  kills everything it started when it ends, daemons included, and it sees only its own processes; the worker's
+  network namespace has no interface but a down loopback and none of the host's abstract Unix sockets;
+- Landlock (Linux >= 5.13, unprivileged): writes only in the work dir; reads only in the view (fallback: system
+  and Python folders and the same /etc files); TCP denied (ABI >= 4); signals and abstract Unix sockets outside
+  the domain denied (ABI >= 6).
 
-`capabilities()` tells which layers this machine gave; results record it. What it is not: a defence against a
-program that targets this harness to fake a pass (it could find the completion pipe). It contains; it does not
+Without namespaces (an ordinary user's machine: the fallback) the worker is a child subreaper and kills whatever
+the program left behind, Landlock is the only filesystem fence, and FALLBACK_GAPS lists what that cannot promise;
+as root the fallback is refused unless asked for (`allow_root_fallback=True` or ROOT_FALLBACK_ENV=1).
+`capabilities()` reports every layer and gap; results files and model cards record it.
+
+A Python program passes only if it runs to its last line: sys.exit(0), os._exit(0), exit codes forced from atexit
+or excepthook, exec'ing /bin/true and printed "passed" markers all fail (the completion mark is a random nonce per
+job). Commands (C++, Java, ...) pass on exit status 0, as in MultiPL-E. What it is not: a defence against a
+program that targets this harness (it could read the nonce out of its own process). It contains; it does not
 certify. Nothing runs unless the caller opts in (`allow_code_execution=True` or CODELLAMA_HF_ALLOW_CODE_EXECUTION=1).
 
 Timeouts follow evalplus: `calibrated_timeout` = max(floor, factor x the reference solution's runtime), capped, so
@@ -27,6 +39,7 @@ a slow machine does not turn correct programs into timeouts.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -38,6 +51,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,7 +61,14 @@ from tqdm.auto import tqdm
 
 ALLOW_ENV = "CODELLAMA_HF_ALLOW_CODE_EXECUTION"
 WORKER_SCRIPT = Path(__file__).with_name("sandbox_worker.py")
+ROOT_FALLBACK_ENV = "CODELLAMA_HF_SANDBOX_ALLOW_ROOT_FALLBACK"
 PASSED, FAILED, TIMEOUT = "passed", "failed", "timeout"
+# What the fallback (no namespaces) cannot promise; capabilities()["not_guaranteed"] lists the ones that apply.
+FALLBACK_GAPS = (
+    "a private filesystem view (Landlock read rules only: the host's /usr, /etc files, /proc stay readable)",
+    "pathname Unix sockets unreachable (Landlock does not govern connect(2) on them)",
+    "other processes invisible (/proc lists them; their cmdlines are readable)",
+)
 SETUP_FAILED = 125  # the worker's exit code when containment itself could not be set up
 
 
@@ -101,6 +122,55 @@ class Result:
         return self.status == PASSED
 
 
+def describe_layers(ready: dict) -> dict:
+    """The containment layers a worker reported, in words a results file or model card can carry."""
+    ns, abi, ids = ready["namespaces"], ready["landlock"], ready["ids"]
+    gaps = [] if ns else list(FALLBACK_GAPS)
+    if not ns and abi < 6:
+        gaps.append("abstract Unix sockets and signals to other processes denied (needs Landlock ABI >= 6)")
+    if not ns and abi < 4:
+        gaps.append("TCP denied (needs a network namespace or Landlock ABI >= 4)")
+    if not ids:
+        gaps.append(
+            "an identity of its own (programs run with the caller's uid, without capabilities; as root, files "
+            "owned by root in the readable folders stay readable)"
+        )
+    if not ns and not abi:
+        gaps.append("reads and writes outside the work dir denied (needs Landlock, Linux >= 5.13)")
+    return {
+        "namespaces": ns,
+        "landlock": abi,
+        "process_cap": "cgroup" if ready["cgroup"] else "rlimit" if ready["nproc"] else "none",
+        "identity": f"uid/gid {ids[0]} (unused), no capabilities, no_new_privs"
+        if ids
+        else "caller's uid, no capabilities, no_new_privs",
+        "filesystem": "private root: /usr, Python, reduced /etc, own tmpfs"
+        if ns
+        else "Landlock rules"
+        if abi
+        else "host",
+        "network": "none (own network namespace)" if ns else "TCP denied (Landlock)" if abi >= 4 else "host",
+        "unix_sockets": "unreachable" if ns else "abstract denied, pathname reachable" if abi >= 6 else "reachable",
+        "not_guaranteed": gaps,
+    }
+
+
+def summary(layers: dict) -> str:
+    """One line for a report or model card, e.g. "namespaces, Landlock ABI 7, cgroup process cap, uid ..."."""
+    if not layers:
+        return "not recorded"
+    parts = [
+        "namespaces (private root, no network)" if layers.get("namespaces") else "no namespaces (fallback)",
+        f"Landlock ABI {layers['landlock']}" if layers.get("landlock") else "no Landlock",
+        f"{layers.get('process_cap', 'no')} process cap",
+    ]
+    if layers.get("identity"):
+        parts.append(layers["identity"])
+    if layers.get("not_guaranteed"):
+        parts.append("not guaranteed: " + "; ".join(layers["not_guaranteed"]))
+    return ", ".join(parts)
+
+
 def calibrated_timeout(
     reference_seconds: float, *, floor: float = 3.0, factor: float = 4.0, cap: float = 60.0
 ) -> float:
@@ -144,7 +214,8 @@ def _rmtree(path: Path) -> None:
 class _Worker:
     """One pre-started worker process and its pipes."""
 
-    def __init__(self, limits: Limits, namespaces: bool, slot: Path):
+    def __init__(self, limits: Limits, namespaces: bool, slot: Path, readable: frozenset[str]):
+        self.readable = readable  # folders its programs may read (with namespaces: bound into its root view)
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -154,6 +225,7 @@ class _Worker:
                 str(limits.processes),
                 "auto" if namespaces else "off",
                 str(slot),
+                json.dumps(sorted(readable)),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -189,7 +261,10 @@ class _Worker:
 
 
 class Sandbox:
-    """A pool of `workers` sandbox workers; `run(programs)` executes them in parallel. Use as a context manager."""
+    """A pool of `workers` sandbox workers; `run(programs)` executes them in parallel. Use as a context manager.
+
+    `namespaces=False` (or a machine that refuses them) gives the fallback, whose limits `capabilities()` lists
+    under "not_guaranteed"; as root it is refused unless `allow_root_fallback=True` (or ROOT_FALLBACK_ENV=1)."""
 
     def __init__(
         self,
@@ -198,6 +273,7 @@ class Sandbox:
         limits: Limits = Limits(),
         allow_code_execution: bool = False,
         namespaces: bool = True,
+        allow_root_fallback: bool = False,
     ):
         require_opt_in(allow_code_execution)
         if sys.platform != "linux":
@@ -206,28 +282,45 @@ class Sandbox:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.limits, self.namespaces = limits, namespaces
         self.root = Path(tempfile.mkdtemp(prefix="codellama_hf_sandbox-"))
+        if os.geteuid() == 0:
+            self.root.chmod(0o711)  # the fallback's unprivileged program uid must reach its job folder
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: list[_Worker] = []
         self._retired: list[_Worker] = []
+        self._slots = itertools.count()
+        self._readable: frozenset[str] = frozenset()
+        self._lock = threading.Lock()
         try:
-            for _ in range(workers):
-                self._add_worker()
+            self._idle.put(self._spawn())
+            if os.geteuid() == 0 and not self._all[0].capabilities["namespaces"]:
+                if not (allow_root_fallback or os.environ.get(ROOT_FALLBACK_ENV) == "1"):
+                    raise RuntimeError(
+                        "refusing to run model-written code as root without namespaces: "
+                        + ("namespaces=False was asked for" if not namespaces else "this machine refused them")
+                        + f"; the fallback cannot guarantee {'; '.join(FALLBACK_GAPS)}. Run as an ordinary user, "
+                        f"allow namespaces, or pass allow_root_fallback=True (or set {ROOT_FALLBACK_ENV}=1)"
+                    )
+            for _ in range(workers - 1):
+                self._idle.put(self._spawn())
         except BaseException:
             self.close()
             raise
         self.workers = workers
 
-    def _add_worker(self) -> None:
-        worker = _Worker(self.limits, self.namespaces, self.root / f"slot{len(self._all) + len(self._retired)}")
+    def _spawn(self) -> _Worker:
+        worker = _Worker(self.limits, self.namespaces, self.root / f"slot{next(self._slots)}", self._readable)
         self._all.append(worker)
-        self._idle.put(worker)
+        return worker
+
+    def _replace(self, worker: _Worker) -> _Worker:
+        worker.close()
+        self._all.remove(worker)
+        self._retired.append(worker)
+        return self._spawn()
 
     def capabilities(self) -> dict:
-        """Which containment layers this machine gave: namespaces, landlock ABI, process cap."""
-        caps = dict(self._all[0].capabilities)
-        caps["process_cap"] = "cgroup" if caps.pop("cgroup") else "rlimit" if caps.pop("nproc") else "none"
-        caps.pop("nproc", None)
-        return caps
+        """Which containment layers this machine gave (results files and model cards record this)."""
+        return describe_layers(self._all[0].capabilities)
 
     def run(self, programs: Iterable[Program], *, progress: str | None = None) -> list[Result]:
         programs = list(programs)
@@ -261,12 +354,14 @@ class Sandbox:
             "output_bytes": self.limits.output_bytes,
         }
         worker = self._idle.get()
+        readable = frozenset(os.path.realpath(p) for p in program.readable)
+        if not readable <= worker.readable:  # a root view is built once per worker: start one that has these
+            with self._lock:
+                self._readable |= readable
+            worker = self._replace(worker)
         reply = worker.ask(job, program.timeout + 60.0)
         if reply is None:  # the worker itself died or hung: replace it, the harness goes on
-            worker.close()
-            self._all.remove(worker)
-            self._retired.append(worker)
-            self._add_worker()
+            self._idle.put(self._replace(worker))
             return Result(FAILED, None, "", "", program.timeout, "sandbox worker lost; program counted as failed")
         self._idle.put(worker)
         return _result(program, reply)

@@ -4,23 +4,22 @@ Run as a script with only the standard library (`python -E -s sandbox_worker.py`
 a small pre-started interpreter forks in about a millisecond, where starting Python per program costs 20-100 ms.
 Protocol: one JSON job per line on stdin, one JSON result per line on stdout (see sandbox.py for the fields).
 
-Per job the worker creates the program's process P and supervises it (wall timeout, then cleanup). Where it may
-(root), the worker enters a network namespace of its own (no network) and clones P straight into new pid and
-mount namespaces: P is pid 1 of its pid namespace, so when it ends or is killed the kernel kills every process it
-left behind, daemons included. The clone is a raw
-clone(2) that behaves like fork(2) (Python's own fork hooks do not run in P, which only execs or runs one program
-and exits). Otherwise P is forked and the worker, a child subreaper, kills whatever is reparented to it.
-Inside P, before any program code runs: its own /proc and a size-limited tmpfs work dir (namespaces), pids cgroup
-(root), own session, stdin/stdout/stderr on memory files (size-limited by RLIMIT_FSIZE), resource limits, no
-capabilities, no new privileges, and a Landlock domain (writes only in the work dir, reads only in system and
-Python folders, no TCP, no signals or abstract sockets outside the domain). Python programs then run in P's
-interpreter, others are exec'd.
+Where it may (root), the worker first enters mount and network namespaces of its own (no network), builds the
+root view (sandbox_layers.build_root) and pivots into it; then per job it clones the program's process P straight
+into new pid and mount namespaces: P is pid 1 of its pid namespace, so when it ends or is killed the kernel kills
+every process it left behind, daemons included. The clone is a raw clone(2) that behaves like fork(2) (Python's
+own fork hooks do not run in P, which only execs or runs one program and exits). Otherwise P is forked and the
+worker, a child subreaper, kills whatever is reparented to it.
+Inside P, before any program code runs: pids cgroup (root), its own tmpfs and /proc (namespaces), own session,
+stdin/stdout/stderr on memory files (size-limited by RLIMIT_FSIZE), resource limits, the sandbox uid/gid (root) and
+no capabilities, and a Landlock domain with no_new_privs. Python programs then run in P's interpreter, others are
+exec'd. The worker restarts (the harness starts a new one) when a program declares a folder its view lacks.
 """
 
 from __future__ import annotations
 
-import ctypes
 import gc
+import glob
 import json
 import os
 import resource
@@ -30,114 +29,25 @@ import sys
 import time
 import traceback
 
-LIBC = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x20000000, 0x40000000
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 24, 36, 38
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 1 << 18
-
-# Landlock (linux/landlock.h); the three syscalls have the same numbers on every architecture.
-SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
-LANDLOCK_CREATE_RULESET_VERSION, LANDLOCK_RULE_PATH_BENEATH, LANDLOCK_RULE_NET_PORT = 1, 1, 2
-FS_EXECUTE, FS_WRITE_FILE, FS_READ_FILE, FS_READ_DIR = 1, 2, 4, 8
-FS_WRITES_V1 = sum(1 << bit for bit in range(4, 13))  # remove dir/file, make char/dir/reg/sock/fifo/block/sym
-FS_REFER, FS_TRUNCATE, FS_IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
-NET_BIND_TCP, NET_CONNECT_TCP = 1, 2
-SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1, 2
-READ = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
-
-
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = [
-        ("handled_access_fs", ctypes.c_uint64),
-        ("handled_access_net", ctypes.c_uint64),
-        ("scoped", ctypes.c_uint64),
-    ]
-
-
-class _PathBeneath(ctypes.Structure):
-    _pack_ = 1
-    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
-
-
-def _check(ret: int, what: str) -> int:
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return ret
-
-
-def landlock_abi() -> int:
-    return max(0, LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, None, 0, LANDLOCK_CREATE_RULESET_VERSION))
-
-
-def _fs_rights(abi: int) -> int:
-    rights = READ | FS_WRITE_FILE | FS_WRITES_V1
-    if abi >= 2:
-        rights |= FS_REFER
-    if abi >= 3:
-        rights |= FS_TRUNCATE
-    if abi >= 5:
-        rights |= FS_IOCTL_DEV
-    return rights
-
-
-def landlock_restrict(abi: int, writable: list[str], readable: list[str], device_files: list[str]) -> None:
-    """Confine this process and all its future children (cannot be undone)."""
-    handled = _fs_rights(abi)
-    attr = _RulesetAttr(
-        handled,
-        NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0,
-        SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0,
-    )
-    size = 8 if abi < 4 else 16 if abi < 6 else 24
-    ruleset = _check(LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), size, 0), "landlock ruleset")
-    file_rights = handled & (FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV)
-    rules = [(p, handled) for p in writable] + [(p, READ) for p in readable]
-    rules += [(p, file_rights & ~FS_EXECUTE) for p in device_files]
-    for path, rights in rules:
-        try:
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        except OSError:
-            continue  # a listed folder this system does not have
-        beneath = _PathBeneath(rights if os.path.isdir(path) else rights & file_rights, fd)
-        _check(
-            LIBC.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(beneath), 0),
-            f"landlock rule for {path}",
-        )
-        os.close(fd)
-    _check(LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-    _check(LIBC.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock restrict")
-    os.close(ruleset)
-
-
-def drop_capabilities() -> None:
-    """Root keeps its uid (its files stay readable) but loses every capability, for good."""
-    last = int(open("/proc/sys/kernel/cap_last_cap").read())
-    for cap in range(last + 1):
-        LIBC.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
-    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
-    data = (ctypes.c_uint32 * 6)()  # effective/permitted/inheritable x 2 words, all zero
-    _check(LIBC.capset(header, data), "capset")
-
-
-SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(os.uname().machine)
-
-
-def clone_into_namespaces() -> int:
-    """fork(2) with new pid and mount namespaces for the child (-1 with errno set when not allowed)."""
-    return LIBC.syscall(SYS_CLONE, CLONE_NEWPID | CLONE_NEWNS | signal.SIGCHLD, None, None, None, None)
-
-
-def enter_namespaces() -> bool:
-    """Move this worker into a network namespace of its own (no interface but a down loopback), which every program
-    it starts shares, and check that it may clone programs into new pid and mount namespaces (root, in practice).
-    One network namespace per worker: creating one per program would cost milliseconds each."""
-    if SYS_CLONE is None or LIBC.unshare(CLONE_NEWNET) != 0:
-        return False
-    pid = clone_into_namespaces()
-    if pid == 0:
-        os._exit(0)
-    return pid > 0 and os.waitpid(pid, 0)[1] == 0
+from sandbox_layers import (
+    DEVICES,
+    ETC_KEEP,
+    LIBC,
+    PR_SET_CHILD_SUBREAPER,
+    PR_SET_PDEATHSIG,
+    SANDBOX_DIR,
+    become,
+    build_root,
+    check,
+    clone_into_namespaces,
+    enter_namespaces,
+    landlock_abi,
+    landlock_restrict,
+    no_new_privs,
+    pivot_into,
+    program_mounts,
+    sandbox_ids,
+)
 
 
 def pids_cgroup(name: str, max_processes: int) -> str | None:
@@ -198,22 +108,16 @@ def _tasks_on_system() -> int:
     return int(open("/proc/loadavg").read().split()[3].split("/")[1])
 
 
-def _enter_program(job: dict, caps: dict, work: str, fds: tuple[int, int, int], marker_fd: int) -> None:
+def _enter_program(job: dict, caps: dict, work: str, fds: tuple[int, int, int], marker_fd: int, nonce: bytes) -> None:
     """Runs in P: contain this process, then run the program. Never returns."""
-    if caps["namespaces"]:
-        _check(LIBC.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make mounts private")
-        _check(LIBC.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount /proc")
-        size = f"size={job['limits']['disk_bytes']},mode=0700".encode()
-        _check(LIBC.mount(b"tmpfs", work.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, size), "mount tmpfs")
-    if caps["cgroup"]:
-        with open(os.path.join(caps["cgroup"], "cgroup.procs"), "w") as handle:
-            handle.write(str(os.getpid()))
+    if caps["cgroup"]:  # through the folder's descriptor: with a root view its path is gone
+        fd = os.open("cgroup.procs", os.O_WRONLY, dir_fd=caps["cgroup_fd"])
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+    ids = tuple(caps["ids"]) if caps["ids"] else None
+    if caps["root"]:
+        program_mounts(job["limits"]["disk_bytes"], ids)
     os.setsid()
-    os.chdir(work)
-    for name, text in job["files"].items():
-        os.makedirs(os.path.dirname(name) or ".", exist_ok=True)
-        with open(name, "w", encoding="utf-8") as handle:
-            handle.write(text)
     for fd, target in zip(fds, (0, 1, 2), strict=False):
         os.dup2(fd, target)
     os.closerange(3, marker_fd)
@@ -226,11 +130,24 @@ def _enter_program(job: dict, caps: dict, work: str, fds: tuple[int, int, int], 
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"]))
     if caps["nproc"]:
         resource.setrlimit(resource.RLIMIT_NPROC, (caps["nproc"], caps["nproc"]))
-    if os.geteuid() == 0:
-        drop_capabilities()
+    become(ids)
+    if caps["root"]:  # the program's own tmpfs: work dir (also HOME), /tmp and /dev/shm
+        for name in ("work", "tmp", "shm"):
+            os.mkdir(f"{SANDBOX_DIR}/{name}", 0o700)
+        env = {**job["env"], "HOME": work, "TMPDIR": "/tmp"}
+    else:
+        env = {**job["env"], "HOME": work, "TMPDIR": work}
+    os.chdir(work)
+    for name, text in job["files"].items():
+        os.makedirs(os.path.dirname(name) or ".", exist_ok=True)
+        with open(name, "w", encoding="utf-8") as handle:
+            handle.write(text)
     if caps["landlock"]:
-        landlock_restrict(caps["landlock"], [work], caps["readable"] + job["readable"], ["/dev/null", "/dev/zero"])
-    env = {**job["env"], "HOME": work, "TMPDIR": work}
+        writable = [SANDBOX_DIR] if caps["root"] else [work]
+        readable = ["/"] if caps["root"] else caps["readable"] + job["readable"]
+        landlock_restrict(caps["landlock"], writable, readable, [f"/dev/{name}" for name in DEVICES])
+    else:
+        no_new_privs()
     os.environ.clear()
     os.environ.update(env)
     os.write(marker_fd, b"s")  # contained: from here on, failures are the program's
@@ -238,25 +155,39 @@ def _enter_program(job: dict, caps: dict, work: str, fds: tuple[int, int, int], 
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores these; programs it execs must not
             signal.signal(sig, signal.SIG_DFL)
         os.execvpe(job["command"][0], job["command"], env)
-    _run_python(job["source"], work, marker_fd)
+    _run_python(job["source"], work, marker_fd, nonce)
 
 
-def _run_python(source: str, work: str, marker_fd: int) -> None:
-    """Run Python source as __main__ in this (already contained) interpreter; mark completion, then exit."""
+def _run_python(
+    source: str, work: str, marker_fd: int, nonce: bytes, *, _exit=os._exit, _write=os.write, _base=BaseException
+) -> None:
+    """Run Python source as __main__ in this (already contained) interpreter; mark completion, then exit.
+
+    Only a program that runs to its last line passes: sys.exit(0), os._exit(0), exit codes forced from atexit or
+    excepthook, and patches of os, sys or builtins made by the program do not reach the completion mark, whose
+    writer and exit were bound before the program ran (a program that hunts for the mark's pipe can still forge
+    it: the sandbox contains, it does not certify). The mark is a fresh random nonce per job, so writing bytes
+    to every open descriptor does not forge it."""
+    import types
+
     sys.stdin = open(0, closefd=False)
     sys.argv = [os.path.join(work, "main.py")]
     sys.path[0] = work
-    namespace = {"__name__": "__main__", "__file__": sys.argv[0], "__builtins__": __builtins__}
+    module = types.ModuleType("__main__")  # `import __main__` and pickle see the program, not this worker
+    module.__file__ = sys.argv[0]
+    sys.modules["__main__"] = module
     try:
-        exec(compile(source, sys.argv[0], "exec"), namespace)
+        exec(compile(source, sys.argv[0], "exec"), module.__dict__)
         sys.stdout.flush()
         sys.stderr.flush()
-    except BaseException as err:  # SystemExit included: a program that exits early has not run its tests
-        traceback.print_exception(type(err), err, err.__traceback__.tb_next)  # from the program's first frame
-        sys.stderr.flush()
-        os._exit(1)
-    os.write(marker_fd, b"1")
-    os._exit(0)
+    except _base as err:  # SystemExit included: a program that exits early has not run its tests
+        try:
+            traceback.print_exception(type(err), err, err.__traceback__.tb_next)  # from the program's first frame
+            sys.stderr.flush()
+        finally:
+            _exit(1)
+    _write(marker_fd, nonce)
+    _exit(0)
 
 
 def _memory_file(name: str, text: str = "") -> int:
@@ -277,21 +208,27 @@ def _read_capped(fd: int, limit: int) -> str:
 def run_job(job: dict, caps: dict, slot: str) -> dict:
     """Create P for one job, enforce its wall timeout, make sure nothing of it survives, and report."""
     fds = (_memory_file("stdin", job["stdin"]), _memory_file("stdout"), _memory_file("stderr"))
-    work = slot if caps["namespaces"] else os.path.join(slot, f"job{job['id']}")
-    if not caps["namespaces"]:
+    if caps["root"]:
+        work = f"{SANDBOX_DIR}/work"
+    else:
+        work = os.path.join(slot, f"job{job['id']}")
         os.mkdir(work, 0o700)
+        if caps["ids"]:
+            os.chown(work, *caps["ids"])
     marker_r, marker_w = os.pipe()
+    nonce = os.urandom(16)
     start = time.monotonic()
     pid = clone_into_namespaces() if caps["namespaces"] else os.fork()
     if pid == 0:
         try:
             LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             os.close(marker_r)
-            _enter_program(job, caps, work, fds, marker_w)
+            _enter_program(job, caps, work, fds, marker_w, nonce)
         except BaseException as err:  # setup failed: say why on the program's stderr
             os.write(fds[2], f"sandbox setup failed: {err!r}\n".encode())
+        finally:
             os._exit(125)
-    _check(pid, "clone")
+    check(pid, "clone")
     os.close(marker_w)
     os.close(fds[0])
     pidfd = os.pidfd_open(pid)
@@ -308,22 +245,30 @@ def run_job(job: dict, caps: dict, slot: str) -> dict:
             pass
         _kill_descendants()
         _rmtree(work)
-    os.set_blocking(marker_r, False)
-    try:
-        marks = os.read(marker_r, 2)
-    except BlockingIOError:
-        marks = b""
-    os.close(marker_r)
+    marks = _read_all(marker_r)
     return {
         "id": job["id"],
         "timed_out": timed_out,
         "returncode": os.waitstatus_to_exitcode(status),
         "setup": marks[:1] == b"s",
-        "completed": marks == b"s1" and not timed_out,
+        "completed": marks == b"s" + nonce and not timed_out,
         "duration": duration,
         "stdout": _read_capped(fds[1], job["output_bytes"]),
         "stderr": _read_capped(fds[2], job["output_bytes"]),
     }
+
+
+def _read_all(fd: int) -> bytes:
+    """Everything in a pipe whose writers are gone (the setup mark and the nonce, unless the program wrote too)."""
+    os.set_blocking(fd, False)
+    data = b""
+    try:
+        while chunk := os.read(fd, 64):
+            data += chunk
+    except BlockingIOError:
+        pass
+    os.close(fd)
+    return data
 
 
 def _rmtree(path: str) -> None:
@@ -339,42 +284,68 @@ def _rmtree(path: str) -> None:
     shutil.rmtree(path, onerror=fix)
 
 
+def _python_folders() -> list[str]:
+    """The interpreter's installation (stdlib, site-packages); not this script's folder nor editable checkouts."""
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    return [p for p in prefixes if p and os.path.isdir(p)]
+
+
+def _fallback_readable() -> list[str]:
+    """What a program may read without a root view (Landlock rules): system and Python folders, the /etc files of
+    the root view, /proc (other processes' environments and memory stay closed: Landlock's ptrace rules), and of
+    /dev only the devices of the root view (a root program reads the raw disk otherwise)."""
+    system = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sys/devices/system"]
+    etc = [path for pattern in ETC_KEEP for path in glob.glob("/etc/" + pattern)] + ["/etc/passwd", "/etc/group"]
+    return sorted({p for p in system + etc + _python_folders() if os.path.exists(p)})
+
+
+def _reachable_by(ids: tuple[int, int], folders: list[str]) -> bool:
+    """Whether the sandbox uid can read these folders with the host's own permissions (fallback only)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            become(ids)
+            os._exit(0 if all(os.access(f, os.R_OK | os.X_OK) for f in folders) else 1)
+        finally:
+            os._exit(1)
+    return os.waitpid(pid, 0)[1] == 0
+
+
 def main() -> None:
     max_processes, namespaces, slot = int(sys.argv[1]), sys.argv[2] == "auto", sys.argv[3]
+    toolchains = json.loads(sys.argv[4])  # folders programs declared readable (the harness restarts for more)
+    os.makedirs(slot, mode=0o700, exist_ok=True)
+    ids = sandbox_ids()
+    in_namespaces = namespaces and enter_namespaces()
+    if ids and not in_namespaces and not _reachable_by(ids, _python_folders()):
+        ids = None  # e.g. a pyenv under /root (0700): the program would find no standard library
     caps = {
-        "namespaces": namespaces and enter_namespaces(),
+        "namespaces": in_namespaces,
+        "root": None,
+        "bound": [],
+        "ids": ids,
         "landlock": landlock_abi(),
         "cgroup": pids_cgroup(f"codellama_hf_sandbox.{os.getpid()}", max_processes) if os.geteuid() == 0 else None,
-        # RLIMIT_NPROC counts all of the user's processes (threads included), so allow what runs already.
-        "nproc": None if os.geteuid() == 0 else _tasks_on_system() + max_processes,
-        "readable": sorted(
-            {
-                p
-                for p in [
-                    "/usr",
-                    "/lib",
-                    "/lib32",
-                    "/lib64",
-                    "/bin",
-                    "/sbin",
-                    "/etc",
-                    "/opt",
-                    "/dev",
-                    "/proc",
-                    "/sys",
-                    "/run",
-                    sys.prefix,
-                    sys.base_prefix,
-                    sys.exec_prefix,
-                    *sys.path,
-                ]
-                if p and os.path.exists(p)
-            }
-        ),
+        # RLIMIT_NPROC counts all processes (threads included) of the real uid: the sandbox's own uid runs only
+        # this worker's program; a caller's uid also runs everything else it has.
+        "nproc": max_processes if ids else _tasks_on_system() + max_processes,
+        "readable": [] if in_namespaces else _fallback_readable(),
     }
-    os.makedirs(slot, mode=0o700, exist_ok=True)
+    if in_namespaces:
+        caps["root"] = os.path.join(slot, "root")
+        os.mkdir(caps["root"], 0o755)
+        caps["bound"] = build_root(caps["root"], _python_folders() + toolchains, ids)
+    elif ids:  # the sandbox uid must reach its job folders
+        os.chmod(slot, 0o711)
+    if caps["cgroup"]:
+        caps["cgroup_fd"] = os.open(caps["cgroup"], os.O_DIRECTORY)
+        caps["cgroup_parent_fd"] = os.open(os.path.dirname(caps["cgroup"]), os.O_DIRECTORY)
+    if caps["root"]:
+        pivot_into(caps["root"])
+        caps["root"] = "/"
     gc.freeze()  # keep the interpreter's objects out of every fork's collections: fewer copied pages
-    print(json.dumps({"ready": {k: v for k, v in caps.items() if k != "readable"}}), flush=True)
+    ready = {k: caps[k] for k in ("namespaces", "landlock", "cgroup", "nproc", "ids", "bound")}
+    print(json.dumps({"ready": ready}), flush=True)
     if not caps["namespaces"]:
         LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     try:
@@ -384,7 +355,7 @@ def main() -> None:
     finally:
         if caps["cgroup"]:
             try:
-                os.rmdir(caps["cgroup"])
+                os.rmdir(os.path.basename(caps["cgroup"]), dir_fd=caps["cgroup_parent_fd"])
             except OSError:
                 pass
 
