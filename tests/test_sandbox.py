@@ -322,3 +322,20 @@ def test_execution_requires_opt_in(monkeypatch):
 def test_bad_programs_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Program(**kwargs)
+
+
+@pytest.mark.slow
+def test_reports_and_cards_record_the_layers(tmp_path, tmp_path_factory):
+    from codellama_hf.evaluation.report import new_result, write_report, write_result
+    from tests.test_cards import _card, tiny_family
+
+    with Sandbox(workers=1, allow_code_execution=True) as sandbox:
+        layers = sandbox.capabilities()
+    counts = dict(num_problems=164, total_problems=164, num_samples=164)
+    write_result(tmp_path, new_result("humaneval", "m", metrics={"pass@1": 0.5}, sandbox=layers, **counts))
+    write_result(tmp_path, new_result("multiple-cs", "m", skipped="mcs, mono not found on PATH"))  # ran no code
+    line = f"Programs of humaneval ran in codellama_hf's sandbox: {summary(layers)}."
+    assert line in write_report(tmp_path).read_text()
+    assert line in _card(tiny_family(tmp_path_factory)["tiny"], tmp_path).text
+    assert ("namespaces (private root, no network)" in line) == layers["namespaces"]
+    assert f"Landlock ABI {layers['landlock']}" in line or not layers["landlock"]

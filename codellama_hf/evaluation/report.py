@@ -12,7 +12,8 @@ Results schema, version "codellama_hf.eval/1" (model cards read these; add field
       "num_problems": <problems scored>, "total_problems": <problems in the benchmark>, "num_samples": <int>,
       "config": {generation and scoring settings: n_samples, do_sample, temperature, top_p, max_new_tokens,
                  infill_format, timeouts, limit, ...},
-      "sandbox": {"namespaces": bool, "landlock": <ABI>, "process_cap": "cgroup" | "rlimit" | "none"},
+      "sandbox": {"namespaces": bool, "landlock": <ABI>, "process_cap": "cgroup" | "rlimit" | "none",
+                  "identity", "filesystem", "network", "unix_sockets": <words>, "not_guaranteed": [<gap>, ...]},
       "details": {task-specific: key retrieval `by_length_depth` and `records`, perplexity `perplexity` by length},
       "samples_file": "<file name of the samples JSONL beside it>" | null,
       "versions": {"codellama_hf": ..., "transformers": ..., "torch": ...}
@@ -154,7 +155,9 @@ def write_report(folder: str | os.PathLike) -> Path:
     if not results:
         raise ValueError(f"{folder}: no results files ({SCHEMA}) to report on")
     models = sorted({r["model"] for r in results})
-    parts = [f"# Evaluation report: {', '.join(models)}", "", table(results), ""]
+    from codellama_hf.evaluation.sandbox import sandbox_note
+
+    parts = [f"# Evaluation report: {', '.join(models)}", "", table(results), "", sandbox_note(results), ""]
     for r in results:
         plot = PLOTS.get(r["task"])
         if plot and not r["skipped"]:

@@ -171,6 +171,19 @@ def summary(layers: dict) -> str:
     return ", ".join(parts)
 
 
+def sandbox_note(results: list[dict]) -> str:
+    """For a report or model card: which sandbox layers ran the programs behind these results (codellama_hf.eval/1
+    files), one sentence per distinct set of layers; empty when no result executed code."""
+    tasks_by_layers: dict[str, list[str]] = {}
+    for result in results:
+        if result.get("sandbox"):
+            tasks_by_layers.setdefault(summary(result["sandbox"]), []).append(result["task"])
+    return "\n".join(
+        f"Programs of {', '.join(tasks)} ran in codellama_hf's sandbox: {layers}."
+        for layers, tasks in tasks_by_layers.items()
+    )
+
+
 def calibrated_timeout(
     reference_seconds: float, *, floor: float = 3.0, factor: float = 4.0, cap: float = 60.0
 ) -> float:

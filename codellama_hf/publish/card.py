@@ -221,11 +221,12 @@ def render_card(facts: ModelFacts, results: list[dict], options: CardOptions):
         model_name=(options.repo_id or facts.folder.name).rsplit("/", 1)[-1],
         eval_results=eval_results(results) or None,
     )
-    results_table = ""
+    results_table = note = ""
     if results:
         from codellama_hf.evaluation.report import table
+        from codellama_hf.evaluation.sandbox import sandbox_note
 
-        results_table = table(results)
+        results_table, note = table(results), sandbox_note(results)
     prefix, suffix = 'def remove_non_ascii(s: str) -> str:\n    """ ', "\n    return result\n"
     return ModelCard.from_template(
         metadata,
@@ -258,6 +259,7 @@ def render_card(facts: ModelFacts, results: list[dict], options: CardOptions):
         data_stages=_data_stages(facts),
         results_table=results_table,
         evaluation_rows=_evaluation_rows(results),
+        sandbox_note=note,
     )
 
 
