@@ -6,6 +6,7 @@ ones). Reward hacks (exiting 0 before the asserts, forging the completion mark) 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -160,7 +161,6 @@ REWARD_HACKS = {
 FALLBACK_GAPS = {
     "see host paths": "private filesystem view",
     "read /proc cmdlines": "other processes invisible",
-    "connect to a host unix socket": "pathname Unix sockets",
 }
 
 
@@ -272,11 +272,55 @@ def test_root_fallback_is_refused_unless_asked(monkeypatch):
     monkeypatch.delenv(ROOT_FALLBACK_ENV, raising=False)
     with pytest.raises(RuntimeError, match=f"refusing .* as root without namespaces.*{ROOT_FALLBACK_ENV}"):
         Sandbox(workers=1, allow_code_execution=True, namespaces=False)
+    unix = "import socket\na, b = socket.socketpair()\na.sendall(b'x')\nassert b.recv(1) == b'x'\n"
+    unix += (
+        "try:\n    socket.socket(socket.AF_UNIX)\nexcept PermissionError:\n    pass\nelse:\n    raise SystemExit(1)\n"
+    )
     with Sandbox(workers=1, allow_code_execution=True, namespaces=False, allow_root_fallback=True) as sandbox:
         layers = sandbox.capabilities()
         assert sandbox.run([Program(source="assert 1 + 1 == 2\n")])[0].passed
+        # seccomp: socketpair works, no AF_UNIX socket can be made (so no host socket reached)
+        assert sandbox.run([Program(source=unix)])[0].passed == (layers["unix_sockets"].startswith("none"))
     assert not layers["namespaces"] and layers["not_guaranteed"]
     assert "not guaranteed: a private filesystem view" in summary(layers)
+
+
+CORRECT_PROGRAMS = {
+    "multiprocessing pool": "import multiprocessing as mp\nif __name__ == '__main__':\n"
+    "    with mp.Pool(2) as pool:\n        assert pool.map(abs, [-1, -2]) == [1, 2]\n",
+    "multiprocessing manager": "import multiprocessing as mp\nif __name__ == '__main__':\n"
+    "    with mp.Manager() as manager:\n        d = manager.dict(a=1)\n        assert d['a'] == 1\n",
+    "tempfile and /dev/shm": "import os, tempfile\nwith tempfile.NamedTemporaryFile() as f:\n    f.write(b'x')\n"
+    "open('/dev/shm/x', 'w').write('y')\nassert os.listdir('/dev/shm') == ['x']\n",
+    "subprocess": "import subprocess, sys\n"
+    "assert subprocess.run([sys.executable, '-c', 'print(6 * 7)'], capture_output=True).stdout == b'42\\n'\n",
+    "threads": "import threading\nout = []\nts = [threading.Thread(target=out.append, args=(i,)) for i in range(8)]\n"
+    "[t.start() for t in ts]\n[t.join() for t in ts]\nassert sorted(out) == list(range(8))\n",
+    "stdlib": "import hashlib, json, math, re, collections, itertools, datetime, decimal, fractions, heapq, bisect\n"
+    "assert hashlib.sha256(b'').hexdigest().startswith('e3b0')\nassert json.loads('[1]') == [1]\n",
+    "user and home": "import getpass, os, pathlib\nassert getpass.getuser()\n"
+    "pathlib.Path('~/f').expanduser().write_text('x')\nassert os.path.exists(os.environ['HOME'] + '/f')\n",
+}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")
+def test_correct_programs_keep_working_in_the_root_view():
+    programs = [Program(source=source, timeout=30) for source in CORRECT_PROGRAMS.values()]
+    compiled = {
+        "g++": "printf '#include <cassert>\\nint main(){assert(6*7==42);}' > a.cpp && g++ -o a a.cpp && ./a",
+        "javac": "printf 'class P{public static void main(String[] a){assert 6*7==42;}}' > P.java && "
+        "javac -J-Xmx256m P.java && java -ea -Xmx256m -XX:-UsePerfData P",
+    }
+    names = list(CORRECT_PROGRAMS)
+    for tool, script in compiled.items():
+        if shutil.which(tool):
+            programs.append(Program(command=["sh", "-c", script], timeout=60, memory_bytes=8 << 30))
+            names.append(tool)
+    with Sandbox(workers=2, allow_code_execution=True) as sandbox:
+        assert sandbox.capabilities()["namespaces"]
+        results = sandbox.run(programs)
+    for name, result in zip(names, results, strict=True):
+        assert result.passed, f"{name}: {result}"
 
 
 def test_results_outputs_and_limits():

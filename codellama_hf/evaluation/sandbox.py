@@ -23,7 +23,8 @@ sandbox_layers.py), with:
   the domain denied (ABI >= 6).
 
 Without namespaces (an ordinary user's machine: the fallback) the worker is a child subreaper and kills whatever
-the program left behind, Landlock is the only filesystem fence, and FALLBACK_GAPS lists what that cannot promise;
+the program left behind, Landlock is the only filesystem fence, a seccomp filter refuses AF_UNIX sockets (the
+host's, ssh-agent's or Docker's, would otherwise be reachable), and FALLBACK_GAPS lists what that cannot promise;
 as root the fallback is refused unless asked for (`allow_root_fallback=True` or ROOT_FALLBACK_ENV=1).
 `capabilities()` reports every layer and gap; results files and model cards record it.
 
@@ -65,10 +66,12 @@ ROOT_FALLBACK_ENV = "CODELLAMA_HF_SANDBOX_ALLOW_ROOT_FALLBACK"
 PASSED, FAILED, TIMEOUT = "passed", "failed", "timeout"
 # What the fallback (no namespaces) cannot promise; capabilities()["not_guaranteed"] lists the ones that apply.
 FALLBACK_GAPS = (
-    "a private filesystem view (Landlock read rules only: the host's /usr, /etc files, /proc stay readable)",
-    "pathname Unix sockets unreachable (Landlock does not govern connect(2) on them)",
+    "a private filesystem view (Landlock read rules only: the host's /usr, /etc files, /proc stay readable; "
+    "other paths can be seen to exist)",
     "other processes invisible (/proc lists them; their cmdlines are readable)",
+    "programs that need AF_UNIX sockets or /dev/shm (multiprocessing) work",
 )
+SOCKET_GAP = "pathname Unix sockets unreachable (Landlock does not govern connect(2) on them; needs seccomp)"
 SETUP_FAILED = 125  # the worker's exit code when containment itself could not be set up
 
 
@@ -124,10 +127,12 @@ class Result:
 
 def describe_layers(ready: dict) -> dict:
     """The containment layers a worker reported, in words a results file or model card can carry."""
-    ns, abi, ids = ready["namespaces"], ready["landlock"], ready["ids"]
-    gaps = [] if ns else list(FALLBACK_GAPS)
+    ns, abi, ids, seccomp = ready["namespaces"], ready["landlock"], ready["ids"], ready["seccomp"]
+    gaps = [] if ns else list(FALLBACK_GAPS) + ([] if seccomp else [SOCKET_GAP])
     if not ns and abi < 6:
-        gaps.append("abstract Unix sockets and signals to other processes denied (needs Landlock ABI >= 6)")
+        gaps.append("signals to the caller's other processes denied (needs Landlock ABI >= 6)")
+        if not seccomp:
+            gaps.append("abstract Unix sockets unreachable (needs Landlock ABI >= 6 or seccomp)")
     if not ns and abi < 4:
         gaps.append("TCP denied (needs a network namespace or Landlock ABI >= 4)")
     if not ids:
@@ -150,7 +155,13 @@ def describe_layers(ready: dict) -> dict:
         if abi
         else "host",
         "network": "none (own network namespace)" if ns else "TCP denied (Landlock)" if abi >= 4 else "host",
-        "unix_sockets": "unreachable" if ns else "abstract denied, pathname reachable" if abi >= 6 else "reachable",
+        "unix_sockets": "unreachable"
+        if ns
+        else "none can be created (seccomp; socketpair only)"
+        if seccomp
+        else "abstract denied, pathname reachable"
+        if abi >= 6
+        else "reachable",
         "not_guaranteed": gaps,
     }
 

@@ -131,6 +131,48 @@ def no_new_privs() -> None:
     check(LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
 
 
+# ------------------------------------------------------------------------------------------------- seccomp
+
+# (AUDIT_ARCH_*, __NR_socket, __NR_io_uring_setup) from linux/audit.h and the unistd tables.
+SECCOMP_ARCH = {"x86_64": (0xC000003E, 41, 425), "aarch64": (0xC00000B7, 198, 425)}.get(os.uname().machine)
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+RET_ALLOW, RET_ERRNO = 0x7FFF0000, 0x00050000
+LD_ABS, JEQ, JGE, RET = 0x20, 0x15, 0x35, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, ..JGE.., BPF_RET|BPF_K
+AF_UNIX, X32_SYSCALL_BIT = 1, 0x40000000
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def deny_unix_sockets() -> None:
+    """A seccomp filter (seccomp(2)) for the fallback, where no mount namespace hides the host's pathname sockets
+    and Landlock does not govern connect(2) on them: socket(AF_UNIX, ...) fails with EACCES, and so do io_uring
+    (which could open sockets past the filter) and syscalls of another ABI (x32, i386). socketpair(2) still works.
+    Needs no_new_privs (set by landlock_restrict / no_new_privs)."""
+    arch, nr_socket, nr_io_uring_setup = SECCOMP_ARCH
+    program = [
+        (LD_ABS, 0, 0, 4),  # seccomp_data.arch
+        (JEQ, 1, 0, arch),
+        (RET, 0, 0, RET_ERRNO | 1),  # another ABI: EPERM
+        (LD_ABS, 0, 0, 0),  # seccomp_data.nr
+        (JGE, 5, 0, X32_SYSCALL_BIT),
+        (JEQ, 4, 0, nr_io_uring_setup),
+        (JEQ, 0, 2, nr_socket),
+        (LD_ABS, 0, 0, 16),  # low 32 bits of args[0]: the address family
+        (JEQ, 1, 0, AF_UNIX),
+        (RET, 0, 0, RET_ALLOW),
+        (RET, 0, 0, RET_ERRNO | 13),  # EACCES
+    ]
+    filters = (_SockFilter * len(program))(*(_SockFilter(*row) for row in program))
+    fprog = _SockFprog(len(program), filters)
+    check(LIBC.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp filter")
+
+
 # ------------------------------------------------------------------------------------------------- identity
 
 

@@ -36,10 +36,12 @@ from sandbox_layers import (
     PR_SET_CHILD_SUBREAPER,
     PR_SET_PDEATHSIG,
     SANDBOX_DIR,
+    SECCOMP_ARCH,
     become,
     build_root,
     check,
     clone_into_namespaces,
+    deny_unix_sockets,
     enter_namespaces,
     landlock_abi,
     landlock_restrict,
@@ -148,6 +150,8 @@ def _enter_program(job: dict, caps: dict, work: str, fds: tuple[int, int, int], 
         landlock_restrict(caps["landlock"], writable, readable, [f"/dev/{name}" for name in DEVICES])
     else:
         no_new_privs()
+    if caps["seccomp"]:
+        deny_unix_sockets()
     os.environ.clear()
     os.environ.update(env)
     os.write(marker_fd, b"s")  # contained: from here on, failures are the program's
@@ -330,6 +334,7 @@ def main() -> None:
         # this worker's program; a caller's uid also runs everything else it has.
         "nproc": max_processes if ids else _tasks_on_system() + max_processes,
         "readable": [] if in_namespaces else _fallback_readable(),
+        "seccomp": not in_namespaces and SECCOMP_ARCH is not None,  # the root view hides host sockets instead
     }
     if in_namespaces:
         caps["root"] = os.path.join(slot, "root")
@@ -344,7 +349,7 @@ def main() -> None:
         pivot_into(caps["root"])
         caps["root"] = "/"
     gc.freeze()  # keep the interpreter's objects out of every fork's collections: fewer copied pages
-    ready = {k: caps[k] for k in ("namespaces", "landlock", "cgroup", "nproc", "ids", "bound")}
+    ready = {k: caps[k] for k in ("namespaces", "landlock", "cgroup", "nproc", "ids", "bound", "seccomp")}
     print(json.dumps({"ready": ready}), flush=True)
     if not caps["namespaces"]:
         LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
