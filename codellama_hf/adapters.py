@@ -20,10 +20,10 @@ import base64
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from codellama_hf.export.model_folder import complete_model_folder
 from codellama_hf.io import atomic_dir, refuse_existing, torch_dtype, write_json
 
 logger = logging.getLogger(__name__)
@@ -33,13 +33,6 @@ ADAPTER_CONFIG = "adapter_config.json"
 QUANT_TYPES = ("nf4", "fp4")
 _FINGERPRINT_ROWS, _FINGERPRINT_COLUMNS = 16, 256
 _FINGERPRINT_RTOL = 1 / 64  # bf16 keeps 8 significant bits (relative rounding <= 1/512); trained weights move more
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-)
 
 
 @dataclass
@@ -138,6 +131,10 @@ class AdapterArguments:
             return None
         import torch
         from transformers import BitsAndBytesConfig
+
+        from codellama_hf.console import show_quantization_notices
+
+        show_quantization_notices()
 
         if self.load_in_8bit:
             return BitsAndBytesConfig(load_in_8bit=True)
@@ -345,6 +342,7 @@ def save_adapter(model, folder: str | os.PathLike, tokenizer=None) -> Path:
     model.save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
+        complete_model_folder(folder, tokenizer=tokenizer)
     write_adapter_metadata(model, folder)
     return folder
 
@@ -448,8 +446,6 @@ def merge_and_save(
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from codellama_hf.models import write_config_with_both_rope_keys
-
     adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
     config, metadata = read_adapter(adapter_dir)
     base = str(base_model or (metadata or {}).get("base_model") or config.get("base_model_name_or_path") or "")
@@ -469,12 +465,10 @@ def merge_and_save(
     with atomic_dir(output_dir, overwrite=overwrite) as tmp:
         merged.config.use_cache = True
         merged.save_pretrained(tmp)
-        write_config_with_both_rope_keys(tmp)
         tokenizer_source = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base
-        AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(tmp)
-        for name in _TOKENIZER_FILES:  # keep the exact files (e.g. SentencePiece tokenizer.model) when present
-            if (Path(tokenizer_source) / name).is_file():
-                shutil.copyfile(Path(tokenizer_source) / name, tmp / name)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+        tokenizer.save_pretrained(tmp)
+        complete_model_folder(tmp, tokenizer=tokenizer)  # tokenizer.model, 4.x-readable files, stop ids
         lineage_path = adapter_dir / "lineage.json"
         if lineage_path.is_file():
             lineage = json.loads(lineage_path.read_text())

@@ -35,7 +35,7 @@ from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
 from tokenizers.models import BPE
 
-from codellama_hf.io import atomic_dir
+from codellama_hf.io import atomic_dir, atomic_file, write_json, write_text
 
 PREFIX, SUFFIX, MIDDLE, EOT = "▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"
 SENTINELS = (PREFIX, SUFFIX, MIDDLE, EOT)
@@ -131,6 +131,60 @@ def hf_tokenizer_from_sp(proto: sp_pb2.ModelProto) -> Tokenizer:
     return tok
 
 
+# Keys transformers 4.x (>= 4.40) and 5.x both read the same way. Not written: 5.x's own class name
+# ("TokenizersBackend", unknown to 4.x), the list-typed `extra_special_tokens` (4.x expects a mapping there) and
+# run-time keys such as `is_local` / `local_files_only` that 5.x's save_pretrained leaks into the file.
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+STALE_TOKENIZER_FILES = ("chat_template.jinja", "chat_template.json", "added_tokens.json")
+
+
+def tokenizer_config(proto: sp_pb2.ModelProto, *, chat_template: str | None = None) -> dict:
+    """tokenizer_config.json for `proto`: loaded as PreTrainedTokenizerFast by transformers 4.x and 5.x alike.
+
+    The chat template lives in this file (not in chat_template.jinja, which transformers reads only since 4.43).
+    """
+    infilling = has_infilling_pieces(proto)
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "unk_token": UNK,
+        "pad_token": None,
+        "additional_special_tokens": list(SENTINELS) if infilling else [],
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 1_000_000_000_000_000_019_884_624_838_656,
+        "padding_side": "left",
+    }
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+    return config
+
+
+def has_infilling_pieces(proto: sp_pb2.ModelProto) -> bool:
+    pieces = {p.piece for p in proto.pieces}
+    return all(piece in pieces for piece in SENTINELS)
+
+
+def write_tokenizer_files(proto: sp_pb2.ModelProto, folder: str | os.PathLike, *, chat_template: str | None = None):
+    """Write the four tokenizer files of `proto` into an existing folder, each by rename (never half-written).
+
+    Stale tokenizer files another writer left (chat_template.jinja, added_tokens.json) are removed, so what the
+    folder says is exactly `proto` plus `chat_template`.
+    """
+    folder = Path(folder)
+    config = tokenizer_config(proto, chat_template=chat_template)
+    specials = {key: config[key] for key in ("bos_token", "eos_token", "unk_token", "additional_special_tokens")}
+    with atomic_file(folder / "tokenizer.model") as tmp:
+        tmp.write_bytes(proto.SerializeToString())
+    write_text(folder / "tokenizer.json", hf_tokenizer_from_sp(proto).to_str(pretty=True))
+    write_json(folder / "tokenizer_config.json", config)
+    write_json(folder / "special_tokens_map.json", specials)
+    for name in STALE_TOKENIZER_FILES:
+        (folder / name).unlink(missing_ok=True)
+
+
 def save_tokenizer(
     proto: sp_pb2.ModelProto,
     out_dir: str | os.PathLike,
@@ -140,32 +194,28 @@ def save_tokenizer(
 ) -> Path:
     """Write tokenizer.model + tokenizer.json + tokenizer_config.json + special_tokens_map.json, atomically.
 
-    `AutoTokenizer.from_pretrained(out_dir)` and `sentencepiece.SentencePieceProcessor(out_dir/tokenizer.model)`
-    then agree token for token.
+    `AutoTokenizer.from_pretrained(out_dir)` (transformers 4.x or 5.x) and
+    `sentencepiece.SentencePieceProcessor(out_dir/tokenizer.model)` then agree token for token.
     """
     out_dir = Path(out_dir)
-    infilling = all(piece in {p.piece for p in proto.pieces} for piece in SENTINELS)
-    specials = {"bos_token": BOS, "eos_token": EOS, "unk_token": UNK}
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        **specials,
-        "pad_token": None,
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": 1_000_000_000_000_000_019_884_624_838_656,
-        "padding_side": "left",
-        "extra_special_tokens": list(SENTINELS) if infilling else [],
-    }
-    if chat_template is not None:
-        config["chat_template"] = chat_template
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        (tmp / "tokenizer.model").write_bytes(proto.SerializeToString())
-        hf_tokenizer_from_sp(proto).save(str(tmp / "tokenizer.json"))
-        (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-        special_map = {**specials, "additional_special_tokens": config["extra_special_tokens"]}
-        (tmp / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2, ensure_ascii=False) + "\n")
+        write_tokenizer_files(proto, tmp, chat_template=chat_template)
     return out_dir
+
+
+def sentencepiece_file(tokenizer) -> Path | None:
+    """The tokenizer.model a loaded tokenizer was built from (transformers records it as `vocab_file`), if any."""
+    candidates = [
+        getattr(tokenizer, "vocab_file", None),
+        (getattr(tokenizer, "init_kwargs", None) or {}).get("vocab_file"),
+    ]
+    name = getattr(tokenizer, "name_or_path", None)
+    if name:
+        candidates.append(Path(name) / "tokenizer.model")
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
 
 
 def build_codellama_tokenizer(

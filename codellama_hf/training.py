@@ -39,6 +39,7 @@ from codellama_hf.adapters import (
     model_loading_kwargs,
     write_adapter_metadata,
 )
+from codellama_hf.export.model_folder import complete_checkpoint_callback, complete_model_folder
 from codellama_hf.io import atomic_dir, torch_dtype, write_json
 from codellama_hf.models import (
     assert_rope_theta,
@@ -46,7 +47,6 @@ from codellama_hf.models import (
     llama_config,
     rope_theta,
     set_rope_theta,
-    write_config_with_both_rope_keys,
 )
 from codellama_hf.stages import DataArguments, ModelArguments, StageConfig, parse_stage_config
 
@@ -621,6 +621,7 @@ def save_final(trainer: Trainer, lineage: dict, adapter: AdapterArguments | None
     if state.is_main_process:
         if lora:
             write_adapter_metadata(trainer.accelerator.unwrap_model(trainer.model), tmp / "adapter")
+            complete_model_folder(tmp / "adapter", tokenizer=trainer.processing_class)
             write_json(tmp / "adapter" / LINEAGE_FILE, lineage, sort_keys=True)
             if adapter.merge_adapter:
                 merged = merge_and_save(tmp / "adapter", tmp / ".merged")
@@ -633,8 +634,7 @@ def save_final(trainer: Trainer, lineage: dict, adapter: AdapterArguments | None
                 f"no weights were written to {tmp} (DeepSpeed ZeRO-3 needs "
                 "stage3_gather_16bit_weights_on_model_save: true)"
             )
-        if (tmp / "config.json").is_file():
-            write_config_with_both_rope_keys(tmp)
+        complete_model_folder(tmp, tokenizer=trainer.processing_class)  # tokenizer.model, 4.x-readable files
         trainer.save_state()
         plot_training_curves(trainer.state.log_history, tmp / "training_curves.png")
         write_json(tmp / LINEAGE_FILE, lineage, sort_keys=True)
@@ -743,7 +743,7 @@ def run_stage(
         train_dataset=train_dataset,
         data_collator=collator or PackedCollator(),
         processing_class=tokenizer,
-        callbacks=[RunSignatureCallback(signature)],
+        callbacks=[complete_checkpoint_callback(), RunSignatureCallback(signature)],
         infill=infill_ids(tokenizer) if data_info.get("fim") else None,
     )
     if trainer.is_deepspeed_enabled:

@@ -21,6 +21,7 @@ COMMANDS = {
     "push": "codellama_hf.cli.push",
     "reproduce": "codellama_hf.reproduce",
     "plan": "codellama_hf.planner",
+    "export": "codellama_hf.export.cli",
 }
 
 

@@ -22,8 +22,7 @@ from codellama_hf.convert.layout import LlamaShape, resolve_dtype
 from codellama_hf.convert.meta_reader import FileSpan, MetaCheckpoint
 from codellama_hf.convert.writers import Entry, SafetensorsWriter, log_summary, progress_bar
 from codellama_hf.io import atomic_dir, refuse_existing
-from codellama_hf.models import write_config_with_both_rope_keys
-from codellama_hf.tokenizer import INFILLING_PIECES, SENTINELS, add_infilling_pieces, load_sp_model, save_tokenizer
+from codellama_hf.tokenizer import INFILLING_PIECES, SENTINELS, add_infilling_pieces, load_sp_model
 
 _VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
 
@@ -168,13 +167,9 @@ def _with_mean_rows(blocks: Iterable[torch.Tensor | FileSpan], extra_rows: int) 
 
 
 def _write_hf_metadata(folder: Path, shape: LlamaShape, dtype: torch.dtype, max_positions: int | None, proto) -> None:
-    from transformers import GenerationConfig
+    from codellama_hf.export.model_folder import complete_model_folder
 
     config = shape.hf_config(dtype, max_positions, proto.trainer_spec.bos_id, proto.trainer_spec.eos_id)
     config.save_pretrained(folder)
-    write_config_with_both_rope_keys(folder)
-    GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id).save_pretrained(folder)
-    tokenizer_dir = save_tokenizer(proto, folder / ".tokenizer")
-    for path in tokenizer_dir.iterdir():
-        os.replace(path, folder / path.name)
-    tokenizer_dir.rmdir()
+    (folder / "tokenizer.model").write_bytes(proto.SerializeToString())
+    complete_model_folder(folder)  # both rope keys, stop ids, tokenizer files from tokenizer.model

@@ -160,7 +160,7 @@ def _matching(folder: Path, patterns) -> list[Path]:
 
 def stage_repo(member: Member, repo_dir: Path, card_options) -> Path:
     """Build `repo_dir`: the model's files, config with both rope keys, README.md and evaluation/ (atomically)."""
-    from codellama_hf.models import write_config_with_both_rope_keys
+    from codellama_hf.export.model_folder import complete_model_folder
     from codellama_hf.publish.card import render_card
     from codellama_hf.publish.facts import read_facts, read_results
 
@@ -189,7 +189,7 @@ def stage_repo(member: Member, repo_dir: Path, card_options) -> Path:
                 shutil.copyfile(source, tmp / source.name)  # rewritten below: never touch the original
             else:
                 _link_or_copy(source, tmp / source.name)
-        write_config_with_both_rope_keys(tmp)
+        complete_model_folder(tmp)  # both rope keys, 4.x-readable tokenizer files, stop ids (links are replaced)
         for folder in member.results:
             for source in _matching(folder, RESULT_FILES):
                 _link_or_copy(source, tmp / "evaluation" / source.name)
