@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import logging
 
-# (logger name, text that identifies the notice)
-_QUANTIZATION_NOTICES = (("bitsandbytes.backends.cpu.ops", "gemm_4bit_forward"),)
+# (logger name, text that identifies the notice); `kernels` logs its own notice first when the Hub is offline.
+_QUANTIZATION_NOTICES = (
+    ("bitsandbytes.backends.cpu.ops", "gemm_4bit_forward"),
+    ("kernels._internals.hf_hub", "quantization-bitsandbytes"),
+)
 _held: list[logging.LogRecord] = []
 
 
@@ -39,4 +42,4 @@ def show_quantization_notices() -> None:
     """A quantized model was requested: the held notices now concern the user; print them once."""
     while _held:
         record = _held.pop(0)
-        logging.getLogger("codellama_hf.quantization").warning("bitsandbytes: %s", record.getMessage())
+        logging.getLogger("codellama_hf.quantization").warning("%s: %s", record.name, record.getMessage())

@@ -27,20 +27,22 @@ import json, sys
 import transformers
 from transformers import AutoTokenizer
 
-request = json.loads(sys.stdin.read())
-tok = AutoTokenizer.from_pretrained(request["folder"])
-out = {
-    "version": transformers.__version__,
-    "class": type(tok).__name__,
-    "ids": [tok.encode(text) for text in request["texts"]],
-    "special": {name: tok.convert_tokens_to_ids(name) for name in request["pieces"]},
-    "all_special_ids": sorted(tok.all_special_ids),
-    "decoded": [tok.decode(tok.encode(text), skip_special_tokens=True) for text in request["texts"]],
-    "chat": None,
-}
-if tok.chat_template and request.get("dialog"):
-    out["chat"] = list(tok.apply_chat_template(request["dialog"], tokenize=True))
-print(json.dumps(out))
+reports = []
+for request in json.loads(sys.stdin.read()):
+    tok = AutoTokenizer.from_pretrained(request["folder"])
+    out = {
+        "version": transformers.__version__,
+        "class": type(tok).__name__,
+        "ids": [tok.encode(text) for text in request["texts"]],
+        "special": {name: tok.convert_tokens_to_ids(name) for name in request["pieces"]},
+        "all_special_ids": sorted(tok.all_special_ids),
+        "decoded": [tok.decode(tok.encode(text), skip_special_tokens=True) for text in request["texts"]],
+        "chat": None,
+    }
+    if tok.chat_template and request.get("dialog"):
+        out["chat"] = list(tok.apply_chat_template(request["dialog"], tokenize=True))
+    reports.append(out)
+print(json.dumps(reports))
 """
 
 
@@ -79,18 +81,29 @@ def read_with_transformers4(
     folder: str | os.PathLike, texts: Sequence[str], *, pieces: Sequence[str] = (), dialog: list | None = None
 ) -> dict:
     """Load `folder`'s tokenizer with transformers 4.x in a subprocess: ids of `texts`, ids of `pieces`, chat ids."""
-    request = {"folder": str(Path(folder).resolve()), "texts": list(texts), "pieces": list(pieces), "dialog": dialog}
+    return read_many_with_transformers4([folder], texts, pieces=pieces, dialog=dialog)[0]
+
+
+def read_many_with_transformers4(
+    folders: Sequence[str | os.PathLike], texts: Sequence[str], *, pieces: Sequence[str] = (), dialog=None
+) -> list[dict]:
+    """`read_with_transformers4` for several folders in one subprocess (importing transformers takes seconds)."""
+    requests = [
+        {"folder": str(Path(f).resolve()), "texts": list(texts), "pieces": list(pieces), "dialog": dialog}
+        for f in folders
+    ]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
         [str(transformers4_python()), "-c", _READER],
-        input=json.dumps(request),
+        input=json.dumps(requests),
         capture_output=True,
         text=True,
         env={**env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"},
-        timeout=300,
+        timeout=600,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"transformers 4.x cannot load the tokenizer in {folder}:\n{result.stderr[-3000:]}")
+        names = ", ".join(str(f) for f in folders)
+        raise RuntimeError(f"transformers 4.x cannot load the tokenizer in {names}:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
