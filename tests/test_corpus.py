@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -13,9 +14,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
-from datasets import Dataset, DatasetDict, load_from_disk
+from datasets import Dataset, load_from_disk
 
 from codellama_hf.cli import main as cli_main
 from codellama_hf.corpus import (
@@ -31,7 +31,6 @@ from codellama_hf.corpus import (
     load_mixture,
     read_sources,
 )
-from codellama_hf.corpus.dedup import near_duplicate_clusters, signatures
 from codellama_hf.corpus.embedded import KINDS
 from tests.conftest import run_cli
 
@@ -149,48 +148,77 @@ def test_dedup_removes_planted_near_duplicates_and_keeps_distinct_files(tree):
     out, stats = deduplicate(ds, DedupConfig())
     assert stats.exact_removed == 1  # heapq_copy.py
     assert stats.near_removed == 2 and stats.near_clusters == 2  # renamed variable, reformatted whitespace
-    kept = set(out["path"])
-    assert kept == {f"src/{n}.py" for n in CLEAN}  # every distinct file, and the first of each cluster
-    only_near, _ = deduplicate(ds, DedupConfig(exact=False))
-    assert len(only_near) == len(CLEAN)  # the exact copy is a near-duplicate too
+    versions = {n: {(STDLIB / f"{n}.py").read_text()} for n in CLEAN}
+    versions["textwrap"].add((tree / "src" / "textwrap_renamed.py").read_text())
+    versions["shlex"].add((tree / "src" / "shlex_reformatted.py").read_text())
+    kept = list(out["text"])
+    assert len(kept) == len(CLEAN)  # every distinct file, once (the member with the smallest key of a cluster)
+    assert all(len(versions[n] & set(kept)) == 1 for n in CLEAN)
+    order = [p for p in ds["path"] if p in set(out["path"])]
+    assert list(out["path"]) == order  # the in-memory path keeps the input order
+    only_near, stats = deduplicate(ds, DedupConfig(exact=False))
+    assert len(only_near) == len(CLEAN) and stats.near_removed == 3  # the exact copy is a near-duplicate too
 
 
-def test_lsh_candidates_match_datasketch_index(tree):
-    """Our banded bucketing finds the same near-duplicate pairs as datasketch's own MinHashLSH on one index."""
-    from datasketch import MinHash, MinHashLSH
+def test_signatures_estimate_jaccard_and_follow_datatrove_format(tree, tmp_path):
+    """Our MinHash estimates the Jaccard similarity of the word 5-gram sets; the code tokenizer plugs into
+    datatrove's stock signature step, which then sees the same 5-grams."""
+    from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
+    from datatrove.utils.hashing import HashConfig
 
-    ds = read_sources([str(tree)])
-    config = DedupConfig(threshold=0.7)
-    sigs = signatures(ds, config)
-    lsh = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm)
-    sketches = [MinHash(num_perm=config.num_perm, hashvalues=s, scheme="affine32") for s in sigs]
-    for i, m in enumerate(sketches):
-        lsh.insert(i, m)
-    theirs = {i: set(lsh.query(m)) - {i} for i, m in enumerate(sketches)}
-    clusters = near_duplicate_clusters(sigs, config)
-    similarity = {(i, j): float((sigs[i] == sigs[j]).mean()) for i in theirs for j in theirs[i]}
-    for (i, j), sim in similarity.items():  # every verified candidate of datasketch's index is in our cluster
-        if sim >= config.threshold:
-            assert clusters[i] == clusters[j]
-    for i in range(len(sigs)):  # and we never join documents that datasketch's index does not pair
-        if clusters[i] != i:
-            assert any(clusters[j] == clusters[i] for j in theirs[i])
+    from codellama_hf.corpus.dedup import CodeWordTokenizer, estimated_jaccard, minhash, shingle_hashes
 
-
-@pytest.mark.slow
-def test_sharded_dedup_equals_single_process():
-    docs = embedded_corpus("python", max_documents=600)
-    texts = list(docs["text"])
-    docs = Dataset.from_dict({"text": texts + [t.replace("    ", "  ") for t in texts[:50]]})
     config = DedupConfig()
-    one = near_duplicate_clusters(signatures(docs, config, num_proc=1), config, num_proc=1)
-    two = near_duplicate_clusters(signatures(docs, config, num_proc=2), config, num_proc=2)
-    assert np.array_equal(one, two)
-    assert (one[600:] != np.arange(600, 650)).all()  # every reformatted copy joins its original's cluster
+    texts = {p.name: p.read_text() for p in sorted((tree / "src").glob("*.py")) if p.stat().st_size > 1000}
+    pairs = [("textwrap.py", "textwrap_renamed.py"), ("shlex.py", "shlex_reformatted.py"), ("glob.py", "csv.py")]
+    for a, b in pairs:
+        sa, sb = set(shingle_hashes(texts[a], 5).tolist()), set(shingle_hashes(texts[b], 5).tolist())
+        true = len(sa & sb) / len(sa | sb)
+        assert abs(estimated_jaccard(minhash(texts[a], config), minhash(texts[b], config)) - true) < 0.1, (a, b)
+    assert estimated_jaccard(minhash(texts["glob.py"], config), minhash(texts["csv.py"], config)) < 0.2
+    # sha1: datatrove 0.10.1's default xxhash path passes str, which xxhash 4.1 refuses
+    stock_config = MinhashConfig(hash_config=HashConfig(hash_fc="sha1"))
+    stock = MinhashDedupSignature(str(tmp_path), stock_config, language=CodeWordTokenizer())
+    words = CodeWordTokenizer().word_tokenize(texts["glob.py"])
+    assert words[:4] == ["Filename", "globbing", "utility", "import"]
+    assert len(stock.get_shingles(texts["glob.py"])) > 0
 
 
 @pytest.mark.slow
-def test_cli_build_writes_a_loadable_deduplicated_dataset(tree, tmp_path, tiny_tokenizer_dir):
+def test_one_and_two_tasks_give_the_same_corpus(tmp_path):
+    """Planted copies among 300 real files: 1 and 2 local tasks (two processes) keep the same documents."""
+    rows = embedded_corpus("python", max_documents=300).to_list()
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, row in enumerate(rows):
+        (src / f"{i:03d}.py").write_text(row["text"])
+    for i, row in enumerate(rows[:20]):  # reformatted copies of the first 20
+        (src / f"{i:03d}_copy.py").write_text(row["text"].replace("    ", "  "))
+    kept = {}
+    for tasks in (1, 2):
+        out = tmp_path / f"out{tasks}"
+        summary = build_corpus(BuildConfig(sources=[str(src)], out=str(out), num_proc=tasks, validation_fraction=0.1))
+        kept[tasks] = _corpus_rows(out)
+        assert len(list((out / "train").glob("*.parquet"))) == tasks
+    assert kept[1] == kept[2]
+    paths = {path for _, path, _ in kept[1]}
+    for i in range(20):  # exactly one of each original and its copy
+        assert (f"{i:03d}.py" in paths) != (f"{i:03d}_copy.py" in paths)
+    assert summary.dedup["near_removed"] + summary.dedup["exact_removed"] >= 20
+
+
+def _corpus_rows(out: Path) -> set:
+    import pyarrow.parquet as pq
+
+    rows = set()
+    for split in ("train", "validation"):
+        for shard in (out / split).glob("*.parquet"):
+            rows |= {(split, r["path"], r["text"]) for r in pq.read_table(shard).to_pylist()}
+    return rows
+
+
+@pytest.mark.slow
+def test_cli_build_writes_parquet_shards_the_loaders_read(tree, tmp_path, tiny_tokenizer_dir):
     out = tmp_path / "corpus"
     result = run_cli(
         "corpus",
@@ -204,13 +232,17 @@ def test_cli_build_writes_a_loadable_deduplicated_dataset(tree, tmp_path, tiny_t
         "0.2",
         "--seed",
         "3",
+        "--num-proc",
+        "2",
     )
     assert result.returncode == 0, result.stderr
     assert "near duplicate" in result.stdout and "python" in result.stdout
-    loaded = load_from_disk(str(out))
-    assert isinstance(loaded, DatasetDict) and set(loaded) == {"train", "validation"}
-    train, validation = set(loaded["train"]["path"]), set(loaded["validation"]["path"])
-    assert train | validation == {f"src/{n}.py" for n in CLEAN} and not train & validation and validation
+    train = read_sources({"path": str(out), "split": "train"})
+    validation = read_sources({"path": str(out), "split": "validation"})
+    assert train.column_names == ["text", "language", "source", "path", "license"]
+    texts = set(train["text"]) | set(validation["text"])
+    assert texts == {(STDLIB / f"{n}.py").read_text() for n in CLEAN} and len(validation)
+    assert not set(train["path"]) & set(validation["path"])
     summary = json.loads((out / "corpus_summary.json").read_text())
     assert summary["skipped"] == PLANTED_SKIPS
     assert summary["dedup"]["exact_removed"] == 1 and summary["dedup"]["near_removed"] == 2
@@ -218,19 +250,27 @@ def test_cli_build_writes_a_loadable_deduplicated_dataset(tree, tmp_path, tiny_t
     assert python["documents"] == len(CLEAN)
     assert python["bytes"] == sum(len((STDLIB / f"{n}.py").read_bytes()) for n in CLEAN)
     assert 0 < python["tokens"] < python["bytes"]
-    # An existing output is refused; the same seed gives the same dataset.
+    assert {p.stem for p in (out / "stats").glob("*.json")} == {
+        "read",
+        "near_buckets",
+        "exact_buckets",
+        "clusters",
+        "write",
+    }
+    assert not (tmp_path / "corpus.partial").exists()  # the run folder goes once the output is published
+    # An existing output is refused; the same seed gives the same documents in the same splits.
     with pytest.raises(FileExistsError, match="--overwrite"):
         build_corpus(BuildConfig(sources=[str(tree)], out=str(out)))
     second = build_corpus(
-        BuildConfig(sources=[str(tree)], out=str(tmp_path / "again"), seed=3, validation_fraction=0.2)
+        BuildConfig(sources=[str(tree)], out=str(tmp_path / "again"), seed=3, validation_fraction=0.2, num_proc=1)
     )
     assert second.splits == summary["splits"]
-    assert list(load_from_disk(str(tmp_path / "again"))["train"]["text"]) == list(loaded["train"]["text"])
+    assert _corpus_rows(tmp_path / "again") == _corpus_rows(out)
 
 
 def test_bad_input_fails_clearly_without_partial_output(tree, tmp_path, capsys):
-    with pytest.raises(ValueError, match=str(tree / "empty")):
-        build_corpus(BuildConfig(sources=[str(tree / "empty")], out=str(tmp_path / "out")))
+    with pytest.raises(ValueError, match=f"no documents kept from {tree / 'empty'}.*empty_source"):
+        build_corpus(BuildConfig(sources=[str(tree / "empty")], out=str(tmp_path / "out"), num_proc=1))
     with pytest.raises(FileNotFoundError, match="missing"):
         read_sources([str(tmp_path / "missing")])
     with pytest.raises(ValueError, match="unknown field"):
@@ -242,23 +282,28 @@ def test_bad_input_fails_clearly_without_partial_output(tree, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written
     assert cli_main(["corpus", "build", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_build_config_yaml_with_cli_overrides(tree, tmp_path, capsys):
     config = tmp_path / "corpus.yaml"
     config.write_text(
         f"sources: ['{tree}']\nvalidation_fraction: 0\nfilters: {{max_line_length: 5000}}\n"
-        "dedup: {near: false, num_perm: 64}\n"
+        "dedup: {near: false, num_perm: 64}\nexecutor: {kind: local, tasks: 1}\n"
     )
     out = tmp_path / "out"
     assert cli_main(["corpus", "build", "--config", str(config), "--out", str(out), "--max-line-length", "2000"]) == 0
     summary = json.loads((out / "corpus_summary.json").read_text())
     assert "long_lines" in summary["skipped"]  # the command line's 2000 beat the file's 5000 (the line has 3008)
     assert summary["dedup"]["near_removed"] == 0 and summary["dedup"]["exact_removed"] == 1  # near dedup off
-    assert summary["splits"] == {"train": len(CLEAN) + 2}
+    assert summary["splits"] == {"train": len(CLEAN) + 2, "validation": 0}
     config.write_text(f"sources: ['{tree}']\ndedup: {{treshold: 0.9}}\n")
     assert cli_main(["corpus", "build", "--config", str(config), "--out", str(tmp_path / "bad")]) == 2
     assert "unknown dedup field(s) ['treshold']" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    config.write_text(f"sources: ['{tree}']\nexecutor: {{kind: ray}}\n")
+    if importlib.util.find_spec("ray") is None:
+        assert cli_main(["corpus", "build", "--config", str(config), "--out", str(tmp_path / "ray")]) == 2
+        assert "pip install 'datatrove[ray]'" in capsys.readouterr().err
 
 
 def test_dataset_file_and_saved_dataset_sources(tmp_path):
@@ -283,11 +328,13 @@ def test_dataset_file_and_saved_dataset_sources(tmp_path):
     assert [r["path"] for r in streamed] == ["a/bisect.py"] and sum(stream_stats.values()) == 3
     with pytest.raises(ValueError, match="no text column 'text'"):
         read_sources([str(data)])
-    # A streamed source is written to Arrow before deduplication.
-    spec = {"path": str(saved), "text_column": "content", "streaming": True}
-    summary = build_corpus(BuildConfig(sources=[spec], out=str(tmp_path / "built"), validation_fraction=0))
-    assert summary.splits == {"train": 1} and summary.skipped == {"minified": 1, "vendored": 1, "too_small": 1}
-    assert list(load_from_disk(str(tmp_path / "built"))["train"]["path"]) == ["a/bisect.py"]
+    # The builder reads jsonl through datatrove's JsonlReader and saved datasets through its HF reader.
+    for name, spec in (("jsonl", {"path": str(data)}), ("saved", {"path": str(saved)})):
+        spec |= {"text_column": "content", "label": "mine"}
+        summary = build_corpus(BuildConfig(sources=[spec], out=str(tmp_path / f"built_{name}"), validation_fraction=0))
+        assert summary.splits == {"train": 1, "validation": 0}
+        assert summary.skipped == {"minified": 1, "vendored": 1, "too_small": 1}
+        assert read_sources(str(tmp_path / f"built_{name}")).to_list() == ds.to_list()
 
 
 def test_git_checkout_lists_tracked_files_and_clones(tmp_path):
@@ -308,9 +355,13 @@ def test_git_checkout_lists_tracked_files_and_clones(tmp_path):
     shutil.copy(STDLIB / "glob.py", repo / "untracked.py")
     assert list(read_sources([str(repo)])["path"]) == ["bisect.py"]
     with pytest.raises(ValueError, match="other_language"):  # a build keeping only C finds nothing, and says why
-        build_corpus(BuildConfig(sources=[str(repo)], out=str(tmp_path / "c"), languages=["c"]))
+        build_corpus(BuildConfig(sources=[str(repo)], out=str(tmp_path / "c"), languages=["c"], num_proc=1))
     cloned = read_sources([f"git+file://{repo}"])
     assert list(cloned["path"]) == ["bisect.py"] and list(cloned["source"]) == [f"git+file://{repo}"]
+    config = BuildConfig(sources=[f"git+file://{repo}"], out=str(tmp_path / "g"), num_proc=1, validation_fraction=0)
+    assert build_corpus(config).splits == {"train": 1, "validation": 0}
+    built = read_sources(str(tmp_path / "g")).to_list()
+    assert [(r["path"], r["source"]) for r in built] == [("bisect.py", f"git+file://{repo}")]
 
 
 # ---------------------------------------------------------------------------------------------------------------

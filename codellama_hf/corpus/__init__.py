@@ -2,14 +2,16 @@
 
 - sources.py: local folders, git checkouts and `datasets` sources -> rows of text, language, source, path, license;
 - filters.py: the quality filters of code corpora, counted per rule;
-- dedup.py: exact (content hash) and near (MinHash LSH) deduplication, sharded across processes;
+- dedup.py: exact (content digest) and near (MinHash over code word 5-grams) signatures;
+- steps.py: the datatrove pipeline steps (readers, filters, signatures, duplicate clusters, split + counts);
+- pipeline.py: the build's datatrove stages and their executors (local, Slurm, Ray);
 - embedded.py: the offline default corpus assembled from this machine's Python installation;
 - mixture.py: Table 1's mixtures as presets, user mixtures in YAML, sampled by interleaving;
-- build.py: the `codellama-hf corpus build` pipeline and its summary.
+- build.py: `codellama-hf corpus build`, its config, summary and output layout.
 """
 
-from codellama_hf.corpus.build import BuildConfig, CorpusSummary, build_corpus, register
-from codellama_hf.corpus.dedup import DedupConfig, DedupStats, deduplicate
+from codellama_hf.corpus.build import BuildConfig, CorpusSummary, build_corpus, deduplicate, register
+from codellama_hf.corpus.dedup import DedupConfig, DedupStats
 from codellama_hf.corpus.embedded import KINDS, build_embedded, embedded_corpus
 from codellama_hf.corpus.filters import FilterConfig, SkipCounter
 from codellama_hf.corpus.mixture import PRESETS, Component, Mixture, get_mixture, load_mixture

@@ -1,11 +1,22 @@
-"""`codellama-hf corpus build`: sources -> filters -> exact + near dedup -> held-out split -> dataset on disk.
+"""`codellama-hf corpus build`: sources -> filters -> exact + near dedup -> parquet shards, as datatrove stages.
 
-The output is a `datasets.DatasetDict` ("train", "validation") written with `save_to_disk` into a temporary
-sibling folder and renamed into place, plus `corpus_summary.json` beside it: documents, bytes and (with a tokenizer)
-tokens per language, removals per filter, duplicate clusters. The same inputs and seed give the same dataset.
+The stages and executors are in pipeline.py (local by default, one task per core; Slurm or Ray from the same
+YAML), the steps in steps.py. Output layout, read by `read_sources` / `load_mixture` (a folder source) and by the
+streaming training data path::
 
-A YAML config holds the same fields as `BuildConfig` (filters and dedup as nested mappings); command-line options
-override it.
+    out/
+      train/NNN_NNNNN.parquet        columns text, language, source, path, license (strings; licence "" if unknown)
+      validation/NNN_NNNNN.parquet   the held-out files (embedded.is_validation: by file, seeded)
+      corpus_summary.json            documents / bytes / tokens per language, skips per reason, dedup counts
+      stats/<stage>.json             datatrove's per-step stats of every stage, summed over tasks
+      build_config.json              the settings of the build
+
+Shards are in no particular order across tasks (the streaming path shuffles); within a shard, documents keep
+their source order. `corpus_summary.json` is written last, inside a folder renamed into place, so a folder that
+has it is complete. The same inputs and settings give the same documents whatever the number of tasks.
+
+A YAML config holds the same fields as `BuildConfig` (filters, dedup and executor as nested mappings);
+command-line options override it.
 """
 
 from __future__ import annotations
@@ -14,20 +25,27 @@ import argparse
 import json
 import logging
 import os
+import shutil
+import subprocess
+import tempfile
 import time
-import uuid
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from codellama_hf.corpus.dedup import DedupConfig, deduplicate
-from codellama_hf.corpus.embedded import KINDS, VALIDATION_FRACTION, embedded_corpus, is_validation, save_atomic
-from codellama_hf.corpus.filters import FilterConfig, SkipCounter
-from codellama_hf.corpus.sources import SourceSpec, dataset_from_generator, read_sources
+from codellama_hf.corpus.dedup import DedupConfig, DedupStats
+from codellama_hf.corpus.embedded import KINDS, VALIDATION_FRACTION, embedded_corpus, save_atomic
+from codellama_hf.corpus.filters import FilterConfig
+from codellama_hf.corpus.sources import CORPUS_MARKER, SourceSpec
 from codellama_hf.io import read_yaml_mapping
 
 log = logging.getLogger(__name__)
-SUMMARY_FILE = "corpus_summary.json"
+SUMMARY_FILE = CORPUS_MARKER
+
+
+def _executor_config():
+    from codellama_hf.corpus.pipeline import ExecutorConfig
+
+    return ExecutorConfig()
 
 
 @dataclass
@@ -35,19 +53,24 @@ class BuildConfig:
     sources: list = field(default_factory=list)
     out: str | None = None
     seed: int = 0
-    num_proc: int = 1
     validation_fraction: float = VALIDATION_FRACTION
     tokenizer: str | None = None  # folder of an HF tokenizer, to count tokens in the summary
-    languages: list[str] | None = None  # keep only these languages (for sources that do not set their own)
+    languages: list[str] | None = None  # keep only these languages
+    licenses: list[str] | None = None  # keep only these SPDX licence ids (documents of unknown licence are dropped)
     overwrite: bool = False
+    num_proc: int | None = None  # shorthand for executor.tasks
     filters: FilterConfig = field(default_factory=FilterConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    executor: object = field(default_factory=_executor_config)
 
     def __post_init__(self):
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
-        if self.num_proc < 1:
-            raise ValueError(f"num_proc must be >= 1, got {self.num_proc}")
+        if self.num_proc is not None:
+            if self.num_proc < 1:
+                raise ValueError(f"num_proc must be >= 1, got {self.num_proc}")
+            self.executor = replace(self.executor, tasks=self.num_proc)
+            self.num_proc = None
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> BuildConfig:
@@ -55,6 +78,8 @@ class BuildConfig:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "corpus config") -> BuildConfig:
+        from codellama_hf.corpus.pipeline import ExecutorConfig
+
         def checked(kind, values, name):
             known = {f.name for f in fields(kind)}
             unknown = sorted(set(values or {}) - known)
@@ -65,7 +90,21 @@ class BuildConfig:
         data = dict(data)
         filters = checked(FilterConfig, data.pop("filters", None), "filters")
         dedup = checked(DedupConfig, data.pop("dedup", None), "dedup")
-        return replace(checked(cls, data, "top-level"), filters=filters, dedup=dedup)
+        executor = checked(ExecutorConfig, data.pop("executor", None), "executor")
+        config = checked(cls, {**data, "num_proc": None}, "top-level")
+        config = replace(config, filters=filters, dedup=dedup, executor=executor)
+        if data.get("num_proc") is not None:
+            config = replace(config, num_proc=data["num_proc"])
+        return config
+
+    def to_dict(self) -> dict:
+        """The settings that decide the output (what a resumed run must share with the interrupted one)."""
+        data = asdict(self)
+        data["filters"] = {k: sorted(v) if isinstance(v, frozenset) else v for k, v in data["filters"].items()}
+        executor = data.pop("executor")
+        data["tasks"] = self.executor.num_tasks  # the shards depend on it; where they run does not
+        data["sources"] = [s if isinstance(s, (str, dict)) else asdict(SourceSpec.parse(s)) for s in self.sources]
+        return json.loads(json.dumps(data, default=str)) | {"executor_kind": executor["kind"]}
 
 
 @dataclass
@@ -74,109 +113,128 @@ class CorpusSummary:
     languages: dict[str, dict[str, int | None]]  # language -> {"documents", "bytes", "tokens"}
     skipped: dict[str, int]
     dedup: dict[str, int]
-    seconds: float
+    seconds: float = 0.0
     tokenizer: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
-
-def _materialize(dataset):
-    """Write a streamed dataset to Arrow (datasets' cache) so that it can be deduplicated by index."""
-    from datasets import IterableDataset
-
-    if not isinstance(dataset, IterableDataset):
-        return dataset
-    return dataset_from_generator(_iterate, gen_kwargs={"dataset": dataset}, fingerprint=uuid.uuid4().hex)
+    @classmethod
+    def load(cls, out: str | os.PathLike, seconds: float = 0.0) -> CorpusSummary:
+        data = json.loads((Path(out) / SUMMARY_FILE).read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known} | {"seconds": round(seconds, 2)})
 
 
-def _iterate(dataset):
-    yield from dataset
+def _prepare_sources(config: BuildConfig, run_dir: Path) -> list[dict]:
+    """Source specs as plain mappings the stages can pickle; git URLs cloned once into the run folder."""
+    from codellama_hf.corpus.sources import _git_checkout
+
+    specs = []
+    for raw in config.sources:
+        spec = SourceSpec.parse(raw)
+        if spec.git:
+            dest = run_dir / "git" / f"{len(specs):03d}"
+            if not dest.is_dir():
+                shutil.rmtree(dest.with_suffix(".tmp"), ignore_errors=True)
+                _git_checkout(spec, dest.with_suffix(".tmp"))
+                os.replace(dest.with_suffix(".tmp"), dest)
+            spec = replace(spec, git=None, path=str(dest), label=spec.display(), revision=None)
+        specs.append(asdict(spec))
+    return specs
 
 
-def _byte_length(batch):
-    return {"_bytes": [len(t.encode("utf-8", "surrogatepass")) for t in batch["text"]]}
-
-
-def _token_length(batch, *, tokenizer):
-    ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-    return {"_tokens": [len(x) for x in ids]}
-
-
-def language_table(dataset, tokenizer=None, num_proc: int = 1) -> dict[str, dict[str, int]]:
-    """Documents, bytes and (with a tokenizer, else None) tokens per language."""
-    if len(dataset) == 0:
-        return {}
-    nproc = num_proc if num_proc > 1 and len(dataset) >= 4 * num_proc else None
-    sized = dataset.select_columns(["text", "language"]).map(
-        _byte_length, batched=True, num_proc=nproc, desc="count bytes"
-    )
-    if tokenizer is not None:
-        sized = sized.map(
-            _token_length, batched=True, fn_kwargs={"tokenizer": tokenizer}, num_proc=nproc, desc="count tokens"
-        )
-    table: dict[str, dict[str, int]] = defaultdict(lambda: {"documents": 0, "bytes": 0, "tokens": None})
-    columns = ["language", "_bytes"] + (["_tokens"] if tokenizer is not None else [])
-    for batch in sized.select_columns(columns).iter(batch_size=10_000):
-        for i, language in enumerate(batch["language"]):
-            row = table[language]
-            row["documents"] += 1
-            row["bytes"] += batch["_bytes"][i]
-            if tokenizer is not None:
-                row["tokens"] = (row["tokens"] or 0) + batch["_tokens"][i]
-    return dict(sorted(table.items(), key=lambda kv: -kv[1]["bytes"]))
-
-
-def split_by_file(dataset, seed: int, fraction: float):
-    """DatasetDict(train, validation) with every file wholly on one side (see embedded.is_validation)."""
-    from datasets import DatasetDict
-
-    held = [is_validation(seed, s, p, fraction) for s, p in zip(dataset["source"], dataset["path"], strict=False)]
-    splits = {
-        "train": dataset.select([i for i, h in enumerate(held) if not h]),
-        "validation": dataset.select([i for i, h in enumerate(held) if h]),
-    }
-    # A seeded shuffle, written contiguously: the output order does not follow the folders' order.
-    return DatasetDict(
-        {k: v.shuffle(seed=seed).flatten_indices() for k, v in splits.items() if len(v) or k == "train"}
+def build_corpus(config: BuildConfig, *, dry_run: bool = False) -> CorpusSummary | Path:
+    """Run the stages (see module docstring). Local and Ray builds return the summary; a Slurm build returns the
+    path of submit.sh, which it runs (submits) unless `dry_run`."""
+    from codellama_hf.corpus.pipeline import (
+        EmptyCorpusError,
+        check_run_folder,
+        make_executors,
+        run_folder,
+        write_slurm_scripts,
     )
 
-
-def build_corpus(config: BuildConfig) -> CorpusSummary:
-    """Run the whole pipeline and save the dataset to `config.out` (see module docstring)."""
     if not config.sources:
         raise ValueError("no sources given: pass folders, data files, git+URL or datasets names")
     if not config.out:
         raise ValueError("no output folder given (--out)")
-    out = Path(config.out)
+    out = Path(config.out).absolute()
+    config = replace(config, out=str(out))
     if out.exists() and not config.overwrite:
         raise FileExistsError(f"{out} exists; choose a new --out or pass --overwrite")
-    tokenizer = None
-    if config.tokenizer:
+    if config.tokenizer:  # fail now, not in the last stage
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer)
+        AutoTokenizer.from_pretrained(config.tokenizer)
+    config.executor.check()
+    for raw in config.sources:  # before anything is written
+        spec = SourceSpec.parse(raw)
+        if spec.path is not None and not Path(spec.path).exists():
+            raise FileNotFoundError(f"source {spec.path} does not exist")
     start = time.perf_counter()
-    skipped = SkipCounter()
-    specs = [SourceSpec.parse(s) for s in config.sources]
-    if config.languages:
-        specs = [s if s.languages else replace(s, languages=list(config.languages)) for s in specs]
-    dataset = _materialize(read_sources(specs, filters=config.filters, stats=skipped, num_proc=config.num_proc))
-    if len(dataset) == 0:
-        raise ValueError(f"no documents kept from {config.sources}; skipped: {dict(skipped.table_rows())}")
-    log.info("read %d documents (skipped %s)", len(dataset), dict(skipped))
-    dataset, dedup = deduplicate(dataset, config.dedup, num_proc=config.num_proc)
-    splits = split_by_file(dataset, config.seed, config.validation_fraction)
-    summary = CorpusSummary(
-        splits={k: len(v) for k, v in splits.items()},
-        languages=language_table(dataset, tokenizer, config.num_proc),
-        skipped=dict(skipped.table_rows()),
-        dedup=asdict(dedup),
-        seconds=round(time.perf_counter() - start, 2),
-        tokenizer=config.tokenizer,
+    run_dir = run_folder(out)
+    check_run_folder(run_dir, config)
+    staged = replace(config, sources=_prepare_sources(config, run_dir))
+    executors = make_executors(staged, run_dir)
+    kind = config.executor.kind
+    if kind == "slurm":
+        submit = write_slurm_scripts(executors, run_dir)
+        if not dry_run:
+            if not shutil.which("sbatch"):
+                raise RuntimeError(f"sbatch is not on PATH: submit {submit} from a Slurm login node")
+            subprocess.run(["bash", str(submit)], check=True)
+        return submit
+    if dry_run:
+        raise ValueError("--dry-run writes Slurm job scripts; it needs executor kind slurm")
+    try:
+        executors[-1].run()
+    except EmptyCorpusError:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if not (out / SUMMARY_FILE).is_file():
+        raise RuntimeError(f"the build stopped before writing {out}; run it again to resume ({run_dir})")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return CorpusSummary.load(out, time.perf_counter() - start)
+
+
+def deduplicate(dataset, config: DedupConfig | None = None):
+    """Exact + near dedup of an in-memory `datasets.Dataset` (corpus columns) through the same datatrove stages,
+    one local task in a temporary folder; order is kept. Returns (dataset, DedupStats)."""
+    from datasets import Dataset, concatenate_datasets
+
+    from codellama_hf.corpus.pipeline import make_executors
+    from codellama_hf.corpus.sources import features
+    from codellama_hf.corpus.steps import make_document
+
+    config = config or DedupConfig()
+    documents = [
+        make_document(
+            row["text"], language=row["language"], source=row["source"], path=row["path"], license=row["license"]
+        )
+        for row in dataset
+    ]
+    filters = FilterConfig(
+        min_bytes=None,
+        max_bytes=None,
+        max_line_length=None,
+        max_mean_line_length=None,
+        min_alphanumeric=None,
+        generated_header_chars=None,
+        vendored_dirs=None,
     )
-    save_atomic(splits, out, extra_files={SUMMARY_FILE: summary.to_json()}, overwrite=config.overwrite)
-    return summary
+    with tempfile.TemporaryDirectory(prefix="codellama_hf-dedup-") as tmp:
+        build = BuildConfig(
+            sources=["<memory>"], out=str(Path(tmp) / "out"), validation_fraction=0.0, filters=filters, dedup=config
+        )
+        executors = make_executors(build, Path(tmp), documents=documents)
+        executors[-2].run()  # up to the write stage: no summary, no publishing
+        stats = DedupStats(**json.loads((Path(tmp) / "work" / "remove" / "dedup_stats.json").read_text()))
+        shards = sorted((Path(tmp) / "output" / "train").glob("*.parquet"))
+        parts = [Dataset.from_parquet(str(s), keep_in_memory=True) for s in shards]
+        kept = concatenate_datasets(parts) if parts else Dataset.from_dict({k: [] for k in features()})
+        kept = kept.cast(features())
+    return kept, stats
 
 
 def print_summary(summary: CorpusSummary, title: str) -> None:
@@ -225,7 +283,12 @@ def register(subparsers) -> None:
     build.add_argument("--config", type=Path, help="YAML with BuildConfig fields; options below override it")
     build.add_argument("--out", help="output folder (must not exist unless --overwrite)")
     build.add_argument("--seed", type=int)
-    build.add_argument("--num-proc", type=int, help="processes for hashing and LSH bucketing")
+    build.add_argument("--num-proc", type=int, help="tasks of the read and write stages (default: CPU count)")
+    build.add_argument("--executor", choices=("local", "slurm", "ray"), dest="executor.kind")
+    build.add_argument("--workers", type=int, dest="executor.workers", help="tasks run at once (-1: all)")
+    build.add_argument("--partition", dest="executor.partition", help="Slurm partition")
+    build.add_argument("--dry-run", action="store_true", help="Slurm: write the job scripts, do not submit them")
+    build.add_argument("--licenses", type=lambda v: v.split(","), help="comma-separated SPDX licences to keep")
     build.add_argument("--validation-fraction", type=float)
     build.add_argument("--tokenizer", help="HF tokenizer folder: count tokens per language in the summary")
     build.add_argument("--overwrite", action="store_true", default=None)
@@ -257,9 +320,9 @@ def register(subparsers) -> None:
 
 def _cli_build(args: argparse.Namespace) -> int:
     config = BuildConfig.from_yaml(args.config) if args.config else BuildConfig()
-    top, nested = {}, {"filters": {}, "dedup": {}}
+    top, nested = {}, {"filters": {}, "dedup": {}, "executor": {}}
     for key, value in vars(args).items():
-        if value is None or key in ("func", "command", "corpus_command", "config"):
+        if value is None or key in ("func", "command", "corpus_command", "config", "dry_run"):
             continue
         group, _, name = key.partition(".")
         if name:
@@ -271,9 +334,16 @@ def _cli_build(args: argparse.Namespace) -> int:
         **top,
         filters=replace(config.filters, **nested["filters"]),
         dedup=replace(config.dedup, **nested["dedup"]),
+        executor=replace(config.executor, **nested["executor"]),
     )
-    summary = build_corpus(config)
-    print_summary(summary, title=f"corpus {config.out}")
+    result = build_corpus(config, dry_run=args.dry_run)
+    if isinstance(result, Path):
+        verb = "wrote" if args.dry_run else "submitted"
+        print(f"{verb} the Slurm job scripts: {result}")
+        if args.dry_run:
+            print(result.read_text())
+        return 0
+    print_summary(result, title=f"corpus {config.out}")
     print(f"wrote {config.out}")
     return 0
 

@@ -1,36 +1,35 @@
-"""Exact and near deduplication: content hashes, then MinHash LSH (datasketch) over word 5-gram shingles.
+"""Signatures for exact and near deduplication of code, in the on-disk format of datatrove's MinHash stages.
 
-Near-duplicate detection, as in the BigCode/The Stack pipelines:
-- shingles: 5-grams of the `\\w+` tokens of a document, so whitespace, indentation and punctuation changes do not
-  count, and renaming one variable changes only the shingles that touch it;
-- signatures: datasketch `MinHash` (its default "affine32" permutations) with `num_perm` permutations (128 by
-  default) and a fixed permutation seed, fed 32-bit shingle hashes computed with numpy (`shingle_hashes`);
+Near-duplicate detection follows the BigCode/The Stack recipe (Kocetkov et al. 2022, §3; Allal et al. 2023):
+- shingles: 5-grams of the `\\w+` tokens of a document (`CodeWordTokenizer`), so whitespace, indentation and
+  punctuation changes do not count, and renaming one variable changes only the shingles that touch it. datatrove's
+  stock signature step lower-cases and strips the text and needs a natural-language word tokenizer (spaCy/NLTK);
+- signatures: `num_perm` (128) affine permutations h -> a*h + b mod 2**32 (odd a) of 32-bit shingle hashes,
+  computed for a whole document at once with numpy (`minhash`); shingle hashes hash each distinct token once
+  (blake2b) and combine n of them with a polynomial and the splitmix64 finaliser (`shingle_hashes`). This is about
+  twice datatrove's per-core speed (bench/dedup.py), which hashes every n-gram string in Python;
 - candidates: LSH banding with the (bands, rows) that datasketch's `MinHashLSH` picks for the Jaccard threshold
-  (0.85 by default: 8 bands of 16 rows at 128 permutations);
-- a candidate pair is kept only when its estimated Jaccard similarity (share of equal signature values) reaches the
-  threshold; clusters are the connected components of kept pairs and each keeps its first document.
+  (0.85 by default: 8 bands of 16 rows at 128 permutations), written as datatrove's `bucket_XXX/NNNNN.minhash.sig`
+  files so that datatrove's `MinhashDedupBuckets` finds the pairs;
+- a candidate pair counts only when its estimated Jaccard similarity (share of equal signature values) reaches the
+  threshold (steps.DuplicateClusters reads the full signatures for that).
 
-Scaling: signatures are computed by `datasets.map(num_proc=N)`, and the LSH bands are bucketed in N processes (each
-process buckets a subset of the bands over all documents), so the work splits across processes and no process
-holds more than its bands. Only the union-find over candidate pairs runs in the main process.
-Memory: the signatures take n x num_perm x 4 bytes in the main process (0.5 GB per million documents at 128);
-beyond that, build per language or per source and deduplicate each.
+Exact duplicates use the same machinery: a one-band "signature" made of the 128-bit blake2b digest of the text.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 from dataclasses import dataclass
-from multiprocessing import get_context
+from functools import lru_cache
 
 import numpy as np
-
-log = logging.getLogger(__name__)
+from datatrove.utils.word_tokenizers import WordTokenizer
 
 TOKEN = re.compile(r"\w+")
 _GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+EXACT_WORDS = 4  # 32-bit words of the exact-duplicate digest (128 bits)
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class DedupConfig:
     threshold: float = 0.85  # Jaccard similarity at which two documents count as near-duplicates
     num_perm: int = 128
     ngram: int = 5
-    seed: int = 42  # MinHash permutation seed
+    seed: int = 42  # permutation seed
 
     def __post_init__(self):
         if not 0 < self.threshold <= 1:
@@ -50,10 +49,7 @@ class DedupConfig:
 
     def bands(self) -> tuple[int, int]:
         """(bands, rows per band) that datasketch's MinHashLSH chooses for this threshold and num_perm."""
-        from datasketch import MinHashLSH
-
-        lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
-        return lsh.b, lsh.r
+        return _bands(self.threshold, self.num_perm)
 
 
 @dataclass
@@ -64,12 +60,32 @@ class DedupStats:
     largest_cluster: int = 0
 
 
-def shingle_hashes(text: str, ngram: int) -> np.ndarray:
-    """Distinct 32-bit hashes of the word n-grams of `text`.
+@lru_cache(maxsize=16)
+def _bands(threshold: float, num_perm: int) -> tuple[int, int]:
+    from datasketch import MinHashLSH
 
-    Each distinct token is hashed once (blake2b), and the n-gram hash is a polynomial of its tokens' hashes mixed
-    with the splitmix64 finaliser, computed for all positions at once with numpy.
-    """
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    return lsh.b, lsh.r
+
+
+class CodeWordTokenizer(WordTokenizer):
+    """datatrove word tokenizer for source code: `\\w+` runs, no lower-casing, no sentence model."""
+
+    def __init__(self):
+        super().__init__("code")
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return TOKEN.findall(text)
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return text.splitlines()
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in TOKEN.finditer(text)]
+
+
+def shingle_hashes(text: str, ngram: int) -> np.ndarray:
+    """Distinct 32-bit hashes of the word n-grams of `text` (a text without words gives one empty shingle)."""
     tokens = TOKEN.findall(text) or [""]
     vocab: dict[str, int] = {}
     ids = [vocab.setdefault(token, len(vocab)) for token in tokens]
@@ -92,127 +108,34 @@ def shingle_hashes(text: str, ngram: int) -> np.ndarray:
     return np.unique((acc >> np.uint64(32)).astype(np.uint32))
 
 
-def _signatures(batch: dict, *, num_perm: int, ngram: int, seed: int) -> dict:
-    from datasketch import MinHash
-
-    out = []
-    for text in batch["text"]:
-        # The shingles arrive already hashed to 32 bits, so the MinHash's hash function is the identity.
-        minhash = MinHash(num_perm=num_perm, seed=seed, hashfunc=int)
-        minhash.update_batch(shingle_hashes(text, ngram).tolist())
-        out.append(minhash.hashvalues.astype(np.uint32))
-    return {"_minhash": out}
+@lru_cache(maxsize=8)
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) of the affine permutations, uint32; a is odd, so h -> a*h + b is a bijection modulo 2**32."""
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint64).astype(np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint64).astype(np.uint32)
+    return a, b
 
 
-def signatures(dataset, config: DedupConfig, *, num_proc: int | None = None) -> np.ndarray:
-    """MinHash signatures of every document's `text`, shape (n, num_perm), uint32."""
-    if len(dataset) == 0:
-        return np.zeros((0, config.num_perm), dtype=np.uint32)
-    kwargs = {"num_perm": config.num_perm, "ngram": config.ngram, "seed": config.seed}
-    mapped = dataset.select_columns(["text"]).map(
-        _signatures,
-        fn_kwargs=kwargs,
-        batched=True,
-        batch_size=256,
-        remove_columns=["text"],
-        num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) >= 2 * num_proc else None,
-        desc="minhash",
-    )
-    return np.asarray(mapped.with_format("numpy")["_minhash"], dtype=np.uint32).reshape(len(dataset), -1)
+def minhash(text: str, config: DedupConfig) -> np.ndarray:
+    """MinHash signature of `text`, shape (num_perm,), uint32."""
+    a, b = permutations(config.num_perm, config.seed)
+    hashes = shingle_hashes(text, config.ngram)[:, None]
+    with np.errstate(over="ignore"):
+        return (hashes * a + b).min(axis=0)
 
 
-def _band_pairs(bands: np.ndarray) -> np.ndarray:
-    """Candidate pairs (first document of a bucket, another member) for bands given as (n, bands, rows)."""
-    pairs = [np.zeros((0, 2), dtype=np.int64)]
-    for b in range(bands.shape[1]):
-        keys = np.ascontiguousarray(bands[:, b, :]).view(np.dtype((np.void, bands.shape[2] * bands.itemsize)))
-        _, first, inverse = np.unique(keys.ravel(), return_index=True, return_inverse=True)
-        leader = first[inverse.ravel()]
-        member = np.nonzero(leader != np.arange(len(leader)))[0]
-        pairs.append(np.stack([leader[member], member], axis=1))
-    return np.concatenate(pairs)
+def exact_digest(text: str) -> np.ndarray:
+    """128-bit digest of the UTF-8 text as EXACT_WORDS uint32: the one-band signature of exact deduplication."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=4 * EXACT_WORDS).digest()
+    return np.frombuffer(digest, dtype="<u4")
 
 
-def near_duplicate_clusters(sigs: np.ndarray, config: DedupConfig, *, num_proc: int = 1) -> np.ndarray:
-    """Cluster id (= index of the cluster's first document) for every document.
-
-    Each band's buckets give pairs (bucket's first document, member); `num_proc` processes bucket disjoint sets of
-    bands. Pairs whose estimated Jaccard similarity is below the threshold are dropped before union-find.
-    """
-    n = len(sigs)
-    parent = np.arange(n)
-    if n < 2:
-        return parent
-    b, r = config.bands()
-    banded = sigs[:, : b * r].reshape(n, b, r)
-    groups = [banded[:, g, :] for g in np.array_split(np.arange(b), max(1, min(num_proc, b))) if len(g)]
-    if len(groups) > 1:
-        with get_context("fork").Pool(len(groups)) as pool:
-            found = pool.map(_band_pairs, groups)
-    else:
-        found = [_band_pairs(g) for g in groups]
-    candidates = np.unique(np.concatenate(found), axis=0)
-    verified = [
-        chunk[(sigs[chunk[:, 0]] == sigs[chunk[:, 1]]).mean(axis=1) >= config.threshold]
-        for chunk in np.array_split(candidates, max(1, len(candidates) // 1_000_000))
-    ]
-    pairs = np.concatenate(verified) if verified else candidates
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, c in pairs:
-        ra, rc = find(a), find(c)
-        if ra != rc:
-            parent[max(ra, rc)] = min(ra, rc)  # the earliest document leads the cluster
-    return np.array([find(i) for i in range(n)])
+def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
+    return float(np.mean(sig_a == sig_b))
 
 
-def _content_hashes(batch: dict) -> dict:
-    return {"_sha256": [hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest() for t in batch["text"]]}
-
-
-def exact_duplicate_mask(dataset, *, num_proc: int | None = None) -> np.ndarray:
-    """True for the first occurrence of each distinct text (SHA-256 of the UTF-8 bytes, hashed in parallel)."""
-    hashed = dataset.select_columns(["text"]).map(
-        _content_hashes,
-        batched=True,
-        remove_columns=["text"],
-        desc="content hash",
-        num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) >= 2 * num_proc else None,
-    )
-    seen: set[bytes] = set()
-    keep = np.zeros(len(dataset), dtype=bool)
-    for i, digest in enumerate(hashed["_sha256"]):
-        if digest not in seen:
-            seen.add(digest)
-            keep[i] = True
-    return keep
-
-
-def deduplicate(dataset, config: DedupConfig | None = None, *, num_proc: int = 1):
-    """Drop exact then near duplicates of `dataset` (keeping each cluster's first document).
-
-    Returns (dataset, DedupStats).
-    """
-    config = config or DedupConfig()
-    stats = DedupStats()
-    if config.exact and len(dataset):
-        keep = exact_duplicate_mask(dataset, num_proc=num_proc)
-        stats.exact_removed = int((~keep).sum())
-        if stats.exact_removed:
-            dataset = dataset.select(np.nonzero(keep)[0])
-    if config.near and len(dataset) > 1:
-        clusters = near_duplicate_clusters(signatures(dataset, config, num_proc=num_proc), config, num_proc=num_proc)
-        _, sizes = np.unique(clusters, return_counts=True)
-        stats.near_clusters = int((sizes > 1).sum())
-        stats.largest_cluster = int(sizes.max())
-        keep = clusters == np.arange(len(clusters))
-        stats.near_removed = int((~keep).sum())
-        if stats.near_removed:
-            dataset = dataset.select(np.nonzero(keep)[0])
-    log.info("dedup: %s", stats)
-    return dataset, stats
+def document_key(source: str, path: str, text: str) -> int:
+    """64-bit key that picks the kept member of a duplicate cluster (the smallest), whatever the task count."""
+    name = f"{source}\0{path}" if path else f"\0{text}"
+    return int.from_bytes(hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")

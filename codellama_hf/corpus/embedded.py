@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
-from codellama_hf.corpus.dedup import DedupConfig, deduplicate
+from codellama_hf.corpus.dedup import DedupConfig
 from codellama_hf.corpus.filters import PROSE_LANGUAGES, FilterConfig, SkipCounter, share
 from codellama_hf.corpus.sources import COLUMNS, features, language_of, list_files, read_document
 from codellama_hf.io import atomic_dir
@@ -317,6 +317,8 @@ def build_embedded(kind: str, *, seed: int = 0, documents: int = DOCUMENTS_PER_K
                 break
     if not rows["text"]:
         raise RuntimeError(f"no {kind!r} documents found on this machine (skipped: {dict(stats)})")
+    from codellama_hf.corpus.build import deduplicate
+
     dataset, dedup = deduplicate(Dataset.from_dict(rows, features=features()), DedupConfig())
     dataset = dataset.select(range(min(documents, len(dataset))))
     held_out = [is_validation(seed, s, p) for s, p in zip(dataset["source"], dataset["path"], strict=False)]

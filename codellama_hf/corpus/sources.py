@@ -112,6 +112,7 @@ FILENAMES = {
 # Never descended into: version-control metadata and caches, not content.
 SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".tox"})
 SAVED_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+CORPUS_MARKER = "corpus_summary.json"  # written last by `codellama-hf corpus build` (see build.py for the layout)
 DATA_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 
 
@@ -178,7 +179,7 @@ class SourceSpec:
         return self.git is not None or (
             self.path is not None
             and Path(self.path).is_dir()
-            and not any((Path(self.path) / m).exists() for m in SAVED_DATASET_MARKERS)
+            and not any((Path(self.path) / m).exists() for m in (*SAVED_DATASET_MARKERS, CORPUS_MARKER))
         )
 
     def display(self) -> str:
@@ -230,8 +231,14 @@ def list_files(root: Path, stats: SkipCounter) -> list[str]:
     return sorted(files)
 
 
-def read_document(root: Path, rel: str, language: str, filters: FilterConfig, stats: SkipCounter) -> str | None:
-    """The text of one file if it passes the filters; otherwise None, with the reason counted."""
+def read_document(
+    root: Path, rel: str, language: str, filters: FilterConfig, stats: SkipCounter, *, content_rules: bool = True
+) -> str | None:
+    """The text of one file if it passes the filters; otherwise None, with the reason counted.
+
+    Without `content_rules`, only what needs the file itself is checked here (path and size before reading,
+    binary and non-UTF-8 content after); the content rules are then a separate step (steps.QualityFilter).
+    """
     full = root / rel
     try:
         size = full.stat().st_size
@@ -249,7 +256,7 @@ def read_document(root: Path, rel: str, language: str, filters: FilterConfig, st
         log.warning("cannot read %s: %s", full, err)
         return None
     text, reason = filters.check_bytes(data)
-    if reason is None:
+    if reason is None and content_rules:
         reason = filters.check_text(text, language)
     if reason:
         stats[reason] += 1
@@ -416,11 +423,21 @@ def _to_record(row: dict, *, spec: dict, filters: FilterConfig) -> dict:
     return {
         "text": text,
         "language": language,
-        "source": spec["label"],
+        # a corpus build's output already names each row's source
+        "source": (spec["corpus"] and not spec["label"] and row.get("source")) or spec["display"],
         "path": path,
         "license": spec["license"] or _first(row, "license", "licenses", "max_stars_repo_licenses"),
         "_skip": reason,
     }
+
+
+def corpus_output_files(path: Path, split: str) -> list[str] | None:
+    """The parquet shards of one split of a `corpus build` output folder, or None if `path` is not one."""
+    if not (path / CORPUS_MARKER).is_file():
+        return None
+    if split not in ("train", "validation"):
+        raise ValueError(f"corpus {path} has splits 'train' and 'validation', not {split!r}")
+    return sorted(str(p) for p in (path / split).glob("*.parquet"))
 
 
 def _load_dataset_source(spec: SourceSpec, streaming: bool):
@@ -430,6 +447,10 @@ def _load_dataset_source(spec: SourceSpec, streaming: bool):
         path = Path(spec.path)
         if not path.exists():
             raise FileNotFoundError(f"source {path} does not exist")
+        if (files := corpus_output_files(path, spec.split)) is not None:
+            if not files:
+                return datasets.Dataset.from_dict({name: [] for name in COLUMNS}, features=features())
+            return datasets.load_dataset("parquet", data_files=files, split="train", streaming=streaming)
         if path.is_dir():  # a dataset saved with save_to_disk
             ds = datasets.load_from_disk(str(path))
             if isinstance(ds, datasets.DatasetDict):
@@ -460,7 +481,8 @@ def _read_dataset(spec: SourceSpec, filters: FilterConfig, stats: SkipCounter, s
             f"source {spec.display()} has no text column {spec.text_column!r} (columns: {columns}); "
             "set text_column in the source spec"
         )
-    kwargs = {"spec": {**asdict(spec), "label": spec.display()}, "filters": filters}
+    corpus = spec.path is not None and corpus_output_files(Path(spec.path), spec.split) is not None
+    kwargs = {"spec": {**asdict(spec), "display": spec.display(), "corpus": corpus}, "filters": filters}
     if streaming:
         mapped = ds.map(_to_record, fn_kwargs=kwargs, remove_columns=columns or None)
 
