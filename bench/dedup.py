@@ -1,83 +1,234 @@
-"""Documents/s of near-deduplication (MinHash LSH) on the embedded corpus, and how it scales from 1 to 2 processes.
+"""Near-deduplication throughput per core and memory growth: the corpus builder's datatrove stages against
+datatrove's stock MinHash pipeline and plain datasketch, on the same documents, measured in the same run.
 
-Corpus: the embedded "python" and "code" corpora together (they share files, so there are real duplicates), held in
-memory so that no `datasets` cache is involved. Measured in the same run:
-  (a) baseline: the textbook datasketch loop, one process: `MinHash.update_batch` on the UTF-8 word 5-gram shingles
-      (datasketch's default SHA-1 hashing), `MinHashLSH.insert` every document, then `query` each one;
-  (b) ours, 1 process: `codellama_hf.corpus.dedup` (numpy shingle hashing, datasketch MinHash, banded bucketing);
-  (c) ours, 2 processes: the same with `num_proc=2` (signatures by `datasets.map`, bands bucketed in 2 processes).
-Prints documents/s, the ratios b/a and c/b (the scaling from 1 to 2 processes; at most 2.0 on 2 idle cores), and
-checks that 1 and 2 processes find the same clusters.
+Documents: the embedded "python" and "code" corpora together (they share files, so there are real duplicates),
+written as 4 JSONL shards that every pipeline reads.
+  (a) datasketch: the textbook loop in one process (`MinHash.update_batch` on UTF-8 word 5-grams, SHA-1,
+      `MinHashLSH.insert` + `query`);
+  (b) datatrove stock: JsonlReader -> MinhashDedupSignature (CodeWordTokenizer, xxhash) -> MinhashDedupBuckets ->
+      MinhashDedupCluster -> MinhashDedupFilter -> JsonlWriter, LocalPipelineExecutor, 4 tasks;
+  (c) ours: `codellama-hf corpus build`'s stages (filters off, so only deduplication differs), 4 tasks.
+(b) and (c) run with 1 and 2 workers; docs/s per core = documents / wall time / workers. Peak RSS of (c) with one
+worker is measured in a fresh process at 1x and 4x the documents (the 4x copies have every word prefixed, so they
+are distinct documents, not duplicates). Targets: (c)/(b) >= 2 per core; RSS(4x)/RSS(1x) <= 1.3.
 
-    PYTHONPATH=. python bench/dedup.py [--documents 4000] [--num-perm 128] [--threshold 0.85] [--repeats 2]
+    PYTHONPATH=. python bench/dedup.py [--documents 4000] [--skip-rss]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-import datasets
-import numpy as np
-from datasketch import MinHash, MinHashLSH
-from timing import best_of  # bench/timing.py
-
-from codellama_hf.corpus import DedupConfig, embedded_corpus
-from codellama_hf.corpus.dedup import TOKEN, near_duplicate_clusters, signatures
+THRESHOLD, NUM_PERM, NGRAM = 0.85, 128, 5
 
 
-def textbook(texts: list[str], config: DedupConfig) -> int:
-    """The plain datasketch recipe; returns how many documents have an earlier near-duplicate."""
-    lsh = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm)
+def write_shards(texts: list[str], folder: Path, shards: int = 4) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in range(shards):
+        with open(folder / f"{s:02d}.jsonl", "w") as handle:
+            for i in range(s, len(texts), shards):
+                handle.write(json.dumps({"text": texts[i], "path": f"doc{i:06d}.py", "id": str(i)}) + "\n")
+
+
+def datasketch_loop(texts: list[str]) -> int:
+    from datasketch import MinHash, MinHashLSH
+
+    from codellama_hf.corpus.dedup import TOKEN
+
+    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM)
     sketches = []
     for i, text in enumerate(texts):
         tokens = TOKEN.findall(text)
-        grams = {
-            " ".join(tokens[j : j + config.ngram]).encode() for j in range(max(1, len(tokens) - config.ngram + 1))
-        }
-        minhash = MinHash(num_perm=config.num_perm, seed=config.seed)
+        grams = {" ".join(tokens[j : j + NGRAM]).encode() for j in range(max(1, len(tokens) - NGRAM + 1))}
+        minhash = MinHash(num_perm=NUM_PERM, seed=42)
         minhash.update_batch(list(grams))
         lsh.insert(i, minhash)
         sketches.append(minhash)
     return sum(any(j < i for j in lsh.query(m)) for i, m in enumerate(sketches))
 
 
-def ours(dataset, config: DedupConfig, num_proc: int) -> np.ndarray:
-    return near_duplicate_clusters(signatures(dataset, config, num_proc=num_proc), config, num_proc=num_proc)
+def datatrove_stock(shards: Path, work: Path, workers: int) -> int:
+    """datatrove's own four stages, as its MinHash example runs them; returns the documents removed."""
+    import xxhash
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+    from datatrove.utils.hashes import xxhash as dt_xxhash
+
+    from codellama_hf.corpus.dedup import CodeWordTokenizer, DedupConfig
+
+    # datatrove 0.10.1 hashes str; xxhash >= 4.1 wants bytes. Encode, as older xxhash did implicitly.
+    dt_xxhash.xxhash64 = lambda data: xxhash.xxh64_intdigest(data.encode() if isinstance(data, str) else data)
+    bands, rows = DedupConfig(threshold=THRESHOLD, num_perm=NUM_PERM).bands()
+    config = MinhashConfig(n_grams=NGRAM, num_buckets=bands, hashes_per_bucket=rows)
+    tasks = len(list(shards.glob("*.jsonl")))
+
+    def reader():
+        return JsonlReader(str(shards))
+
+    kw = {"start_method": "fork"}
+    stage1 = LocalPipelineExecutor(
+        [reader(), MinhashDedupSignature(str(work / "sigs"), config, language=CodeWordTokenizer())],
+        tasks=tasks,
+        workers=workers,
+        logging_dir=str(work / "logs1"),
+        **kw,
+    )
+    stage2 = LocalPipelineExecutor(
+        [MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=config)],
+        tasks=bands,
+        workers=workers,
+        logging_dir=str(work / "logs2"),
+        depends=stage1,
+        **kw,
+    )
+    stage3 = LocalPipelineExecutor(
+        [MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=config)],
+        tasks=1,
+        logging_dir=str(work / "logs3"),
+        depends=stage2,
+        **kw,
+    )
+    stage4 = LocalPipelineExecutor(
+        [reader(), MinhashDedupFilter(str(work / "remove")), JsonlWriter(str(work / "out"))],
+        tasks=tasks,
+        workers=workers,
+        logging_dir=str(work / "logs4"),
+        depends=stage3,
+        **kw,
+    )
+    stage4.run()
+    stats = json.loads((work / "logs4" / "stats.json").read_text())
+    return next(int(s["stats"].get("dropped", 0)) for s in stats if "stage 4" in s["name"])
+
+
+def ours(shards: Path, out: Path, workers: int) -> int:
+    """The corpus builder, filters off; returns the documents removed as duplicates."""
+    from codellama_hf.corpus import BuildConfig, DedupConfig, FilterConfig, build_corpus
+    from codellama_hf.corpus.pipeline import ExecutorConfig
+
+    off = FilterConfig(
+        min_bytes=None,
+        max_bytes=None,
+        max_line_length=None,
+        max_mean_line_length=None,
+        min_alphanumeric=None,
+        generated_header_chars=None,
+        vendored_dirs=None,
+    )
+    tasks = len(list(shards.glob("*.jsonl")))
+    config = BuildConfig(
+        sources=[str(shards / "*.jsonl")],  # shards: each task reads its own
+        out=str(out),
+        validation_fraction=0.0,
+        filters=off,
+        dedup=DedupConfig(threshold=THRESHOLD, num_perm=NUM_PERM, ngram=NGRAM),
+        executor=ExecutorConfig(tasks=tasks, workers=workers),
+    )
+    summary = build_corpus(config)
+    return summary.dedup["exact_removed"] + summary.dedup["near_removed"]
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - start, result
+
+
+def load_texts(documents: int) -> list[str]:
+    import datasets
+
+    from codellama_hf.corpus import embedded_corpus
+
+    datasets.disable_progress_bars()
+    return [t for kind in ("python", "code") for t in embedded_corpus(kind)["text"]][:documents]
+
+
+def rss_child(documents: int, factor: int, folder: str) -> None:
+    """Runs in a fresh process: our pipeline, one worker, on `factor` x the documents; prints peak RSS (MB)."""
+    texts = load_texts(documents)
+    copies = [texts] + [
+        [re.sub(r"\w+", lambda m, k=k: f"v{k}{m.group()}", t) for t in texts] for k in range(1, factor)
+    ]
+    work = Path(folder)
+    write_shards([t for block in copies for t in block], work / "shards")
+    del texts, copies
+    ours(work / "shards", work / "out", workers=1)
+    print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--documents", type=int, default=4000)
-    parser.add_argument("--num-perm", type=int, default=128)
-    parser.add_argument("--threshold", type=float, default=0.85)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip-rss", action="store_true", help="leave out the 1x / 4x memory runs")
+    parser.add_argument("--rss-child", nargs=3, metavar=("DOCS", "FACTOR", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rss_child:
+        rss_child(int(args.rss_child[0]), int(args.rss_child[1]), args.rss_child[2])
+        return
 
-    datasets.disable_progress_bars()
-    texts = [t for kind in ("python", "code") for t in embedded_corpus(kind)["text"]][: args.documents]
-    dataset = datasets.Dataset.from_dict({"text": texts})  # in memory: nothing cached between runs
-    config = DedupConfig(threshold=args.threshold, num_perm=args.num_perm)
+    from loguru import logger
+
+    logger.remove()  # datatrove's progress logs; the numbers below are what this bench reports
+    texts = load_texts(args.documents)
     megabytes = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts) / 1e6
     print(
-        f"{len(texts)} documents, {megabytes:.1f} MB, num_perm {config.num_perm}, threshold {config.threshold}, "
-        f"bands x rows {config.bands()}, {os.cpu_count()} CPUs"
+        f"{len(texts)} documents, {megabytes:.1f} MB, {NUM_PERM} permutations, 5-grams, Jaccard {THRESHOLD}, "
+        f"{os.cpu_count()} CPUs"
     )
-
-    t_base, base_dups = best_of(args.repeats, lambda: textbook(texts, config))
-    t_one, one = best_of(args.repeats, lambda: ours(dataset, config, 1))
-    t_two, two = best_of(args.repeats, lambda: ours(dataset, config, 2))
-    assert np.array_equal(one, two), "1 and 2 processes disagree"
-    dups = int((one != np.arange(len(one))).sum())
-
-    rate = {name: len(texts) / t for name, t in (("base", t_base), ("one", t_one), ("two", t_two))}
-    print(f"(a) datasketch textbook, 1 process : {rate['base']:8.1f} docs/s  ({base_dups} near-duplicates)")
-    print(f"(b) ours, 1 process                : {rate['one']:8.1f} docs/s  ({dups} near-duplicates)")
-    print(f"(c) ours, 2 processes              : {rate['two']:8.1f} docs/s  (same clusters as 1 process)")
-    print(
-        f"ratio b/a = {rate['one'] / rate['base']:.2f}x   "
-        f"scaling c/b (1 -> 2 processes) = {rate['two'] / rate['one']:.2f}x"
-    )
+    rates = {}
+    with tempfile.TemporaryDirectory(prefix="bench-dedup-") as tmp:
+        tmp = Path(tmp)
+        write_shards(texts, tmp / "shards")
+        seconds, removed = timed(datasketch_loop, texts)
+        rates["datasketch", 1] = len(texts) / seconds
+        print(f"(a) datasketch loop, 1 process     : {rates['datasketch', 1]:8.1f} docs/s/core  ({removed} dups)")
+        for workers in (1, 2):
+            seconds, removed = timed(datatrove_stock, tmp / "shards", tmp / f"stock{workers}", workers)
+            rates["stock", workers] = len(texts) / seconds / workers
+            print(
+                f"(b) datatrove stock, {workers} worker(s)   : {rates['stock', workers]:8.1f} docs/s/core  "
+                f"({removed} removed, {seconds:.1f} s)"
+            )
+            seconds, removed = timed(ours, tmp / "shards", tmp / f"ours{workers}", workers)
+            rates["ours", workers] = len(texts) / seconds / workers
+            print(
+                f"(c) ours, {workers} worker(s)              : {rates['ours', workers]:8.1f} docs/s/core  "
+                f"({removed} removed, {seconds:.1f} s)"
+            )
+        for workers in (1, 2):
+            print(
+                f"ratio c/b per core, {workers} worker(s): {rates['ours', workers] / rates['stock', workers]:.2f}x "
+                f"(target >= 2)"
+            )
+        print(f"ratio c/a per core, 1 worker: {rates['ours', 1] / rates['datasketch', 1]:.2f}x")
+        if not args.skip_rss:
+            rss = {}
+            for factor in (1, 4):
+                folder = tmp / f"rss{factor}"
+                shutil.rmtree(folder, ignore_errors=True)
+                cmd = [sys.executable, __file__, "--rss-child", str(args.documents), str(factor), str(folder)]
+                done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                rss[factor] = json.loads(done.stdout.strip().splitlines()[-1])["rss_mb"]
+                print(f"peak RSS, ours, 1 worker, {factor}x documents: {rss[factor]:.0f} MB")
+            print(f"RSS growth 4x/1x documents: {rss[4] / rss[1]:.2f}x (target <= 1.3)")
 
 
 if __name__ == "__main__":

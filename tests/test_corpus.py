@@ -148,16 +148,19 @@ def test_dedup_removes_planted_near_duplicates_and_keeps_distinct_files(tree):
     out, stats = deduplicate(ds, DedupConfig())
     assert stats.exact_removed == 1  # heapq_copy.py
     assert stats.near_removed == 2 and stats.near_clusters == 2  # renamed variable, reformatted whitespace
-    versions = {n: {(STDLIB / f"{n}.py").read_text()} for n in CLEAN}
-    versions["textwrap"].add((tree / "src" / "textwrap_renamed.py").read_text())
-    versions["shlex"].add((tree / "src" / "shlex_reformatted.py").read_text())
-    kept = list(out["text"])
-    assert len(kept) == len(CLEAN)  # every distinct file, once (the member with the smallest key of a cluster)
-    assert all(len(versions[n] & set(kept)) == 1 for n in CLEAN)
+    _assert_one_version_each(list(out["text"]), tree)
     order = [p for p in ds["path"] if p in set(out["path"])]
     assert list(out["path"]) == order  # the in-memory path keeps the input order
     only_near, stats = deduplicate(ds, DedupConfig(exact=False))
     assert len(only_near) == len(CLEAN) and stats.near_removed == 3  # the exact copy is a near-duplicate too
+
+
+def _assert_one_version_each(kept: list[str], tree: Path) -> None:
+    """Every distinct file once: of a duplicate cluster, the member with the smallest key (source, path)."""
+    versions = {n: {(STDLIB / f"{n}.py").read_text()} for n in CLEAN}
+    versions["textwrap"].add((tree / "src" / "textwrap_renamed.py").read_text())
+    versions["shlex"].add((tree / "src" / "shlex_reformatted.py").read_text())
+    assert len(kept) == len(CLEAN) and all(len(versions[n] & set(kept)) == 1 for n in CLEAN)
 
 
 def test_signatures_estimate_jaccard_and_follow_datatrove_format(tree, tmp_path):
@@ -240,15 +243,16 @@ def test_cli_build_writes_parquet_shards_the_loaders_read(tree, tmp_path, tiny_t
     train = read_sources({"path": str(out), "split": "train"})
     validation = read_sources({"path": str(out), "split": "validation"})
     assert train.column_names == ["text", "language", "source", "path", "license"]
-    texts = set(train["text"]) | set(validation["text"])
-    assert texts == {(STDLIB / f"{n}.py").read_text() for n in CLEAN} and len(validation)
+    texts = list(train["text"]) + list(validation["text"])
+    _assert_one_version_each(texts, tree)
+    assert len(validation)
     assert not set(train["path"]) & set(validation["path"])
     summary = json.loads((out / "corpus_summary.json").read_text())
     assert summary["skipped"] == PLANTED_SKIPS
     assert summary["dedup"]["exact_removed"] == 1 and summary["dedup"]["near_removed"] == 2
     python = summary["languages"]["python"]
     assert python["documents"] == len(CLEAN)
-    assert python["bytes"] == sum(len((STDLIB / f"{n}.py").read_bytes()) for n in CLEAN)
+    assert python["bytes"] == sum(len(t.encode()) for t in texts)
     assert 0 < python["tokens"] < python["bytes"]
     assert {p.stem for p in (out / "stats").glob("*.json")} == {
         "read",
@@ -266,6 +270,105 @@ def test_cli_build_writes_parquet_shards_the_loaders_read(tree, tmp_path, tiny_t
     )
     assert second.splits == summary["splits"]
     assert _corpus_rows(tmp_path / "again") == _corpus_rows(out)
+
+
+@pytest.mark.slow
+def test_slurm_dry_run_scripts_run_the_same_stages(tree, tmp_path):
+    """The dry run writes datatrove's sbatch scripts and a submit.sh chaining them; running each script once per
+    array index, as Slurm would, gives the same corpus as the local executor."""
+    from codellama_hf.corpus.pipeline import STAGES
+
+    out = tmp_path / "slurm"
+    args = ("--seed", "3", "--validation-fraction", "0.2", "--num-proc", "2")
+    result = run_cli(
+        "corpus",
+        "build",
+        str(tree),
+        "--out",
+        str(out),
+        "--executor",
+        "slurm",
+        "--partition",
+        "cpu",
+        "--dry-run",
+        *args,
+    )
+    assert result.returncode == 0, result.stderr
+    submit = (tmp_path / "slurm.partial" / "submit.sh").read_text()
+    assert submit in result.stdout and not out.exists()
+    scripts = re.findall(
+        r"^jid=\$\(sbatch --parsable --export=ALL,RUN_OFFSET=0 (?:--dependency=afterok:\$jid )?(\S+)\)$",
+        submit,
+        re.MULTILINE,
+    )
+    assert [Path(s).parent.name for s in scripts] == list(STAGES) and submit.count("afterok:$jid") == 5
+    # No Slurm here: the job reads its node list with `scontrol show hostnames`; a one-line stand-in answers it.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho localhost\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "SLURM_NODELIST": "localhost",
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    }
+    for script in scripts:
+        body = Path(script).read_text()
+        assert "#SBATCH --partition=cpu" in body and "launch_pickled_pipeline" in body
+        tasks = int(re.search(r"#SBATCH --array=0-(\d+)", body).group(1)) + 1
+        for index in range(tasks):
+            done = subprocess.run(
+                ["bash", script], env={**env, "SLURM_ARRAY_TASK_ID": str(index)}, capture_output=True, text=True
+            )
+            assert done.returncode == 0, done.stderr[-3000:]
+    local = tmp_path / "local"
+    assert run_cli("corpus", "build", str(tree), "--out", str(local), *args).returncode == 0
+    assert _corpus_rows(out) == _corpus_rows(local)
+    assert (
+        json.loads((out / "corpus_summary.json").read_text())["dedup"]
+        == json.loads((local / "corpus_summary.json").read_text())["dedup"]
+    )
+
+
+@pytest.mark.slow
+def test_interrupted_build_resumes_from_completed_tasks(tmp_path):
+    """SIGKILL mid-build leaves no output; a changed setting is refused; the same command resumes, skipping the
+    tasks datatrove marked complete, and gives the corpus an uninterrupted build gives."""
+    import signal
+    import sys
+
+    src = tmp_path / "src"
+    for package in ("email", "json", "xml", "unittest", "asyncio", "importlib", "logging", "concurrent"):
+        shutil.copytree(STDLIB / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "out"
+    args = ["corpus", "build", str(src), "--out", str(out), "--num-proc", "4", "--workers", "1"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    completions = tmp_path / "out.partial" / "logs" / "read" / "completions"
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "codellama_hf", *args], env=env, stdout=log, stderr=log, start_new_session=True
+        )
+        deadline = time.time() + 120
+        while (
+            time.time() < deadline
+            and proc.poll() is None
+            and not (completions.is_dir() and any(completions.iterdir()))
+        ):
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not out.exists()
+    finished = len(list(completions.iterdir()))
+    assert finished >= 1
+    changed = run_cli(*args[:-4], "--num-proc", "4", "--workers", "1", "--seed", "5")
+    assert changed.returncode == 2 and "seed" in changed.stderr and "delete" in changed.stderr
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Skipping {finished} already completed tasks" in resumed.stderr or finished == 4
+    again = run_cli(*args[:3], "--out", str(tmp_path / "again"), *args[5:])
+    assert again.returncode == 0 and _corpus_rows(out) == _corpus_rows(tmp_path / "again")
+    assert not (tmp_path / "out.partial").exists()
 
 
 def test_bad_input_fails_clearly_without_partial_output(tree, tmp_path, capsys):

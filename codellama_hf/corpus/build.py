@@ -35,7 +35,7 @@ from pathlib import Path
 from codellama_hf.corpus.dedup import DedupConfig, DedupStats
 from codellama_hf.corpus.embedded import KINDS, VALIDATION_FRACTION, embedded_corpus, save_atomic
 from codellama_hf.corpus.filters import FilterConfig
-from codellama_hf.corpus.sources import CORPUS_MARKER, SourceSpec
+from codellama_hf.corpus.sources import CORPUS_MARKER, SourceSpec, check_exists
 from codellama_hf.io import read_yaml_mapping
 
 log = logging.getLogger(__name__)
@@ -169,9 +169,7 @@ def build_corpus(config: BuildConfig, *, dry_run: bool = False) -> CorpusSummary
         AutoTokenizer.from_pretrained(config.tokenizer)
     config.executor.check()
     for raw in config.sources:  # before anything is written
-        spec = SourceSpec.parse(raw)
-        if spec.path is not None and not Path(spec.path).exists():
-            raise FileNotFoundError(f"source {spec.path} does not exist")
+        check_exists(SourceSpec.parse(raw))
     start = time.perf_counter()
     run_dir = run_folder(out)
     check_run_folder(run_dir, config)

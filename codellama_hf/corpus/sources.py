@@ -155,6 +155,8 @@ class SourceSpec:
         if isinstance(spec, str):
             if not spec.strip():
                 raise ValueError("empty source spec: give a folder, a data file, git+URL or a datasets name")
+            if is_glob(spec) and Path(spec).parent.is_dir():
+                return cls(path=spec)
             if spec.startswith("git+"):
                 url, _, rev = spec[4:].rpartition("@") if "@" in spec[4:].split("/")[-1] else (spec[4:], "", "")
                 return cls(git=url, revision=rev or None)
@@ -440,9 +442,31 @@ def corpus_output_files(path: Path, split: str) -> list[str] | None:
     return sorted(str(p) for p in (path / split).glob("*.parquet"))
 
 
+def is_glob(path: str | None) -> bool:
+    """A path with wildcards names data-file shards ("shards/*.jsonl"); each task of a build reads its share."""
+    return path is not None and any(c in PurePosixPath(path).name for c in "*?[")
+
+
+def check_exists(spec: SourceSpec) -> None:
+    if spec.path is None:
+        return
+    if is_glob(spec.path):
+        if not any(Path(spec.path).parent.glob(Path(spec.path).name)):
+            raise FileNotFoundError(f"source {spec.path} matches no file")
+    elif not Path(spec.path).exists():
+        raise FileNotFoundError(f"source {spec.path} does not exist")
+
+
 def _load_dataset_source(spec: SourceSpec, streaming: bool):
     import datasets
 
+    check_exists(spec)
+    if spec.path is not None and is_glob(spec.path):
+        suffix = PurePosixPath(spec.path).suffix.lower()
+        if suffix not in DATA_FILE_BUILDERS:
+            raise ValueError(f"source {spec.path}: shards must be one of {sorted(DATA_FILE_BUILDERS)}")
+        files = sorted(str(p) for p in Path(spec.path).parent.glob(Path(spec.path).name))
+        return datasets.load_dataset(DATA_FILE_BUILDERS[suffix], data_files=files, split="train", streaming=streaming)
     if spec.path is not None:
         path = Path(spec.path)
         if not path.exists():

@@ -52,7 +52,9 @@ from codellama_hf.corpus.sources import (
     DATA_FILE_BUILDERS,
     SAVED_DATASET_MARKERS,
     SourceSpec,
+    check_exists,
     folder_license,
+    is_glob,
     language_of,
     list_files,
     read_document,
@@ -176,10 +178,14 @@ class SourcesReader(PipelineStep):
         from codellama_hf.corpus.sources import corpus_output_files
 
         adapter = partial(_row_adapter, spec={**spec.__dict__, "label": spec.display()})
+        check_exists(spec)
         path = Path(spec.path) if spec.path else None
-        if path is not None and not path.exists():
-            raise FileNotFoundError(f"source {path} does not exist")
-        if path is not None and (files := corpus_output_files(path, spec.split)) is not None:
+        if path is not None and is_glob(spec.path):
+            kind = {".jsonl": JsonlReader, ".parquet": ParquetReader}.get(path.suffix.lower())
+            if kind is None:
+                raise ValueError(f"source {path}: shard globs must name .jsonl or .parquet files")
+            reader = kind(str(path.parent), glob_pattern=path.name, adapter=adapter, recursive=False)
+        elif path is not None and (files := corpus_output_files(path, spec.split)) is not None:
             reader = ParquetReader(str(path / spec.split), adapter=adapter, glob_pattern="*.parquet")
             if not files:
                 self.skip("empty_source") if rank == 0 else None
