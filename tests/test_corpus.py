@@ -503,9 +503,33 @@ def _assert_proportions(components: list[str], weights: dict[str, float]):
 
 @pytest.mark.parametrize("preset", ["code", "python"])
 def test_mixture_matches_table1_probabilities(preset):
-    mixed = load_mixture(preset, seed=1)
+    mixed = load_mixture(preset, seed=1, balance="documents")  # document shares only when asked for
     assert len(mixed) >= 10_000 and mixed.column_names == ["text", "component"]
     _assert_proportions(mixed.select(range(10_000))["component"], PRESETS[preset].weights)
+
+
+@pytest.mark.parametrize("preset", ["code", "python"])
+def test_table1_presets_realise_token_shares(preset, llama2_dir):
+    """Table 1's shares are of tokens: counted again here with Llama 2's tokenizer on the first 1,500 documents
+    of the embedded-corpus mixture, every component is within 1 point of its share (and over the whole mixture)."""
+    from transformers import AutoTokenizer
+
+    from codellama_hf.corpus.mixture import token_shares
+
+    mixed = load_mixture(preset, seed=1)
+    assert PRESETS[preset].balance == "tokens" and mixed.column_names == ["text", "component", "tokens"]
+    head = mixed.select(range(1500))
+    tokenizer = AutoTokenizer.from_pretrained(str(llama2_dir))
+    counts = [len(ids) for ids in tokenizer(head["text"], add_special_tokens=False)["input_ids"]]
+    assert counts == head["tokens"]
+    totals = Counter()
+    for component, n in zip(head["component"], counts, strict=True):
+        totals[component] += n
+    for name, weight in PRESETS[preset].weights.items():
+        assert abs(totals[name] / sum(totals.values()) - weight) < 0.01, (name, totals[name] / sum(totals.values()))
+        assert abs(token_shares(mixed)[name] - weight) < 0.01
+    documents = Counter(head["component"])
+    assert documents["nl_code"] / len(head) > 0.2  # short docstrings: drawn far more often than their 8-10%
 
 
 def test_bytes_balance_gives_table1_shares_of_bytes():
@@ -521,15 +545,20 @@ def test_bytes_balance_gives_table1_shares_of_bytes():
     assert documents["nl_code"] / len(sample) > 0.15  # short docstring documents are drawn far more often than 8%
 
 
-def test_streaming_mixture_and_instruct_rehearsal():
-    streamed = load_mixture("code", streaming=True, seed=2)
+def test_streaming_mixture_and_instruct_rehearsal(llama2_dir):
+    from codellama_hf.corpus.mixture import token_shares
+
+    streamed = load_mixture("code", streaming=True, seed=2, balance="documents")
     _assert_proportions([row["component"] for row in streamed.take(10_000)], PRESETS["code"].weights)
+    by_tokens = load_mixture("code", streaming=True, seed=2, tokenizer=llama2_dir)
+    for name, share in token_shares(by_tokens, 400).items():
+        assert abs(share - PRESETS["code"].weights[name]) < 0.03, (name, share)
     rehearsal = get_mixture("instruct_rehearsal")
     assert rehearsal.weights == {"code": 0.06, "nl": 0.02} and rehearsal.reserved == pytest.approx(0.92)
     with pytest.raises(ValueError, match="92%"):
         load_mixture("instruct_rehearsal")
     instruct = Dataset.from_dict({"text": [f"[INST] question {i} [/INST] answer" for i in range(3000)]})
-    mixed = load_mixture("instruct_rehearsal", extra={"instruct": instruct}, seed=3)
+    mixed = load_mixture("instruct_rehearsal", extra={"instruct": instruct}, seed=3, balance="documents")
     _assert_proportions(mixed.select(range(10_000))["component"], {"code": 0.06, "nl": 0.02, "instruct": 0.92})
 
 

@@ -6,8 +6,8 @@ Near-duplicate detection follows the BigCode/The Stack recipe (Kocetkov et al. 2
   stock signature step lower-cases and strips the text and needs a natural-language word tokenizer (spaCy/NLTK);
 - signatures: `num_perm` (128) affine permutations h -> a*h + b mod 2**32 (odd a) of 32-bit shingle hashes,
   computed for a whole document at once with numpy (`minhash`); shingle hashes hash each distinct token once
-  (blake2b) and combine n of them with a polynomial and the splitmix64 finaliser (`shingle_hashes`). This is about
-  twice datatrove's per-core speed (bench/dedup.py), which hashes every n-gram string in Python;
+  (xxh3) and combine n of them with a polynomial and the splitmix64 finaliser (`shingle_hashes`), where datatrove's
+  stock step joins and hashes every n-gram string in Python (bench/dedup.py compares them);
 - candidates: LSH banding with the (bands, rows) that datasketch's `MinHashLSH` picks for the Jaccard threshold
   (0.85 by default: 8 bands of 16 rows at 128 permutations), written as datatrove's `bucket_XXX/NNNNN.minhash.sig`
   files so that datatrove's `MinhashDedupBuckets` finds the pairs;
@@ -84,19 +84,14 @@ class CodeWordTokenizer(WordTokenizer):
         return [m.span() for m in TOKEN.finditer(text)]
 
 
-def shingle_hashes(text: str, ngram: int) -> np.ndarray:
-    """Distinct 32-bit hashes of the word n-grams of `text` (a text without words gives one empty shingle)."""
+def shingle_hashes(text: str, ngram: int, *, distinct: bool = True) -> np.ndarray:
+    """32-bit hashes of the word n-grams of `text` (a text without words gives one empty shingle); `distinct`
+    drops repeats (MinHash does not need that: a repeated shingle cannot change a minimum)."""
+    import xxhash
+
     tokens = TOKEN.findall(text) or [""]
-    vocab: dict[str, int] = {}
-    ids = [vocab.setdefault(token, len(vocab)) for token in tokens]
-    token_hashes = np.fromiter(
-        (
-            int.from_bytes(hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
-            for t in vocab
-        ),
-        dtype=np.uint64,
-        count=len(vocab),
-    )[ids]
+    table = {t: xxhash.xxh3_64_intdigest(t.encode("utf-8", "surrogatepass")) for t in dict.fromkeys(tokens)}
+    token_hashes = np.fromiter(map(table.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
     width = min(ngram, len(token_hashes))
     count = len(token_hashes) - width + 1
     acc = np.zeros(count, dtype=np.uint64)
@@ -105,7 +100,8 @@ def shingle_hashes(text: str, ngram: int) -> np.ndarray:
     acc = (acc ^ (acc >> np.uint64(30))) * _MIX1
     acc = (acc ^ (acc >> np.uint64(27))) * _MIX2
     acc ^= acc >> np.uint64(31)
-    return np.unique((acc >> np.uint64(32)).astype(np.uint32))
+    hashes = (acc >> np.uint64(32)).astype(np.uint32)
+    return np.unique(hashes) if distinct else hashes
 
 
 @lru_cache(maxsize=8)
@@ -120,7 +116,7 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def minhash(text: str, config: DedupConfig) -> np.ndarray:
     """MinHash signature of `text`, shape (num_perm,), uint32."""
     a, b = permutations(config.num_perm, config.seed)
-    hashes = shingle_hashes(text, config.ngram)[:, None]
+    hashes = shingle_hashes(text, config.ngram, distinct=False)[:, None]
     with np.errstate(over="ignore"):
         return (hashes * a + b).min(axis=0)
 

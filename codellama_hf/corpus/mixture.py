@@ -6,13 +6,17 @@ Presets (codellama.md §3.3):
 - "instruct_rehearsal": code 6% and natural language 2% of the instruct stage; the other 92% is `reserved` for the
   instruct data, which the caller passes as `extra` (or mixes itself with `Mixture.weights`).
 
-Each component is sampled with `datasets.interleave_datasets`. Table 1 gives shares of the training tokens; the
-`balance` setting says what the weights are shares of:
-- "documents" (default): each document is drawn from component i with probability w_i;
-- "bytes": with probability proportional to w_i / (mean document size of i), so that each component's share of the
-  bytes, a proxy for its share of tokens, is w_i. Sizes are measured on up to 2,000 documents per component.
+Table 1 gives shares of the training tokens; the `balance` setting says what the weights are shares of:
+- "tokens" (default): every document is tokenized (Llama 2's tokenizer unless one is given; Code Llama adds only
+  the infilling pieces) and the next document comes from the component furthest behind its share,
+  argmin_i(tokens_i / w_i), over each component's seeded shuffle (`token_schedule`). Every prefix of the mixture then
+  has each component's token share within one document of w_i, and the result carries a `tokens` column, so
+  `token_shares` reports the realised shares (the training lineage records them);
+- "documents": each document is drawn from component i with probability w_i (`datasets.interleave_datasets`);
+- "bytes": with probability proportional to w_i / (mean document size of i), a proxy for tokens without a
+  tokenizer. Sizes are measured on up to 2,000 documents per component.
 
-Stop strategy: "all_exhausted" by default. A component that runs out starts over (is repeated) while the others
+Stop strategy: "all_exhausted" by default. A component that runs out starts over (reshuffled) while the others
 continue, so the proportions hold for as long as you read, as in Table 1 where code is seen 2.03 epochs and
 natural language 0.01; the mixture ends once every component has been used whole at least once, and training
 normally stops earlier, at max_steps. "first_exhausted" never repeats a document but ends when the first
@@ -29,7 +33,7 @@ YAML format::
         languages: [python, c]  # optional: keep only these languages
       nl_code: 0.08             # shorthand for {weight: 0.08}; no sources: the embedded "nl_code" corpus
       nl: 0.07
-    balance: bytes              # or documents (default)
+    balance: tokens             # default; or documents, bytes
 
 Weights must be positive and, with `reserved`, sum to 1 (within 1e-6).
 """
@@ -46,7 +50,7 @@ from codellama_hf.corpus.sources import read_sources
 from codellama_hf.io import read_yaml_mapping
 
 STOPPING_STRATEGIES = ("all_exhausted", "first_exhausted", "all_exhausted_without_replacement")
-BALANCES = ("documents", "bytes")
+BALANCES = ("tokens", "documents", "bytes")
 SIZE_SAMPLE = 2000
 TOLERANCE = 1e-6
 
@@ -65,7 +69,7 @@ class Mixture:
     components: tuple[Component, ...]
     reserved: float = 0.0  # probability left for data the caller adds (the instruct data)
     stopping_strategy: str = "all_exhausted"
-    balance: str = "documents"
+    balance: str = "tokens"
 
     def __post_init__(self):
         where = f"mixture {self.name!r}"
@@ -150,7 +154,7 @@ def mixture_from_dict(data: dict, name: str = "custom") -> Mixture:
         tuple(components.values()),
         reserved=data.get("reserved", base.reserved if base else 0.0),
         stopping_strategy=data.get("stopping_strategy", base.stopping_strategy if base else "all_exhausted"),
-        balance=data.get("balance", base.balance if base else "documents"),
+        balance=data.get("balance", base.balance if base else "tokens"),
     )
 
 
@@ -212,6 +216,7 @@ def load_mixture(
     max_documents: int | None = None,
     corpus_seed: int = 0,
     balance: str | None = None,
+    tokenizer=None,
 ):
     """Sample a mixture's components at its probabilities: a Dataset (or IterableDataset) of `text`, `component`.
 
@@ -219,7 +224,8 @@ def load_mixture(
     to datasets with a `text` column, or to (dataset, weight), that fill the mixture's `reserved` share (split evenly
     when no weights are given). `max_documents` caps each component before mixing. `seed` drives the sampling;
     `corpus_seed` picks the embedded corpus and the held-out files, so changing `seed` reuses the same corpus.
-    `balance` ("documents" or "bytes") overrides the mixture's.
+    `balance` ("tokens", "documents" or "bytes") overrides the mixture's; `tokenizer` (a tokenizer or a folder;
+    default: Llama 2's) counts the tokens of "tokens".
     """
     import datasets
 
@@ -265,9 +271,13 @@ def load_mixture(
         raise ValueError(f"mixture {mixture.name!r} with extra data has weights summing to {sum(probabilities):g}")
     features = datasets.Features({"text": datasets.Value("string"), "component": datasets.Value("string")})
     parts = [p.cast(features) for p in parts]
+    if mixture.balance == "tokens" and len(parts) > 1:
+        return _token_mixture(parts, probabilities, mixture.stopping_strategy, seed, _tokenizer(tokenizer))
     if mixture.balance == "bytes":
         per_byte = [w / _mean_bytes(p) for w, p in zip(probabilities, parts, strict=False)]
         probabilities = [x / sum(per_byte) for x in per_byte]
+    if len(parts) == 1:
+        return parts[0]
     return datasets.interleave_datasets(
         parts, probabilities=probabilities, seed=seed, stopping_strategy=mixture.stopping_strategy
     )
@@ -285,3 +295,198 @@ def _mean_bytes(dataset) -> float:
     if not sizes or not sum(sizes):
         raise ValueError("a mixture component has no text to measure for balance: bytes")
     return sum(sizes) / len(sizes)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Token shares
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _tokenizer(tokenizer):
+    from transformers import AutoTokenizer
+
+    if tokenizer is None:
+        from codellama_hf.assets import llama2_tokenizer_dir
+
+        try:
+            tokenizer = llama2_tokenizer_dir()
+        except Exception as err:
+            raise RuntimeError(
+                f"balance 'tokens' counts tokens with Llama 2's tokenizer, which could not be fetched ({err}); pass "
+                "tokenizer= (a tokenizer or its folder), or balance 'bytes'"
+            ) from err
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+    return tokenizer
+
+
+def _count_tokens(texts: list[str], tokenizer) -> list[int]:
+    return [max(1, len(ids)) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+class TokenCounts:
+    """Token counts per document text, remembered on disk per tokenizer (keyed by a 64-bit hash of the text), so
+    that the embedded corpus is tokenized once, not on every `load_mixture`."""
+
+    def __init__(self, tokenizer):
+        import hashlib
+
+        from codellama_hf.assets import cache_dir
+
+        self.tokenizer = tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        identity = backend.to_str() if backend is not None else f"{tokenizer.name_or_path}:{len(tokenizer)}"
+        key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+        self.path = cache_dir() / "corpus" / "token_counts" / f"{key}.npz"
+        self.known: dict[int, int] = {}
+        if self.path.is_file():
+            import numpy as np
+
+            with np.load(self.path) as data:
+                self.known = dict(zip(data["keys"].tolist(), data["counts"].tolist(), strict=True))
+        self.added = 0
+
+    @staticmethod
+    def _key(text: str) -> int:
+        import hashlib
+
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        return int.from_bytes(digest, "little")
+
+    def __call__(self, texts: list[str]) -> list[int]:
+        keys = [self._key(t) for t in texts]
+        missing = [i for i, k in enumerate(keys) if k not in self.known]
+        if missing:
+            for i, count in zip(missing, _count_tokens([texts[i] for i in missing], self.tokenizer), strict=True):
+                self.known[keys[i]] = count
+            self.added += len(missing)
+        return [self.known[k] for k in keys]
+
+    def save(self) -> None:
+        import numpy as np
+
+        if not self.added:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp.npz")
+        keys = np.fromiter(self.known, dtype=np.uint64, count=len(self.known))
+        np.savez(tmp, keys=keys, counts=np.fromiter(self.known.values(), dtype=np.int64, count=len(self.known)))
+        os.replace(tmp, self.path)
+        self.added = 0
+
+
+def token_schedule(lengths: list, weights: list[float], stopping_strategy: str, seed: int):
+    """Yield (component, document index): the component furthest behind its token share goes next.
+
+    `lengths[i]` holds the token counts of component i's documents, served in a seeded order that is reshuffled on
+    every pass. "all_exhausted" repeats a finished component until every one has been used whole;
+    "first_exhausted" stops when the first runs out; "all_exhausted_without_replacement" drops finished ones.
+    """
+    import numpy as np
+
+    served = [0] * len(lengths)
+    passes = [0] * len(lengths)
+    position = [0] * len(lengths)
+    orders = [np.random.default_rng([seed, i, 0]).permutation(len(n)) for i, n in enumerate(lengths)]
+    active = [i for i, n in enumerate(lengths) if len(n)]
+    while active:
+        i = min(active, key=lambda c: (served[c] / weights[c], c))
+        index = int(orders[i][position[i]])
+        yield i, index
+        served[i] += int(lengths[i][index])
+        position[i] += 1
+        if position[i] == len(orders[i]):
+            passes[i] += 1
+            if stopping_strategy == "first_exhausted":
+                return
+            if stopping_strategy == "all_exhausted_without_replacement":
+                active.remove(i)
+            elif all(passes[c] for c in range(len(lengths)) if len(lengths[c])):
+                return
+            position[i] = 0
+            orders[i] = np.random.default_rng([seed, i, passes[i]]).permutation(len(orders[i]))
+
+
+def _token_mixture(parts: list, weights: list[float], stopping_strategy: str, seed: int, tokenizer):
+    import datasets
+
+    if any(isinstance(p, datasets.IterableDataset) for p in parts):
+        parts = [p.to_iterable_dataset() if isinstance(p, datasets.Dataset) else p for p in parts]
+        return datasets.IterableDataset.from_generator(
+            _stream_by_tokens,
+            features=datasets.Features(
+                {
+                    "text": datasets.Value("string"),
+                    "component": datasets.Value("string"),
+                    "tokens": datasets.Value("int64"),
+                }
+            ),
+            gen_kwargs={
+                "parts": parts,
+                "weights": weights,
+                "stopping_strategy": stopping_strategy,
+                "tokenizer": tokenizer,
+            },
+        )
+    counter = TokenCounts(tokenizer)
+    lengths, tables = [], []
+    for part in parts:
+        counts = []
+        for batch in part.iter(batch_size=1000):
+            counts += counter(batch["text"])
+        lengths.append(counts)
+        tables.append(part.add_column("tokens", counts))
+    counter.save()
+    offsets = [0]
+    for part in parts[:-1]:
+        offsets.append(offsets[-1] + len(part))
+    order = [offsets[i] + index for i, index in token_schedule(lengths, weights, stopping_strategy, seed)]
+    return datasets.concatenate_datasets(tables).select(order)
+
+
+def _stream_by_tokens(parts, weights, stopping_strategy, tokenizer):
+    """The streaming form of `token_schedule`: documents are tokenized as they are read (each component's stream
+    restarts, with the next shuffle epoch, when it runs out)."""
+    counter = TokenCounts(tokenizer)
+    served = [0] * len(parts)
+    passes = [0] * len(parts)
+    streams = [iter(p) for p in parts]
+    active = list(range(len(parts)))
+    while active:
+        i = min(active, key=lambda c: (served[c] / weights[c], c))
+        row = next(streams[i], None)
+        if row is None:
+            passes[i] += 1
+            if stopping_strategy == "first_exhausted" or (stopping_strategy == "all_exhausted" and all(passes)):
+                return
+            if stopping_strategy == "all_exhausted_without_replacement":
+                active.remove(i)
+                continue
+            parts[i].set_epoch(passes[i])
+            streams[i] = iter(parts[i])
+            row = next(streams[i], None)
+            if row is None:  # an empty component
+                active.remove(i)
+                continue
+        tokens = counter([row["text"]])[0]
+        if counter.added >= 10_000:
+            counter.save()
+        served[i] += tokens
+        yield {"text": row["text"], "component": row["component"], "tokens": tokens}
+
+
+def token_shares(mixed, rows: int | None = None) -> dict[str, float]:
+    """Each component's share of the tokens in the first `rows` rows of a mixture made with balance "tokens"."""
+    from collections import Counter
+
+    totals: Counter = Counter()
+    if hasattr(mixed, "select") and hasattr(mixed, "__len__"):
+        data = mixed.select(range(min(rows, len(mixed)))) if rows is not None else mixed
+        for batch in data.select_columns(["component", "tokens"]).iter(batch_size=10_000):
+            for component, tokens in zip(batch["component"], batch["tokens"], strict=True):
+                totals[component] += tokens
+    else:
+        for row in mixed.take(rows) if rows is not None else mixed:
+            totals[row["component"]] += row["tokens"]
+    total = sum(totals.values())
+    return {name: count / total for name, count in sorted(totals.items())}
