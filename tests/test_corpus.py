@@ -520,8 +520,8 @@ def test_table1_presets_realise_token_shares(preset, llama2_dir):
     assert PRESETS[preset].balance == "tokens" and mixed.column_names == ["text", "component", "tokens"]
     head = mixed.select(range(1500))
     tokenizer = AutoTokenizer.from_pretrained(str(llama2_dir))
-    counts = [len(ids) for ids in tokenizer(head["text"], add_special_tokens=False)["input_ids"]]
-    assert counts == head["tokens"]
+    counts = [len(ids) for ids in tokenizer(list(head["text"]), add_special_tokens=False)["input_ids"]]
+    assert counts == list(head["tokens"])
     totals = Counter()
     for component, n in zip(head["component"], counts, strict=True):
         totals[component] += n

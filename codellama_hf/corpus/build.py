@@ -313,6 +313,7 @@ def register(subparsers) -> None:
     mix.add_argument("--split", default="train", choices=("train", "validation"))
     mix.add_argument("--num-samples", type=int, required=True, help="documents to draw")
     mix.add_argument("--seed", type=int, default=0)
+    mix.add_argument("--balance", choices=("tokens", "documents", "bytes"), help="override the mixture's balance")
     mix.set_defaults(func=_cli_mix)
 
 
@@ -367,10 +368,15 @@ def _cli_mix(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{out} exists; choose a new --out")
     if args.num_samples < 1:
         raise ValueError(f"--num-samples must be positive, got {args.num_samples}")
-    mixed = load_mixture(args.mixture, args.split, seed=args.seed)
+    mixed = load_mixture(args.mixture, args.split, seed=args.seed, balance=args.balance)
     sample = mixed.select(range(min(args.num_samples, len(mixed))))
     save_atomic(sample.flatten_indices(), out)
     counts = Counter(sample["component"])
     shares = ", ".join(f"{name} {counts[name] / len(sample):.3f}" for name in sorted(counts))
-    print(f"wrote {out}: {len(sample)} documents ({shares})")
+    print(f"wrote {out}: {len(sample)} documents (document shares: {shares})")
+    if "tokens" in sample.column_names:
+        from codellama_hf.corpus.mixture import token_shares
+
+        tokens = ", ".join(f"{name} {share:.3f}" for name, share in token_shares(sample).items())
+        print(f"token shares: {tokens}")
     return 0

@@ -422,8 +422,8 @@ def _token_mixture(parts: list, weights: list[float], stopping_strategy: str, se
                 }
             ),
             gen_kwargs={
-                "parts": parts,
-                "weights": weights,
+                "parts": tuple(parts),  # a list would be split into shards by datasets
+                "weights": tuple(weights),
                 "stopping_strategy": stopping_strategy,
                 "tokenizer": tokenizer,
             },
