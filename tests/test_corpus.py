@@ -279,7 +279,7 @@ def test_slurm_dry_run_scripts_run_the_same_stages(tree, tmp_path):
     from codellama_hf.corpus.pipeline import STAGES
 
     out = tmp_path / "slurm"
-    args = ("--seed", "3", "--validation-fraction", "0.2", "--num-proc", "2")
+    args = ("--seed", "3", "--validation-fraction", "0.2", "--num-proc", "2", "--num-perm", "32")  # 3 bands
     result = run_cli(
         "corpus",
         "build",
@@ -508,6 +508,7 @@ def test_mixture_matches_table1_probabilities(preset):
     _assert_proportions(mixed.select(range(10_000))["component"], PRESETS[preset].weights)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["code", "python"])
 def test_table1_presets_realise_token_shares(preset, llama2_dir):
     """Table 1's shares are of tokens: counted again here with Llama 2's tokenizer on the first 1,500 documents

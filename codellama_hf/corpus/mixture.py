@@ -367,11 +367,13 @@ class TokenCounts:
 
         if not self.added:
             return
+        from codellama_hf.io import atomic_file
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp.npz")
         keys = np.fromiter(self.known, dtype=np.uint64, count=len(self.known))
-        np.savez(tmp, keys=keys, counts=np.fromiter(self.known.values(), dtype=np.int64, count=len(self.known)))
-        os.replace(tmp, self.path)
+        counts = np.fromiter(self.known.values(), dtype=np.int64, count=len(self.known))
+        with atomic_file(self.path) as tmp, open(tmp, "wb") as handle:  # np.savez would append .npz to a name
+            np.savez(handle, keys=keys, counts=counts)
         self.added = 0
 
 

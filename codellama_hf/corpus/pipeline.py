@@ -143,10 +143,10 @@ def check_run_folder(run_dir: Path, config) -> None:
                 f"with the same settings to resume it, or delete {run_dir} to start over"
             )
         return
+    from codellama_hf.io import write_json
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = saved.with_suffix(".tmp")
-    tmp.write_text(json.dumps(wanted, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, saved)
+    write_json(saved, wanted, indent=1, sort_keys=True)
 
 
 def make_executors(config, run_dir: Path, *, documents=None) -> list:
