@@ -384,7 +384,15 @@ class StageConfig(TrainingArguments):
             self.report_to = "none"
             self.bf16 = self.fp16 = False
         self._hand_gloo_to_accelerate()
+        self._pin_memory_only_with_an_accelerator()
         super().__post_init__()
+
+    def _pin_memory_only_with_an_accelerator(self) -> None:
+        """Pinned host memory only speeds copies to a device; without one torch warns on every run (quiet console)."""
+        import torch
+
+        if self.dataloader_pin_memory and not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False
 
     def _hand_gloo_to_accelerate(self) -> None:
         """DeepSpeed on a machine without CUDA: create accelerate's state with gloo before TrainingArguments does.

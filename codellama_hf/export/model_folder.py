@@ -10,7 +10,7 @@ A folder is portable when the tools Code Llama users run all read it the same wa
 - `config.json` with both `rope_parameters` (5.x) and a top-level `rope_theta` (4.x, vLLM, llama.cpp): a 5.x
   config alone would be read by 4.x with theta 10,000 (verified-here.md).
 - `generation_config.json` that stops at </s>, and also at ▁<EOT> for models that infill (Meta's infilling ends
-  with EOT, not EOS: codellama.md §1.1).
+  with EOT, not EOS: codellama.md §1.1), without the `use_cache: false` a training run leaves there.
 
 transformers 5's `save_pretrained` writes none of that correctly (no tokenizer.model, a 5-only class name, a list
 where 4.x wants a mapping), so every save in this toolkit ends with `complete_model_folder`.
@@ -132,6 +132,8 @@ def complete_model_folder(
         write_config_with_both_rope_keys(folder)
         generation_path = folder / GENERATION_CONFIG
         generation = read_json_object(generation_path) if generation_path.is_file() else {}
+        if generation.get("use_cache") is False:  # training turns the KV cache off; generating wants it
+            del generation["use_cache"]
         write_json(generation_path, {**generation, **stop_ids(proto)}, sort_keys=True)
     write_tokenizer_files(proto, folder, chat_template=chat_template)
     return folder
