@@ -323,6 +323,37 @@ def test_correct_programs_keep_working_in_the_root_view():
         assert result.passed, f"{name}: {result}"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")
+def test_declared_folders_become_readable(tmp_path):
+    with pytest.raises(ValueError, match="lies under one of /tmp"):
+        run_programs([Program(source="pass", readable=["/tmp/jdk"])], allow_code_execution=True, workers=1)
+    # The root view replaces /tmp: a toolchain folder elsewhere, here under the (otherwise hidden) home dir.
+    tmp_path = Path.home() / f".codellama_hf_sandbox_test_toolchain_{os.getpid()}"
+    tmp_path.mkdir()
+    try:
+        _read_declared_folder(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path)
+
+
+def _read_declared_folder(tmp_path: Path) -> None:
+    toolchain = tmp_path / "toolchain"
+    toolchain.mkdir()
+    (toolchain / "lib.txt").write_text("library")
+    (tmp_path / "secret.txt").write_text(SECRET)
+    read_lib = f"print(open({str(toolchain / 'lib.txt')!r}).read())\n"
+    with Sandbox(workers=1, allow_code_execution=True) as sandbox:
+        undeclared, declared, beside = sandbox.run(
+            [
+                Program(source=read_lib),
+                Program(source=read_lib, readable=[str(toolchain)]),
+                Program(source=f"print(open({str(tmp_path / 'secret.txt')!r}).read())\n", readable=[str(toolchain)]),
+            ]
+        )
+    assert not undeclared.passed and declared.passed and declared.stdout == "library\n"
+    assert not beside.passed and SECRET not in beside.stdout
+
+
 def test_results_outputs_and_limits():
     programs = [
         Program(source="import sys\nprint('out')\nprint('err', file=sys.stderr)\n"),

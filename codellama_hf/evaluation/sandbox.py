@@ -259,7 +259,10 @@ class _Worker:
         )
         ready = self._readline(60.0)
         if not ready:
-            raise RuntimeError("the sandbox worker did not start (no ready line within 60 s)")
+            self.close()
+            raise RuntimeError(
+                f"the sandbox worker did not start (exit status {self.proc.returncode}; its error is on stderr above)"
+            )
         self.capabilities = json.loads(ready)["ready"]
 
     def _readline(self, timeout: float) -> bytes:
@@ -316,7 +319,8 @@ class Sandbox:
         self._lock = threading.Lock()
         try:
             self._idle.put(self._spawn())
-            if os.geteuid() == 0 and not self._all[0].capabilities["namespaces"]:
+            self._view = self._all[0].capabilities["namespaces"]  # programs see a root view
+            if os.geteuid() == 0 and not self._view:
                 if not (allow_root_fallback or os.environ.get(ROOT_FALLBACK_ENV) == "1"):
                     raise RuntimeError(
                         "refusing to run model-written code as root without namespaces: "
@@ -377,15 +381,26 @@ class Sandbox:
             "readable": list(program.readable),
             "output_bytes": self.limits.output_bytes,
         }
-        worker = self._idle.get()
         readable = frozenset(os.path.realpath(p) for p in program.readable)
-        if not readable <= worker.readable:  # a root view is built once per worker: start one that has these
-            with self._lock:
-                self._readable |= readable
-            worker = self._replace(worker)
-        reply = worker.ask(job, program.timeout + 60.0)
-        if reply is None:  # the worker itself died or hung: replace it, the harness goes on
-            self._idle.put(self._replace(worker))
+        if self._view:
+            _check_view_folders(readable)
+        worker = self._idle.get()
+        if worker is None:  # another thread could not start a worker: stop too
+            self._idle.put(None)
+            raise RuntimeError("the sandbox lost a worker it could not restart")
+        try:
+            if not readable <= worker.readable:  # a root view is built once per worker: start one that has these
+                with self._lock:
+                    self._readable |= readable
+                worker = self._replace(worker)
+            reply = worker.ask(job, program.timeout + 60.0)
+            if reply is None:  # the worker itself died or hung: replace it, the harness goes on
+                worker = self._replace(worker)
+        except BaseException:
+            self._idle.put(None)  # wake the threads waiting for a worker: they stop as well
+            raise
+        if reply is None:
+            self._idle.put(worker)
             return Result(FAILED, None, "", "", program.timeout, "sandbox worker lost; program counted as failed")
         self._idle.put(worker)
         return _result(program, reply)
@@ -402,6 +417,18 @@ class Sandbox:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+VIEW_OWN = ("/tmp", "/dev", "/proc", "/sandbox")  # the root view's own folders (per program or per view)
+
+
+def _check_view_folders(folders: Iterable[str]) -> None:
+    for folder in folders:
+        if any(folder == own or folder.startswith(own + "/") for own in VIEW_OWN):
+            raise ValueError(
+                f"Program.readable folder {folder!r} lies under one of {', '.join(VIEW_OWN)}, which the sandbox's "
+                "root view replaces with the program's own; move the toolchain elsewhere (e.g. /opt or /usr/local)"
+            )
 
 
 def _result(program: Program, reply: dict) -> Result:

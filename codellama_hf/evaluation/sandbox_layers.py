@@ -255,11 +255,19 @@ def build_root(root: str, folders: list[str], ids: tuple[int, int]) -> list[str]
         elif os.path.isdir(host):
             bind_readonly(host, root + host)
             bound.append(host)
-    for folder in sorted({os.path.realpath(f) for f in folders if os.path.isdir(f)}):
+    folders = [os.path.abspath(f) for f in folders if os.path.isdir(f)]
+    for folder in sorted({os.path.realpath(f) for f in folders}):
         if not visible(folder, bound):
             bind_readonly(folder, root + folder)
             bound.append(folder)
-    os.makedirs(root + "/etc")
+    for folder in sorted(set(folders) - set(bound)):  # also where a symlinked path says it is (sys.prefix)
+        if not os.path.exists(root + folder):
+            try:
+                bind_readonly(folder, root + folder)
+                bound.append(folder)
+            except OSError:
+                pass  # the path runs through a link the view already has (/lib -> usr/lib)
+    os.makedirs(root + "/etc", exist_ok=True)
     for pattern in ETC_KEEP:
         for host in glob.glob("/etc/" + pattern):
             if os.path.islink(host):
