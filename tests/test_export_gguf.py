@@ -31,7 +31,8 @@ def models(tmp_path_factory, llama2_dir) -> dict[str, Path]:
     meta = make_meta_checkpoint(root / "meta", llama2_dir / "tokenizer.model", vocab=32000, n_kv_heads=2, theta=1e6)
     return {
         "infill": meta_to_hf(meta, root / "codellama", dtype="float32", extend_vocab=True, progress=False),
-        "python": meta_to_hf(meta, root / "python", dtype="float32", progress=False),
+        # bfloat16 weights in several shards, as Meta's larger models are converted
+        "python": meta_to_hf(meta, root / "python", dtype="bfloat16", max_shard_size="4MB", progress=False),
     }
 
 
@@ -126,8 +127,20 @@ def test_gguf_round_trip(kind, models, tmp_path):
 
 
 def test_a_python_style_vocabulary_gets_no_fim_keys(models, tmp_path):
-    out = export_gguf(models["python"], tmp_path / "python.gguf", kind="f16")
-    fields = _fields(gguf.GGUFReader(out))
+    from safetensors.torch import load_file
+
+    folder = models["python"]
+    shards = sorted(folder.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    out = export_gguf(folder, tmp_path / "python.gguf", kind="bf16")
+    reader = gguf.GGUFReader(out)
+    fields = _fields(reader)
+    hf = {name: t for shard in shards for name, t in load_file(shard).items()}
+    tensors = {t.name: t for t in reader.tensors}
+    assert len(tensors) == len(hf)
+    embd = tensors["token_embd.weight"]
+    got = torch.from_numpy(gguf.quants.dequantize(embd.data, embd.tensor_type)).reshape(32000, -1)
+    assert torch.equal(got, hf["model.embed_tokens.weight"].float())  # bfloat16 in, bfloat16 out: exact
     assert len(fields["tokenizer.ggml.tokens"]) == 32000
     assert not [k for k in fields if "fim" in k or "eot" in k or k.endswith(("prefix_token_id", "suffix_token_id"))]
     assert model_kind(models["python"]) == "completion"
