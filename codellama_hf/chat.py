@@ -1,4 +1,4 @@
-"""Code Llama - Instruct's dialog format, exactly as Meta's `chat_completion` encodes it (codellama.md §1.4).
+"""Code Llama - Instruct's dialog format, exactly as `chat_completion` in Meta's codellama repository encodes it.
 
 Meta's code (llama/generation.py) merges a leading system message into the first user message as
 `<<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user}`, then encodes every finished exchange as
@@ -13,7 +13,7 @@ Meta's code with the real Code Llama tokenizer (tests/test_chat.py):
 - `CHAT_TEMPLATE`, the Jinja template every instruct tokenizer we save carries, for `apply_chat_template` (and for
   servers that read it). It renders `<s>[INST] u [/INST] a </s><s>[INST] u2 [/INST]`; our tokenizer.json gives the
   text after each special token its own implicit "▁", which is what Meta's per-turn `encode(..., bos=True)` does.
-  (transformers' own Llama classes would not: verified-here.md.) A dialog ending with the user renders the prompt
+  (transformers' own Llama classes would not: docs/stack-notes.md.) A dialog ending with the user renders the prompt
   to generate from; one ending with the assistant renders a whole training example.
 - `encode_dialogs()`, the training encoding: ids plus labels that are -100 everywhere except on the assistant's
   tokens and the </s> closing each answer. It encodes text with SentencePiece semantics, so a message that

@@ -1,4 +1,4 @@
-"""Fill-in-the-middle, exactly as Code Llama trains it (paper §2.3; codellama.md §3.2).
+"""Fill-in-the-middle, exactly as Code Llama trains it (paper §2.3).
 
 Per document, with probability `rate` (0.9), and only when the transformed document fits in one training context:
 two split points drawn uniformly over the document's characters give prefix / middle / suffix; half of the

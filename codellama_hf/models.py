@@ -1,8 +1,8 @@
 """Llama architectures of the Code Llama family, and RoPE theta handling that works under transformers 4 and 5.
 
-transformers 5 reads theta from `config.rope_parameters` and silently ignores `rope_theta=` passed to
-`from_pretrained` (verified-here.md). Everything in this toolkit sets theta through `set_rope_theta`, checks the
-value the rotary embedding really uses with `assert_rope_theta`, and saves configs with both keys.
+transformers 5 reads theta from `config.rope_parameters` and silently ignores `rope_theta=` passed to `from_pretrained`
+(docs/stack-notes.md, RoPE theta). Everything in this toolkit sets theta through `set_rope_theta`, checks the value the
+rotary embedding really uses with `assert_rope_theta`, and saves configs with both keys.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from codellama_hf.io import write_json
 CODE_THETA = 1_000_000.0
 LLAMA2_THETA = 10_000.0
 
-# Shapes of the released models (codellama.md §1.6, §2.4); `tiny` is this toolkit's CPU preset.
+# Shapes of the released models (the params.json of Meta's releases); `tiny` is this toolkit's CPU preset.
 SIZES: dict[str, dict] = {
     "7b": dict(
         hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32

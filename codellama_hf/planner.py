@@ -50,7 +50,7 @@ class ModelShape:
         if size not in SIZES:
             raise ValueError(f"size={size!r}: choose one of {sorted(SIZES)}")
         s = SIZES[size]
-        # 34B has no infilling pieces: 32,000 tokens; the others 32,016 (codellama.md §1.6)
+        # 34B has no infilling pieces: 32,000 tokens; the others 32,016 (Meta's codellama README)
         vocab = {"34b": 32000, "tiny": 32016}.get(size, 32016)
         return cls(
             s["hidden_size"],

@@ -6,7 +6,7 @@ A stage (code, python, lcft; later instruct) is a data builder plus hyperparamet
 the stage's batch and length settings). Any field can be overridden on the command line; a key that is not a field
 is an error naming the file.
 
-The paper specifies batches in tokens (4M tokens of 4,096-token sequences, codellama.md §3.4), so `StageConfig`
+The paper specifies batches in tokens (4M tokens of 4,096-token sequences, paper §2.6), so `StageConfig`
 takes `tokens_per_step` and derives gradient accumulation from the launch's world size and micro-batch. The plan
 is computed in `__post_init__`, before transformers turns "auto" DeepSpeed values into numbers.
 """
@@ -26,7 +26,7 @@ from codellama_hf.adapters import AdapterArguments
 from codellama_hf.io import read_yaml_mapping
 
 STAGES = ("pretrain", "code", "python", "lcft", "instruct")  # pretrain: the miniature's stand-in for Llama 2
-PAPER_MIN_LR_RATE = 1 / 30  # "final learning rate 1/30th of the peak" (codellama.md §3.4)
+PAPER_MIN_LR_RATE = 1 / 30  # "final learning rate 1/30th of the peak" (paper §2.6)
 
 
 @dataclass
@@ -398,9 +398,10 @@ class StageConfig(TrainingArguments):
         """DeepSpeed on a machine without CUDA: create accelerate's state with gloo before TrainingArguments does.
 
         accelerate finds no backend on CPU and would run a 2-process DeepSpeed launch as one process
-        (verified-here.md). Creating the state first, as a DeepSpeed state with gloo, and handing it over
-        (`use_configured_state`) makes `accelerate launch --config_file accelerate_configs/cpu_zero3.yaml` and
-        `torchrun ... --deepspeed` both work; DeepSpeed's own communication is then up before ZeRO-3 builds the model.
+        (docs/stack-notes.md, DeepSpeed ZeRO-3 on a CPU). Creating the state first, as a DeepSpeed state with gloo, and
+        handing it over (`use_configured_state`) makes `accelerate launch --config_file
+        accelerate_configs/cpu_zero3.yaml` and `torchrun ... --deepspeed` both work; DeepSpeed's own communication is
+        then up before ZeRO-3 builds the model.
         """
         import torch
         from accelerate import PartialState

@@ -1,20 +1,20 @@
 """Code Llama's tokenizer: Llama 2's SentencePiece model plus the infilling pieces, and Meta's infilling encodings.
 
-Code Llama 7B/13B extend Llama 2's 32,000 pieces with 16 more (ids 32000-32015); the four that matter are
-▁<PRE>=32007, ▁<SUF>=32008, ▁<MID>=32009 and ▁<EOT>=32010 (codellama.md §1.1). We append the same 16 pieces to
-any SentencePiece BPE model, so the tiny tokenizer used in tests carries them at the same offsets.
+Code Llama 7B/13B extend Llama 2's 32,000 pieces with 16 more (ids 32000-32015); the four that matter are ▁<PRE>=32007,
+▁<SUF>=32008, ▁<MID>=32009 and ▁<EOT>=32010 (Meta's codellama repository, llama/tokenizer.py). We append the same 16
+pieces to any SentencePiece BPE model, so the tiny tokenizer used in tests carries them at the same offsets.
 
 Pieces are typed so that ordinary text never produces them: the four sentinels are CONTROL pieces (like <s>)
 and the twelve others UNUSED. Ordinary code therefore tokenizes exactly as with Llama 2, and a document that
 happens to contain the text " <PRE>" cannot smuggle a sentinel into training data.
 
 The HF files are written by us, not by transformers' converter: transformers 5 rewrites a Llama tokenizer into a
-Metaspace pre-tokenizer that disagrees with SentencePiece (verified-here.md). We derive the BPE merges from the
+Metaspace pre-tokenizer that disagrees with SentencePiece (docs/stack-notes.md). We derive the BPE merges from the
 SentencePiece scores exactly as Llama 2's official tokenizer.json was derived (same merges, same order) and save
 it with `tokenizer_class: PreTrainedTokenizerFast`, which transformers loads without rewriting.
 
 About `<FILL_ME>`: that is a feature of transformers' `CodeLlamaTokenizer` class, which our files deliberately do
-not select (it inserts an extra 29871 before the suffix, verified-here.md). With our files `<FILL_ME>` is plain
+not select (it inserts an extra 29871 before the suffix, docs/stack-notes.md). With our files `<FILL_ME>` is plain
 text; build infilling prompts with `infilling_prompt()` or `codellama_hf.load(...).infill()`.
 """
 

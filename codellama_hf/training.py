@@ -155,7 +155,7 @@ def load_tokenizer_and_model(model_args: ModelArguments, config: StageConfig):
             f"seq_len={config.seq_len} exceeds the model's max_position_embeddings="
             f"{model_config.max_position_embeddings}; set max_position_embeddings"
         )
-    model_config.use_cache = False  # packed rows: no cache, or documents would see each other (verified-here.md)
+    model_config.use_cache = False  # packed rows: no cache, or documents would see each other (docs/stack-notes.md)
 
     kwargs = {
         "dtype": torch_dtype(model_args.dtype, auto="auto"),
@@ -436,7 +436,8 @@ def run_signature(config: StageConfig, data_args: DataArguments) -> dict:
 
 
 def check_zero3_saves_weights(deepspeed_config: dict) -> None:
-    """ZeRO-3 without 16-bit gathering on save writes a model folder with no weights (toolkits.md §7): refuse."""
+    """ZeRO-3 without 16-bit gathering on save writes a model folder with no weights (DeepSpeed's config docs;
+    docs/stack-notes.md): refuse."""
     zero = deepspeed_config.get("zero_optimization", {})
     if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save", False):
         raise ValueError(

@@ -1,6 +1,6 @@
 """Code training: continue Llama 2 on a code-heavy mixture, with fill-in-the-middle for 7B and 13B.
 
-Paper (codellama.md §3.1, §3.4): 500B tokens of the Table 1 mixture (code 85%, natural language about code 8%,
+Paper (§2.2, Table 1; §2.6): 500B tokens of the Table 1 mixture (code 85%, natural language about code 8%,
 natural language 7%); AdamW (0.9, 0.95), cosine schedule with 1,000 warm-up steps down to 1/30 of the peak;
 peak learning rate 3e-4 (7B, 13B) or 1.5e-4 (34B); 4M-token batches of 4,096-token sequences; FIM on 90% of the
 documents (half PSM, half SPM) for 7B and 13B, none for 34B.

@@ -1,6 +1,6 @@
 """Evaluate a model on the paper's benchmarks and write its report (results JSON per task, report.md, PNG plots).
 
-Paper protocol (evaluation.md §1): HumanEval zero-shot and MBPP 3-shot, greedy pass@1 (or n samples at T=0.8,
+Paper protocol (§3): HumanEval zero-shot and MBPP 3-shot, greedy pass@1 (or n samples at T=0.8,
 top-p 0.95 for pass@10/100); MultiPL-E zero-shot greedy; HumanEval infilling (single/multi-line) in PSM and SPM,
 greedy pass@1; key retrieval at depths 0/0.2/0.4 and perplexity vs context length. Model-written code only runs
 with `--allow_code_execution true` (see codellama_hf/evaluation/sandbox.py).

@@ -1,6 +1,6 @@
 """Code Llama - Instruct: fine-tune a Code Llama model on instruction dialogs plus a rehearsal of code and language.
 
-Paper (codellama.md §3.3-3.5): ~5B tokens in batches of 524,288 tokens; the instruct data (self-instruct triplets
+Paper (§2.5, §2.6): ~5B tokens in batches of 524,288 tokens; the instruct data (self-instruct triplets
 from `codellama-hf instruct generate`, plus any dialogs you have; Meta also used its proprietary Llama 2 RLHF V5
 data) with rehearsal data: code 6% and natural language 2%. Dialogs are encoded exactly as Meta's chat_completion
 (codellama_hf/chat.py) with the loss on the assistant's tokens only; the saved tokenizer carries the chat template.

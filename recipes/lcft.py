@@ -1,6 +1,6 @@
 """Long-context fine-tuning (LCFT): continue a Code Llama model on 16,384-token sequences with RoPE theta 10^6.
 
-Paper (codellama.md §3.4): learning rate 2e-5, sequences of 16,384 tokens, RoPE base period reset from 10,000 to
+Paper (§2.4, §2.6): learning rate 2e-5, sequences of 16,384 tokens, RoPE base period reset from 10,000 to
 1,000,000, batches of 2M tokens (7B, 13B) or 1M (34B), 10,000 steps (3,000 for 7B, 11,000 for 34B). Theta is set
 through the config's `rope_parameters` before the model is built (transformers 5 ignores `rope_theta=`), checked
 in the rotary embedding before the first step, and saved under both config keys.

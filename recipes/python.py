@@ -1,6 +1,6 @@
 """Python specialisation: continue a code-trained model on a Python-heavy mixture, without infilling.
 
-Paper (codellama.md §3.1, §3.4): 100B tokens of Python 75%, code 10%, natural language about code 10%, natural
+Paper (§2.2, Table 1; §2.6): 100B tokens of Python 75%, code 10%, natural language about code 10%, natural
 language 5%; peak learning rate 1e-4; otherwise as the code stage (AdamW (0.9, 0.95), 1,000 warm-up steps, cosine
 to 1/30 of the peak, 4M-token batches of 4,096-token sequences). The Python models are trained without FIM.
 

@@ -29,7 +29,7 @@ from codellama_hf.tokenizer import build_tiny_tokenizer, infilling_prompt, load_
 from tests.conftest import ROOT, run_cli
 
 # ---------------------------------------------------------------------------------------------------------------
-# Meta's format and forward pass, written from Meta's llama/model.py (codellama.md §1.5)
+# Meta's format and forward pass, written from Meta's llama/model.py (Meta's codellama repository)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -326,7 +326,7 @@ def test_extend_vocab_llama2_to_codellama(tmp_path, llama2_dir, codellama_tokeni
         1121,
         13,
         32009,
-    ]  # verified-here.md
+    ]  # docs/stack-notes.md
     assert infilling_prompt(tok, 'def remove_non_ascii(s: str) -> str:\n    """ ', "\n    return result\n") == golden
 
     old, new = hf_tensors(plain), hf_tensors(extended)

@@ -46,7 +46,7 @@ GOLDEN_PSM = [
     1121,
     13,
     32009,
-]  # verified-here.md
+]  # Meta's tokenizer, quoted in llama.cpp issue #3503
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
 
 

@@ -18,7 +18,7 @@ CODE_STAGES = ("code", "python", "lcft")  # the instruct configs are checked in 
 CONFIGS = sorted(p for p in (ROOT / "recipes" / "configs").glob("*/*.yaml") if p.stem in CODE_STAGES)
 M = 1024 * 1024
 
-# The paper's values (codellama.md §3.4): peak learning rate, FIM rate, and for LCFT tokens per step and steps.
+# The paper's values (paper §2.6): peak learning rate, FIM rate, and for LCFT tokens per step and steps.
 PAPER = {
     ("7b", "code"): dict(lr=3e-4, fim=0.9),
     ("13b", "code"): dict(lr=3e-4, fim=0.9),

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 from codellama_hf import tokenizer as T
 from tests.conftest import run_cli
 
-# verified-here.md: Meta's PSM prompt for this example, from Meta's own tokenizer (quoted in llama.cpp #3503).
+# Meta's PSM prompt for this example, from Meta's own tokenizer (quoted in llama.cpp #3503).
 GOLDEN_PREFIX = 'def remove_non_ascii(s: str) -> str:\n    """ '
 GOLDEN_SUFFIX = "\n    return result\n"
 GOLDEN_PSM = [

