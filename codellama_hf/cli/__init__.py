@@ -19,7 +19,7 @@ COMMANDS = {
     "instruct": "codellama_hf.cli.instruct",
     "card": "codellama_hf.cli.card",
     "push": "codellama_hf.cli.push",
-    "reproduce": "codellama_hf.reproduce",
+    "reproduce": "codellama_hf.cli.reproduce",
     "plan": "codellama_hf.planner",
     "export": "codellama_hf.export.cli",
 }

@@ -227,25 +227,13 @@ def resolve_token(required: bool) -> str | None:
     return token
 
 
-def push_family(config: PushConfig, *, token: str | None = None) -> dict:
-    """Stage, compare and (unless dry_run) publish the family; returns the plan/result written to push-plan.json."""
-    from huggingface_hub import HfApi
-
+def stage_family(config: PushConfig, namespace: str) -> dict[str, Path]:
+    """Stage every member's repository under config.stage_dir (no network): {repo id: staged folder}."""
     from codellama_hf.publish.card import CardOptions
 
-    # 1. Token (environment or login store) and namespace
-    token = token or resolve_token(required=not config.dry_run)
-    api = HfApi(endpoint=config.endpoint, token=token)
-    namespace = config.namespace
-    if namespace is None:
-        if token is None:
-            raise ValueError("no namespace: pass --namespace (or log in so the token's user is used)")
-        with hub_errors("asking the Hub who the token belongs to", api.endpoint):
-            namespace = api.whoami()["name"]
     repos = {f"{namespace}/{config.repo_name(m.variant)}": m for m in config.models}
     family = {m.variant: repo for repo, m in repos.items()}
     published = {str(m.path.resolve()): repo for repo, m in repos.items()}
-    # 2. Stage every repository (model files, config with both rope keys, card, results)
     staged = {}
     for repo_id, member in repos.items():
         options = CardOptions(
@@ -258,6 +246,25 @@ def push_family(config: PushConfig, *, token: str | None = None) -> dict:
             published=published,
         )
         staged[repo_id] = stage_repo(member, config.stage_dir / repo_id.split("/", 1)[1], options)
+    return staged
+
+
+def push_family(config: PushConfig, *, token: str | None = None) -> dict:
+    """Stage, compare and (unless dry_run) publish the family; returns the plan/result written to push-plan.json."""
+    from huggingface_hub import HfApi
+
+    # 1. Token (environment or login store) and namespace
+    token = token or resolve_token(required=not config.dry_run)
+    api = HfApi(endpoint=config.endpoint, token=token)
+    namespace = config.namespace
+    if namespace is None:
+        if token is None:
+            raise ValueError("no namespace: pass --namespace (or log in so the token's user is used)")
+        with hub_errors("asking the Hub who the token belongs to", api.endpoint):
+            namespace = api.whoami()["name"]
+    repos = {f"{namespace}/{config.repo_name(m.variant)}": m for m in config.models}
+    # 2. Stage every repository (model files, config with both rope keys, card, results)
+    staged = stage_family(config, namespace)
     # 3. Compare with the Hub: the files that would be uploaded
     hashes = _Hashes(config.stage_dir / HASH_CACHE)
     plans = {
