@@ -409,6 +409,29 @@ def test_build_config_yaml_with_cli_overrides(tree, tmp_path, capsys):
         assert "pip install 'datatrove[ray]'" in capsys.readouterr().err
 
 
+def test_license_and_language_filter_steps(tmp_path):
+    """Licence (from the repository's LICENSE file) and language (from the extension) as datatrove filter steps."""
+    mit, unknown = tmp_path / "mit", tmp_path / "unknown"
+    for repo in (mit, unknown):
+        repo.mkdir()
+        shutil.copy(STDLIB / "bisect.py", repo / f"{repo.name}.py")
+        shutil.copy(STDLIB / "heapq.py", repo / f"{repo.name}_heap.py")
+    (mit / "LICENSE").write_text("MIT License\n\nPermission is hereby granted, free of charge, to any person ...\n")
+    (mit / "notes.md").write_text("# Notes\n\nThese notes explain the bisect module in plain words.\n" * 3)
+    config = BuildConfig(
+        sources=[str(mit), str(unknown)],
+        out=str(tmp_path / "out"),
+        licenses=["MIT"],
+        languages=["python"],
+        validation_fraction=0,
+        num_proc=1,
+    )
+    summary = build_corpus(config)
+    assert summary.skipped == {"other_language": 2, "unknown_license": 2}  # notes.md and LICENSE; the unknown repo
+    rows = read_sources(str(tmp_path / "out")).to_list()
+    assert sorted((r["path"], r["license"]) for r in rows) == [("mit.py", "MIT"), ("mit_heap.py", "MIT")]
+
+
 def test_dataset_file_and_saved_dataset_sources(tmp_path):
     rows = [
         {"content": (STDLIB / "bisect.py").read_text(), "lang": "Python", "path": "a/bisect.py", "license": "PSF"},

@@ -127,7 +127,8 @@ class SourcesReader(PipelineStep):
         self.filters = filters
 
     def skip(self, reason: str, count: int = 1) -> None:
-        self.stat_update(f"skipped_{reason}", value=count)
+        if count:
+            self.stat_update(f"skipped_{reason}", value=count)
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         if data:
