@@ -267,10 +267,21 @@ def _step_totals(stage_stats: list[dict], step_name: str, prefix: str) -> dict[s
     return {}
 
 
+def read_stage_stats(logging_dir: str | os.PathLike) -> list[dict]:
+    """Per-step stats of one stage, summed over its tasks (from datatrove's stats/NNNNN.json files)."""
+    from datatrove.utils.stats import PipelineStats
+
+    folder = Path(logging_dir) / "stats"
+    merged = PipelineStats()
+    for path in sorted(folder.glob("*.json")):
+        merged = merged + PipelineStats.from_json(json.loads(path.read_text()))
+    return json.loads(merged.to_json()) if merged.stats else []
+
+
 def summarize(run_dir: Path, tokenizer: str | None) -> dict:
     """corpus_summary.json's content from the stages' stats."""
     from codellama_hf.corpus.filters import FILTERS
-    from codellama_hf.corpus.steps import SplitAndCount, read_stage_stats
+    from codellama_hf.corpus.steps import SplitAndCount
 
     stats = {name: read_stage_stats(run_dir / "logs" / name) for name in STAGES[:-1]}
     counter = SplitAndCount.name

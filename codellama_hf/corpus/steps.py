@@ -23,7 +23,6 @@ Memory: no step holds more than one task's documents in flight plus, in stage 3,
 from __future__ import annotations
 
 import json
-import os
 import struct
 from collections import Counter
 from functools import partial
@@ -508,14 +507,3 @@ class SplitAndCount(PipelineStep):
                     ids = tokenizer(doc.text, add_special_tokens=False)["input_ids"]
                     self.stat_update(f"tokens/{language}", value=len(ids))
             yield doc
-
-
-def read_stage_stats(logging_dir: str | os.PathLike) -> list[dict]:
-    """Per-step stats of one stage, summed over its tasks (from datatrove's stats/NNNNN.json files)."""
-    from datatrove.utils.stats import PipelineStats
-
-    folder = Path(logging_dir) / "stats"
-    merged = PipelineStats()
-    for path in sorted(folder.glob("*.json")):
-        merged = merged + PipelineStats.from_json(json.loads(path.read_text()))
-    return json.loads(merged.to_json()) if merged.stats else []
