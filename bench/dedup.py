@@ -12,7 +12,7 @@ written as 4 JSONL shards that every pipeline reads.
 worker is measured in a fresh process at 1x and 4x the documents (the 4x copies have every word prefixed, so they
 are distinct documents, not duplicates). Targets: (c)/(b) >= 2 per core; RSS(4x)/RSS(1x) <= 1.3.
 
-    PYTHONPATH=. python bench/dedup.py [--documents 4000] [--skip-rss]
+    PYTHONPATH=. python bench/dedup.py [--documents 4000] [--skip-rss | --only-rss]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ THRESHOLD, NUM_PERM, NGRAM = 0.85, 128, 5
 
 
 def write_shards(texts: list[str], folder: Path, shards: int = 4) -> None:
+    """The documents as JSONL shards, dealt round-robin."""
     folder.mkdir(parents=True, exist_ok=True)
     for s in range(shards):
         with open(folder / f"{s:02d}.jsonl", "w") as handle:
@@ -161,27 +162,66 @@ def load_texts(documents: int) -> list[str]:
     return [t for kind in ("python", "code") for t in embedded_corpus(kind)["text"]][:documents]
 
 
-def rss_child(documents: int, factor: int, folder: str) -> None:
-    """Runs in a fresh process: our pipeline, one worker, on `factor` x the documents; prints peak RSS (MB)."""
-    texts = load_texts(documents)
-    copies = [texts] + [
-        [re.sub(r"\w+", lambda m, k=k: f"v{k}{m.group()}", t) for t in texts] for k in range(1, factor)
-    ]
+def write_variants(texts: list[str], factor: int, folder: Path, shards: int = 4) -> None:
+    """`factor` x the documents as JSONL shards: copy k > 0 prefixes every word with "v<k>" (distinct documents)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handles = [open(folder / f"{s:02d}.jsonl", "w") for s in range(shards)]
+    try:
+        for k in range(factor):
+            for i, text in enumerate(texts):
+                variant = re.sub(r"\w+", lambda m, k=k: f"v{k}{m.group()}", text) if k else text
+                row = {"text": variant, "path": f"doc{k}_{i:06d}.py", "id": f"{k}/{i}"}
+                handles[(k * len(texts) + i) % shards].write(json.dumps(row) + "\n")
+    finally:
+        for handle in handles:
+            handle.close()
+
+
+def rss_child(folder: str) -> None:
+    """Runs in a fresh process: our pipeline, one worker, on the shards in `folder`; prints its peak RSS (MB)."""
+    from loguru import logger
+
+    logger.remove()
     work = Path(folder)
-    write_shards([t for block in copies for t in block], work / "shards")
-    del texts, copies
     ours(work / "shards", work / "out", workers=1)
     print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def speeds(texts: list[str], tmp: Path, rates: dict) -> None:
+    """(a), (b) and (c) on the shards in tmp/shards; docs/s per core into `rates`."""
+    seconds, removed = timed(datasketch_loop, texts)
+    rates["datasketch", 1] = len(texts) / seconds
+    print(f"(a) datasketch loop, 1 process     : {rates['datasketch', 1]:8.1f} docs/s/core  ({removed} dups)")
+    for workers in (1, 2):
+        seconds, removed = timed(datatrove_stock, tmp / "shards", tmp / f"stock{workers}", workers)
+        rates["stock", workers] = len(texts) / seconds / workers
+        print(
+            f"(b) datatrove stock, {workers} worker(s)   : {rates['stock', workers]:8.1f} docs/s/core  "
+            f"({removed} removed, {seconds:.1f} s)"
+        )
+        seconds, removed = timed(ours, tmp / "shards", tmp / f"ours{workers}", workers)
+        rates["ours", workers] = len(texts) / seconds / workers
+        print(
+            f"(c) ours, {workers} worker(s)              : {rates['ours', workers]:8.1f} docs/s/core  "
+            f"({removed} removed, {seconds:.1f} s)"
+        )
+    for workers in (1, 2):
+        print(
+            f"ratio c/b per core, {workers} worker(s): {rates['ours', workers] / rates['stock', workers]:.2f}x "
+            f"(target >= 2)"
+        )
+    print(f"ratio c/a per core, 1 worker: {rates['ours', 1] / rates['datasketch', 1]:.2f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--documents", type=int, default=4000)
     parser.add_argument("--skip-rss", action="store_true", help="leave out the 1x / 4x memory runs")
-    parser.add_argument("--rss-child", nargs=3, metavar=("DOCS", "FACTOR", "FOLDER"), help=argparse.SUPPRESS)
+    parser.add_argument("--only-rss", action="store_true", help="only the 1x / 4x memory runs")
+    parser.add_argument("--rss-child", metavar="FOLDER", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
-        rss_child(int(args.rss_child[0]), int(args.rss_child[1]), args.rss_child[2])
+        rss_child(args.rss_child)
         return
 
     from loguru import logger
@@ -197,37 +237,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-dedup-") as tmp:
         tmp = Path(tmp)
         write_shards(texts, tmp / "shards")
-        seconds, removed = timed(datasketch_loop, texts)
-        rates["datasketch", 1] = len(texts) / seconds
-        print(f"(a) datasketch loop, 1 process     : {rates['datasketch', 1]:8.1f} docs/s/core  ({removed} dups)")
-        for workers in (1, 2):
-            seconds, removed = timed(datatrove_stock, tmp / "shards", tmp / f"stock{workers}", workers)
-            rates["stock", workers] = len(texts) / seconds / workers
-            print(
-                f"(b) datatrove stock, {workers} worker(s)   : {rates['stock', workers]:8.1f} docs/s/core  "
-                f"({removed} removed, {seconds:.1f} s)"
-            )
-            seconds, removed = timed(ours, tmp / "shards", tmp / f"ours{workers}", workers)
-            rates["ours", workers] = len(texts) / seconds / workers
-            print(
-                f"(c) ours, {workers} worker(s)              : {rates['ours', workers]:8.1f} docs/s/core  "
-                f"({removed} removed, {seconds:.1f} s)"
-            )
-        for workers in (1, 2):
-            print(
-                f"ratio c/b per core, {workers} worker(s): {rates['ours', workers] / rates['stock', workers]:.2f}x "
-                f"(target >= 2)"
-            )
-        print(f"ratio c/a per core, 1 worker: {rates['ours', 1] / rates['datasketch', 1]:.2f}x")
+        if not args.only_rss:
+            speeds(texts, tmp, rates)
         if not args.skip_rss:
             rss = {}
             for factor in (1, 4):
                 folder = tmp / f"rss{factor}"
                 shutil.rmtree(folder, ignore_errors=True)
-                cmd = [sys.executable, __file__, "--rss-child", str(args.documents), str(factor), str(folder)]
+                write_variants(texts, factor, folder / "shards")
+                cmd = [sys.executable, __file__, "--rss-child", str(folder)]
                 done = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 rss[factor] = json.loads(done.stdout.strip().splitlines()[-1])["rss_mb"]
-                print(f"peak RSS, ours, 1 worker, {factor}x documents: {rss[factor]:.0f} MB")
+                print(f"peak RSS, ours, 1 worker, {factor}x documents ({factor * len(texts)}): {rss[factor]:.0f} MB")
             print(f"RSS growth 4x/1x documents: {rss[4] / rss[1]:.2f}x (target <= 1.3)")
 
 
