@@ -136,7 +136,7 @@ def check_run_folder(run_dir: Path, config) -> None:
     wanted = config.to_dict()
     if saved.is_file():
         before = json.loads(saved.read_text())
-        changed = sorted(k for k in set(before) | set(wanted) if before.get(k) != wanted.get(k))
+        changed = sorted(k for k in set(before) | set(wanted) if before.get(k) != wanted.get(k) and k != "overwrite")
         if changed:
             raise ValueError(
                 f"{run_dir} holds an interrupted build with other settings ({', '.join(changed)}); run it again "
