@@ -298,6 +298,10 @@ CORRECT_PROGRAMS = {
     "[t.start() for t in ts]\n[t.join() for t in ts]\nassert sorted(out) == list(range(8))\n",
     "stdlib": "import hashlib, json, math, re, collections, itertools, datetime, decimal, fractions, heapq, bisect\n"
     "assert hashlib.sha256(b'').hexdigest().startswith('e3b0')\nassert json.loads('[1]') == [1]\n",
+    "no capabilities, not root": "import os\nstatus = open('/proc/self/status').read()\n"
+    "caps = dict(line.split(':') for line in status.splitlines() if line.startswith('Cap'))\n"
+    "assert all(int(v, 16) == 0 for v in caps.values()), caps\nassert os.getuid() and os.getgid()\n"
+    "assert 'NoNewPrivs:\\t1' in status and os.getgroups() in ([], [os.getgid()])\n",
     "user and home": "import getpass, os, pathlib\nassert getpass.getuser()\n"
     "pathlib.Path('~/f').expanduser().write_text('x')\nassert os.path.exists(os.environ['HOME'] + '/f')\n",
 }

@@ -183,11 +183,17 @@ def sandbox_ids() -> tuple[int, int] | None:
     return UID_BASE + os.getpid(), UID_BASE + os.getpid()
 
 
-def become(ids: tuple[int, int] | None) -> None:
-    """Drop every capability for good: empty the bounding set, then (root) switch to the sandbox uid/gid, which
-    clears permitted, effective and ambient sets; an unprivileged caller clears them with capset."""
+def empty_bounding_set() -> None:
+    """No exec can ever grant a capability again. The worker does it once, so every program inherits it; its own
+    effective capabilities (mounts, clone, setuid) are untouched. Needs CAP_SETPCAP: a no-op for ordinary users,
+    who have no capabilities to regain."""
     for cap in range(CAP_LAST + 1):
         LIBC.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+
+
+def become(ids: tuple[int, int] | None) -> None:
+    """Drop every capability for good (the bounding set is already empty, see empty_bounding_set): (root) switch
+    to the sandbox uid/gid, which clears permitted, effective and ambient sets; then clear them with capset."""
     if ids is not None:
         uid, gid = ids
         os.setgroups([])

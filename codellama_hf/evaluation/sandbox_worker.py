@@ -42,6 +42,7 @@ from sandbox_layers import (
     check,
     clone_into_namespaces,
     deny_unix_sockets,
+    empty_bounding_set,
     enter_namespaces,
     landlock_abi,
     landlock_restrict,
@@ -319,6 +320,7 @@ def main() -> None:
     max_processes, namespaces, slot = int(sys.argv[1]), sys.argv[2] == "auto", sys.argv[3]
     toolchains = json.loads(sys.argv[4])  # folders programs declared readable (the harness restarts for more)
     os.makedirs(slot, mode=0o700, exist_ok=True)
+    empty_bounding_set()
     ids = sandbox_ids()
     in_namespaces = namespaces and enter_namespaces()
     if ids and not in_namespaces and not _reachable_by(ids, _python_folders()):
