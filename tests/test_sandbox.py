@@ -5,6 +5,7 @@ ones). Reward hacks (exiting 0 before the asserts, forging the completion mark) 
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -26,6 +27,31 @@ from codellama_hf.evaluation.sandbox import (
 )
 
 SECRET = "hf_secret_token_do_not_leak_4242"
+
+
+@functools.cache
+def _namespaces_here() -> bool:
+    """Whether this machine gives the sandbox namespaces (root with CAP_SYS_ADMIN, as in CI)."""
+    try:
+        with Sandbox(workers=1, allow_code_execution=True) as sandbox:
+            return sandbox.capabilities()["namespaces"]
+    except RuntimeError as err:  # root without namespaces: the fallback runs only when asked for
+        if "refusing" not in str(err):
+            raise
+        return False
+
+
+@pytest.fixture
+def namespaces_here():
+    if not _namespaces_here():
+        pytest.skip("no namespaces on this machine (they need root with CAP_SYS_ADMIN); the fallback tests run")
+
+
+@pytest.fixture
+def any_sandbox(monkeypatch):
+    """Root without namespaces (a container without CAP_SYS_ADMIN) runs the fallback only when asked for."""
+    if os.geteuid() == 0 and not _namespaces_here():
+        monkeypatch.setenv(ROOT_FALLBACK_ENV, "1")
 
 
 def _processes_mentioning(text: str) -> list[str]:
@@ -216,6 +242,8 @@ def _connections(listener: socket.socket) -> list[bytes]:
 @pytest.mark.slow
 @pytest.mark.parametrize("namespaces", [True, False], ids=["namespaces", "fallback"])
 def test_hostile_programs_are_contained(tmp_path, monkeypatch, host_secrets, namespaces):
+    if namespaces and not _namespaces_here():
+        pytest.skip("no namespaces on this machine (they need root with CAP_SYS_ADMIN)")
     paths, helper_pid, listeners = host_secrets
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -307,8 +335,7 @@ CORRECT_PROGRAMS = {
 }
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")
-def test_correct_programs_keep_working_in_the_root_view():
+def test_correct_programs_keep_working_in_the_root_view(namespaces_here):
     programs = [Program(source=source, timeout=30) for source in CORRECT_PROGRAMS.values()]
     compiled = {
         "g++": "printf '#include <cassert>\\nint main(){assert(6*7==42);}' > a.cpp && g++ -o a a.cpp && ./a",
@@ -327,8 +354,7 @@ def test_correct_programs_keep_working_in_the_root_view():
         assert result.passed, f"{name}: {result}"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")
-def test_declared_folders_become_readable(tmp_path):
+def test_declared_folders_become_readable(namespaces_here):
     with pytest.raises(ValueError, match="lies under one of /tmp"):
         run_programs([Program(source="pass", readable=["/tmp/jdk"])], allow_code_execution=True, workers=1)
     # The root view replaces /tmp: a toolchain folder elsewhere, here under the (otherwise hidden) home dir.
@@ -358,7 +384,7 @@ def _read_declared_folder(tmp_path: Path) -> None:
     assert not beside.passed and SECRET not in beside.stdout
 
 
-def test_results_outputs_and_limits():
+def test_results_outputs_and_limits(any_sandbox):
     programs = [
         Program(source="import sys\nprint('out')\nprint('err', file=sys.stderr)\n"),
         Program(source="print(input())\n", stdin="fed through stdin\n"),
@@ -373,14 +399,14 @@ def test_results_outputs_and_limits():
     assert results[1].stdout == "fed through stdin\n"
     assert results[2].stdout == "a file\n"
     home, tmpdir = results[3].stdout.split()
-    if os.geteuid() == 0:  # namespaces: the program's own tmpfs holds its work dir and its /tmp
+    if _namespaces_here():  # the program's own tmpfs holds its work dir and its /tmp
         assert (home, tmpdir) == ("/sandbox/work", "/tmp")
     else:
         assert home == tmpdir and "codellama_hf_sandbox-" in home
     assert results[5].stdout.endswith("[... output truncated]") and len(results[5].stdout) < 1100
 
 
-def test_execution_requires_opt_in(monkeypatch):
+def test_execution_requires_opt_in(monkeypatch, any_sandbox):
     monkeypatch.delenv(ALLOW_ENV, raising=False)
     with pytest.raises(RuntimeError, match="allow-code-execution"):
         run_programs([Program(source="pass")])
@@ -404,7 +430,7 @@ def test_bad_programs_are_rejected(kwargs, match):
 
 
 @pytest.mark.slow
-def test_reports_and_cards_record_the_layers(tmp_path, tmp_path_factory):
+def test_reports_and_cards_record_the_layers(tmp_path, tmp_path_factory, any_sandbox):
     from codellama_hf.evaluation.report import new_result, write_report, write_result
     from tests.test_cards import _card, tiny_family
 
