@@ -446,7 +446,8 @@ def _result(program: Program, reply: dict) -> Result:
     if code != 0:
         return Result(FAILED, code, stdout, stderr, duration, f"exit status {code}")
     if program.source is not None and not reply["completed"]:
-        return Result(FAILED, code, stdout, stderr, duration, "exited before the end of the program")
+        why = "wrote to the sandbox's completion pipe" if reply["tampered"] else "exited before the end of the program"
+        return Result(FAILED, code, stdout, stderr, duration, why)
     return Result(PASSED, 0, stdout, stderr, duration)
 
 

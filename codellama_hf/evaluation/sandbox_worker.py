@@ -257,6 +257,7 @@ def run_job(job: dict, caps: dict, slot: str) -> dict:
         "returncode": os.waitstatus_to_exitcode(status),
         "setup": marks[:1] == b"s",
         "completed": marks == b"s" + nonce and not timed_out,
+        "tampered": marks not in (b"", b"s", b"s" + nonce),  # the program wrote to the completion pipe
         "duration": duration,
         "stdout": _read_capped(fds[1], job["output_bytes"]),
         "stderr": _read_capped(fds[2], job["output_bytes"]),
