@@ -12,16 +12,16 @@ import sys
 
 # command -> module exposing `register(subparsers)`, which adds that subcommand and sets `func` on its parser.
 COMMANDS = {
-    "tokenizer": "codellama_hf.tokenizer",
+    "tokenizer": "codellama_hf.cli.tokenizer",
     "convert": "codellama_hf.cli.convert",
-    "corpus": "codellama_hf.corpus",
+    "corpus": "codellama_hf.cli.corpus",
     "evaluate": "codellama_hf.evaluation.cli",
     "instruct": "codellama_hf.cli.instruct",
     "card": "codellama_hf.cli.card",
     "push": "codellama_hf.cli.push",
     "reproduce": "codellama_hf.cli.reproduce",
     "plan": "codellama_hf.planner",
-    "export": "codellama_hf.export.cli",
+    "export": "codellama_hf.cli.export",
 }
 
 

@@ -10,7 +10,7 @@
 - build.py: `codellama-hf corpus build`, its config, summary and output layout.
 """
 
-from codellama_hf.corpus.build import BuildConfig, CorpusSummary, build_corpus, deduplicate, register
+from codellama_hf.corpus.build import BuildConfig, CorpusSummary, build_corpus, deduplicate
 from codellama_hf.corpus.dedup import DedupConfig, DedupStats
 from codellama_hf.corpus.embedded import KINDS, build_embedded, embedded_corpus
 from codellama_hf.corpus.filters import FilterConfig, SkipCounter
@@ -36,5 +36,4 @@ __all__ = [
     "get_mixture",
     "load_mixture",
     "read_sources",
-    "register",
 ]
