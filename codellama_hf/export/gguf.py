@@ -3,7 +3,7 @@
 What goes in, and why it is not left to llama.cpp's own heuristics:
 
 - The vocabulary comes from `tokenizer.model` (pieces, scores, SentencePiece piece types), never from
-  tokenizer.json: llama.cpp tokenizes code SentencePiece-exactly only from such a vocabulary (verified-here.md).
+  tokenizer.json: llama.cpp tokenizes code SentencePiece-exactly only from such a vocabulary (docs/stack-notes.md).
 - Rope theta (1e6 for Code Llama, 1e4 for Llama 2) and the context length come from config.json.
 - The infilling ids are written under llama.cpp's FIM keys (`tokenizer.ggml.fim_pre_token_id` = ▁<PRE>, suffix,
   middle) and ▁<EOT> as `tokenizer.ggml.eot_token_id`, so llama.cpp's /infill needs no guessing from token text.
@@ -16,7 +16,7 @@ What goes in, and why it is not left to llama.cpp's own heuristics:
 
 llama.cpp's infill prompt is not Meta's: its /infill endpoint tokenizes the suffix like any text, so the
 implicit-space token 29871 ("▁") precedes it (`<s> ▁<PRE> pre ▁<SUF> ▁ suf ▁<MID>`, 29 tokens where Meta's golden
-prompt has 28; verified-here.md). A GGUF cannot change that; `codellama_hf.load(...).infill` keeps Meta's prompt.
+prompt has 28; docs/stack-notes.md). A GGUF cannot change that; `codellama_hf.load(...).infill` keeps Meta's prompt.
 
 The file is streamed: tensor infos first, then one tensor at a time, to a temporary sibling renamed at the end.
 """

@@ -4,13 +4,13 @@ A folder is portable when the tools Code Llama users run all read it the same wa
 
 - `tokenizer.model`, the exact SentencePiece model the tokenizer was built from. llama.cpp's own converter
   builds a SentencePiece-exact vocabulary from it; without it, it falls back to tokenizer.json and tokenizes code
-  differently (verified-here.md). Meta's own releases ship it.
+  differently (docs/stack-notes.md, llama.cpp). Meta's own releases ship it.
 - `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json` that transformers 4.x (>= 4.40) and
   5.x load to the same ids (codellama_hf.tokenizer.tokenizer_config), with the chat template of instruct models.
 - `config.json` with both `rope_parameters` (5.x) and a top-level `rope_theta` (4.x, vLLM, llama.cpp): a 5.x
-  config alone would be read by 4.x with theta 10,000 (verified-here.md).
+  config alone would be read by 4.x with theta 10,000 (docs/stack-notes.md).
 - `generation_config.json` that stops at </s>, and also at ▁<EOT> for models that infill (Meta's infilling ends
-  with EOT, not EOS: codellama.md §1.1), without the `use_cache: false` a training run leaves there.
+  with EOT, not EOS: Meta's llama/generation.py), without the `use_cache: false` a training run leaves there.
 
 transformers 5's `save_pretrained` writes none of that correctly (no tokenizer.model, a 5-only class name, a list
 where 4.x wants a mapping), so every save in this toolkit ends with `complete_model_folder`.

@@ -1,7 +1,7 @@
 """Check a model folder's tokenizer the way transformers 4.x users will load it: a real 4.57 in its own venv.
 
 Many users (and vLLM, TGI, older notebooks) still run transformers 4.x. A folder whose tokenizer_config.json only
-5.x understands fails there at load time (verified-here.md), so the folder writer's output is checked against a
+5.x understands fails there at load time (docs/stack-notes.md), so the folder writer's output is checked against a
 real transformers 4.x: a virtual environment with `transformers==4.57.6 tokenizers sentencepiece jinja2` (no torch:
 loading a tokenizer does not need it), built once into the toolkit cache (about a minute, from PyPI).
 """
