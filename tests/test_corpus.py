@@ -296,12 +296,10 @@ def test_slurm_dry_run_scripts_run_the_same_stages(tree, tmp_path):
     assert result.returncode == 0, result.stderr
     submit = (tmp_path / "slurm.partial" / "submit.sh").read_text()
     assert submit in result.stdout and not out.exists()
-    scripts = re.findall(
-        r"^jid=\$\(sbatch --parsable --export=ALL,RUN_OFFSET=0 (?:--dependency=afterok:\$jid )?(\S+)\)$",
-        submit,
-        re.MULTILINE,
-    )
-    assert [Path(s).parent.name for s in scripts] == list(STAGES) and submit.count("afterok:$jid") == 5
+    scripts = re.findall(r"--export=ALL,RUN_OFFSET=0 \$dep (\S+)\)\"$", submit, re.MULTILINE)
+    assert [Path(s).parent.name for s in scripts] == list(STAGES) and submit.count(
+        'dep="--dependency=afterok$ids"'
+    ) == 6
     # No Slurm here: the job reads its node list with `scontrol show hostnames`; a one-line stand-in answers it.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -313,6 +311,15 @@ def test_slurm_dry_run_scripts_run_the_same_stages(tree, tmp_path):
         "SLURM_NODELIST": "localhost",
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
     }
+    # submit.sh with a stand-in sbatch that logs its arguments: each stage waits for the previous stage's job
+    (bin_dir / "sbatch").write_text(
+        f'#!/bin/sh\necho "$@" >> {tmp_path}/sbatch.log\nwc -l < {tmp_path}/sbatch.log | tr -d " "\n'
+    )
+    (bin_dir / "sbatch").chmod(0o755)
+    subprocess.run(["bash", str(tmp_path / "slurm.partial" / "submit.sh")], env=env, check=True, capture_output=True)
+    calls = (tmp_path / "sbatch.log").read_text().splitlines()
+    assert len(calls) == len(STAGES) and "--dependency" not in calls[0]
+    assert all(f"--dependency=afterok:{i}" in call for i, call in enumerate(calls[1:], start=1))
     for script in scripts:
         body = Path(script).read_text()
         assert "#SBATCH --partition=cpu" in body and "launch_pickled_pipeline" in body

@@ -208,8 +208,12 @@ def write_slurm_scripts(executors: list, run_dir: Path) -> Path:
     import dill
     from dill import CONTENTS_FMODE
 
-    lines = ["#!/bin/bash", "# Submits the corpus build stages in order; each waits for the previous one.", "set -eu"]
-    previous = False
+    lines = [
+        "#!/bin/bash",
+        "# Submits the corpus build stages in order; each waits for all job arrays of the previous one.",
+        "set -eu",
+        'dep=""',
+    ]
     for executor in executors:
         ranks = executor.get_incomplete_ranks()
         name = Path(executor.logging_dir.path).name
@@ -225,13 +229,12 @@ def write_slurm_scripts(executors: list, run_dir: Path) -> Path:
         command = f"launch_pickled_pipeline {shlex.quote(executor.logging_dir.resolve_paths('executor.pik'))}"
         script = Path(executor.logging_dir.resolve_paths("launch_script.slurm"))
         script.write_text(executor.get_launch_file_contents(executor.get_sbatch_args(array), command))
-        dependency = " --dependency=afterok:$jid" if previous else ""
-        for offset in range(-(-len(ranks) // array)):
+        lines.append('ids=""')
+        for offset in range(-(-len(ranks) // array)):  # datatrove's RUN_OFFSET: arrays of at most max_array_size
             lines.append(
-                f"jid=$(sbatch --parsable --export=ALL,RUN_OFFSET={offset}{dependency} {shlex.quote(str(script))})"
+                f'ids="$ids:$(sbatch --parsable --export=ALL,RUN_OFFSET={offset} $dep {shlex.quote(str(script))})"'
             )
-        lines.append(f'echo "{name}: job $jid ({len(ranks)} tasks)"')
-        previous = True
+        lines += [f'echo "{name}: job(s) ${{ids#:}} ({len(ranks)} tasks)"', 'dep="--dependency=afterok$ids"']
     submit = run_dir / "submit.sh"
     submit.write_text("\n".join(lines) + "\n")
     submit.chmod(0o755)
