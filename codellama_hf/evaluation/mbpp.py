@@ -63,6 +63,7 @@ def load_rows(source: str) -> list[dict]:
 
 class MBPP(Benchmark):
     name = "mbpp"
+    prompt_forms = ("unstripped", "strip")  # the MBPP README's 3-shot query ends after "[BEGIN]\n"
 
     def __init__(self, source: str = HUB_DATASET):
         super().__init__()

@@ -63,6 +63,7 @@ def load_rows(language: str, source: str | None) -> list[dict]:
 
 class MultiPLE(Benchmark):
     timeout_floor = 20.0  # compilation included
+    prompt_forms = ("strip", "unstripped")  # bigcode's multiple-* tasks strip the prompt
 
     def __init__(self, language: str, source: str | None = None):
         super().__init__()

@@ -11,7 +11,11 @@ Results schema, version "codellama_hf.eval/1" (model cards read these; add field
       "skipped": null | "<why the task could not run here, e.g. a missing toolchain>",
       "num_problems": <problems scored>, "total_problems": <problems in the benchmark>, "num_samples": <int>,
       "config": {generation and scoring settings: n_samples, do_sample, temperature, top_p, max_new_tokens,
-                 infill_format, timeouts, limit, ...},
+                 infill_format, timeouts, limit, backend {backend, name, ...},
+                 prompt {form: "strip"|"unstripped", requested, style: "completion"|"chat", benchmark_default,
+                         token_boundary {form: "k/n"}}, ...},
+      "failures": {cause: count of failed samples} (cause: exception type, "Timeout", "CompileError", ...),
+      "generation": {"finish_reasons": {"stop"|"eos"|"length": count}, "cut_by_token_cap": int, "empty": int},
       "sandbox": {"namespaces": bool, "landlock": <ABI>, "process_cap": "cgroup" | "rlimit" | "none",
                   "identity", "filesystem", "network", "unix_sockets": <words>, "not_guaranteed": [<gap>, ...]},
       "details": {task-specific: key retrieval `by_length_depth` and `records`, perplexity `perplexity` by length},
@@ -51,6 +55,8 @@ def new_result(task: str, model: str, **fields) -> dict:
         "config": {},
         "sandbox": {},
         "details": {},
+        "failures": {},
+        "generation": {},
         "samples_file": None,
         "versions": {
             "codellama_hf": codellama_hf.__version__,
@@ -85,17 +91,39 @@ def load_results(folder: str | os.PathLike) -> list[dict]:
     return results
 
 
+def prompt_protocol(result: dict) -> str:
+    """How the prompts were given ("strip, completion"), or "" for results without prompts."""
+    prompt = (result.get("config") or {}).get("prompt") or {}
+    return ", ".join(str(prompt[k]) for k in ("form", "style") if prompt.get(k))
+
+
 def table(results: list[dict]) -> str:
     """A Markdown table: one row per task and metric."""
-    lines = ["| task | metric | value | problems | samples | note |", "|---|---|---|---|---|---|"]
+    lines = ["| task | metric | value | problems | samples | prompt | note |", "|---|---|---|---|---|---|---|"]
     for r in results:
         if r["skipped"]:
-            lines.append(f"| {r['task']} | - | - | - | - | skipped: {r['skipped']} |")
+            lines.append(f"| {r['task']} | - | - | - | - | - | skipped: {r['skipped']} |")
             continue
-        note = "" if r["num_problems"] == r["total_problems"] else f"subset of {r['total_problems']}"
+        notes = [] if r["num_problems"] == r["total_problems"] else [f"subset of {r['total_problems']}"]
+        cut = (r.get("generation") or {}).get("cut_by_token_cap")
+        if cut:
+            notes.append(f"{cut} cut by the token cap")
         for metric, value in r["metrics"].items():
             shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-            lines.append(f"| {r['task']} | {metric} | {shown} | {r['num_problems']} | {r['num_samples']} | {note} |")
+            lines.append(
+                f"| {r['task']} | {metric} | {shown} | {r['num_problems']} | {r['num_samples']} | "
+                f"{prompt_protocol(r)} | {'; '.join(notes)} |"
+            )
+    return "\n".join(lines)
+
+
+def failures_table(results: list[dict]) -> str:
+    """Failed samples grouped by cause, per task ("" when nothing failed)."""
+    rows = [(r["task"], cause, count) for r in results for cause, count in (r.get("failures") or {}).items()]
+    if not rows:
+        return ""
+    lines = ["| task | cause | failed samples |", "|---|---|---|"]
+    lines += [f"| {task} | {cause} | {count} |" for task, cause, count in rows]
     return "\n".join(lines)
 
 
@@ -158,6 +186,17 @@ def write_report(folder: str | os.PathLike) -> Path:
     from codellama_hf.evaluation.sandbox import sandbox_note
 
     parts = [f"# Evaluation report: {', '.join(models)}", "", table(results), "", sandbox_note(results), ""]
+    failures = failures_table(results)
+    if failures:
+        parts += [
+            "## Why programs failed",
+            "",
+            "Per task, failed samples by cause (the exception type of the traceback's last line; each sample's",
+            "stderr tail is in `<task>.results.jsonl`).",
+            "",
+            failures,
+            "",
+        ]
     for r in results:
         plot = PLOTS.get(r["task"])
         if plot and not r["skipped"]:

