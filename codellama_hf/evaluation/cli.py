@@ -82,6 +82,7 @@ def register(subparsers) -> None:
         gen.add_argument("--top-p", type=float, default=0.95)
         gen.add_argument("--max-new-tokens", type=int, default=512)
         gen.add_argument("--limit", type=int, default=None, help="only the first N problems (quick checks)")
+        gen.add_argument("--task-ids", nargs="+", default=None, help="only these problems, e.g. HumanEval/23")
         if task.startswith("humaneval-infill-"):
             gen.add_argument("--format", choices=("psm", "spm"), default="psm", help="infilling prompt layout")
         else:
@@ -201,6 +202,7 @@ def _run_execution(args: argparse.Namespace) -> int:
         benchmark_options=_benchmark_options(args, args.task),
         prompt_form=getattr(args, "prompt_form", "auto"),
         prompt_style=getattr(args, "prompt_style", "completion"),
+        task_ids=args.task_ids,
     )
     return _finish(result, folder)
 

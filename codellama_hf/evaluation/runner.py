@@ -120,9 +120,11 @@ def evaluate_execution(
     benchmark_options: dict | None = None,
     prompt_form: str = AUTO,
     prompt_style: str = COMPLETION,
+    task_ids: Sequence[str] | None = None,
 ) -> dict:
     """Generate completions for an execution benchmark, score them in the sandbox, write samples + results.
 
+    `limit` keeps the first N problems, `task_ids` the named ones (quick checks; recorded in the config).
     The prompt form (strip / unstripped, chosen per tokenizer with `auto`) and style (completion / chat) are
     recorded in the result's config["prompt"] (evaluation/prompts.py)."""
     if not isinstance(backend, Backend):
@@ -137,6 +139,7 @@ def evaluate_execution(
     config = {
         **generation.describe(),
         "limit": limit,
+        "task_ids": list(task_ids) if task_ids else None,
         "infill_format": infill_format if benchmark.infilling else None,
         "backend": backend.describe(),
     }
@@ -152,7 +155,13 @@ def evaluate_execution(
         raise ValueError(f"{task} is an infilling task: it has no chat prompt style (use --prompt-style completion)")
     if backend.tokenizer is None:
         raise ValueError("evaluation needs the model's tokenizer (pass --tokenizer with the openai back end)")
-    originals = benchmark.problems[:limit] if limit else benchmark.problems
+    originals = benchmark.problems
+    if task_ids:
+        unknown = sorted(set(task_ids) - benchmark.by_id().keys())
+        if unknown:
+            raise ValueError(f"task ids not in {task}: {', '.join(unknown[:5])}")
+        originals = [p for p in originals if p.task_id in set(task_ids)]
+    originals = originals[:limit] if limit else originals
     protocol = choose_form(benchmark, backend.tokenizer, originals, prompt_form, prompt_style)
     result["config"]["prompt"] = protocol.describe()
     problems = [apply_form(p, protocol.form) for p in originals]
