@@ -137,3 +137,16 @@ def prompt_ids(tokenizer, messages: Sequence[Mapping]) -> list[int]:
     if exchanges(messages)[-1][1] is not None:
         raise ValueError("the last message must be from the user to build a prompt (Meta's code asserts it)")
     return encode_dialog(tokenizer, messages)[0]
+
+
+def chat_prompt_ids(tokenizer, messages: Sequence[Mapping]) -> list[int]:
+    """The prompt of a dialog ending with a user turn: Meta's exact ids for Code Llama - Instruct's template (see
+    `prompt_ids`), the tokenizer's own chat template (with its generation prompt) for any other chat model."""
+    template = getattr(tokenizer, "chat_template", None)
+    if template == CHAT_TEMPLATE:
+        return prompt_ids(tokenizer, messages)
+    if not template:
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(f"tokenizer {name!r} has no chat template")
+    ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True, return_dict=False)
+    return list(ids)

@@ -335,7 +335,7 @@ def test_unreachable_endpoint_is_a_clear_error(tmp_path):
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(EndpointError, match=f"cannot reach the OpenAI-compatible endpoint http://127.0.0.1:{port}"):
+    with pytest.raises(EndpointError, match=f"cannot reach the OpenAI-compatible endpoint http://127.0.0.1:{port}/v1"):
         OpenAIGenerator(f"http://127.0.0.1:{port}/v1")
     fake = FakeServer()
     try:

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from codellama_hf import selfinstruct
-from codellama_hf.selfinstruct.generators import Generator, HFGenerator, OpenAIGenerator
+from codellama_hf.selfinstruct.generators import Generator, HFGenerator, OpenAIGenerator, VLLMGenerator
 from codellama_hf.selfinstruct.pipeline import SelfInstructConfig, generate_self_instruct
 
 # CLI: codellama-hf instruct generate
@@ -62,6 +62,13 @@ def register(subparsers) -> None:
         default=None,
         help="server API (default: chat with --chat-template, else completions)",
     )
+    gen.add_argument(
+        "--backend",
+        choices=("hf", "vllm", "openai"),
+        default=None,
+        help="generation back end for --model / --question-model: hf (default) or vllm in this process; "
+        "openai is implied by --url / --question-url",
+    )
     gen.add_argument("--served-model", help="model name on the server (default: the first one it lists)")
     gen.add_argument("--question-served-model", help="model name on the question server")
     gen.add_argument("--concurrency", type=int, default=8, help="parallel requests to a server (default 8)")
@@ -81,9 +88,14 @@ def register(subparsers) -> None:
 
 
 def _generator(model: str | None, url: str | None, served: str | None, args) -> Generator:
+    """One of the shared generation back ends (codellama_hf.generation) behind self-instruct's prompts."""
     if url:
         api = args.api or ("chat" if args.chat_template else "completions")
         return OpenAIGenerator(url, model=served, api=api, concurrency=args.concurrency)
+    if args.backend == "openai":
+        raise ValueError("--backend openai needs --url (and --question-url for a separate question server)")
+    if args.backend == "vllm":
+        return VLLMGenerator(model, dtype=args.dtype, seed=args.seed, chat=args.chat_template)
     return HFGenerator.from_pretrained(model, dtype=args.dtype, batch_size=args.batch_size, chat=args.chat_template)
 
 

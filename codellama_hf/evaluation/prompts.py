@@ -138,7 +138,7 @@ def choose_form(
 
 def chat_prompt(tokenizer, problem: Problem, language: str) -> list[int]:
     """Prompt ids for an instruct model: one user turn, and the answer opened with a fence and the code prompt."""
-    from codellama_hf.chat import CHAT_TEMPLATE, prompt_ids
+    from codellama_hf.chat import CHAT_TEMPLATE, chat_prompt_ids
     from codellama_hf.tokenizer import encode
 
     if not getattr(tokenizer, "chat_template", None):
@@ -147,10 +147,9 @@ def chat_prompt(tokenizer, problem: Problem, language: str) -> list[int]:
     fence = FENCE_LANGUAGE.get(language, language)
     messages = [{"role": "user", "content": CHAT_REQUEST.format(language=fence, prompt=problem.prompt)}]
     answer = f"```{fence}\n{problem.prompt}"
-    if tokenizer.chat_template == CHAT_TEMPLATE:  # Code Llama - Instruct: Meta's ids, the answer after "[/INST] "
-        return prompt_ids(tokenizer, messages) + encode(tokenizer, answer)
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-    return list(ids) + tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if tokenizer.chat_template == CHAT_TEMPLATE:  # Code Llama - Instruct: the answer follows "[/INST] " (a "▁")
+        return chat_prompt_ids(tokenizer, messages) + encode(tokenizer, answer)
+    return chat_prompt_ids(tokenizer, messages) + tokenizer(answer, add_special_tokens=False)["input_ids"]
 
 
 def chat_stop(stop: Sequence[str]) -> tuple[str, ...]:

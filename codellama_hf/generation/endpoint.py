@@ -86,8 +86,8 @@ class OpenAIBackend(Backend):
                 served = [m.id for m in client.models.list()]
             except openai.APIError as err:
                 raise EndpointError(
-                    f"cannot list the models of {url} ({type(err).__name__}: {err}). Start the server (e.g. "
-                    "`vllm serve MODEL`) or fix --url"
+                    f"cannot reach the OpenAI-compatible endpoint {url} to list its models ({type(err).__name__}: "
+                    f"{err}). Start the server (e.g. `vllm serve MODEL`) or fix --url"
                 ) from None
             if not served:
                 raise EndpointError(f"{url}/models lists no model; pass --served-model")
@@ -154,7 +154,8 @@ class OpenAIBackend(Backend):
                         prompt=prompt, n=decoding.n - len(out), extra_body=extra or None, **args
                     )
             except openai.APIStatusError as err:
-                raise EndpointError(f"{self.url} refused the request: HTTP {err.status_code} {err.message}") from None
+                body = err.response.text[:500]
+                raise EndpointError(f"{self.url} refused the request: HTTP {err.status_code} {body}") from None
             except openai.APIConnectionError as err:
                 raise EndpointError(
                     f"cannot reach the OpenAI-compatible server {self.url} ({err}). Start it (e.g. `vllm serve "
