@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -221,28 +220,33 @@ def pack_examples(examples: Sequence[tuple[list, list]], seq_len: int, pad_id: i
 
 
 class SFTCollator:
-    """Packed rows -> input_ids / labels / position_ids (no attention_mask: position_ids restart per example).
+    """Packed rows -> input_ids / labels and the attention inputs of `attn_implementation` (no attention_mask:
+    position_ids restart per example; flash backends also get varlen offsets, codellama_hf.attention).
 
     Labels copy the input only inside each row's label spans (a dialog's answers and their </s>; a rehearsal
     document whole) and are -100 at every example start and on padding, so nothing is predicted across examples.
     """
 
+    def __init__(self, attn_implementation: str = "sdpa"):
+        self.attn_implementation = attn_implementation
+
     def __call__(self, rows: Sequence[dict]) -> dict:
         import torch
 
+        from codellama_hf.attention import packed_attention_inputs
+
         input_ids = torch.tensor(np.stack([np.asarray(r["input_ids"]) for r in rows]), dtype=torch.long)
         labels = torch.full_like(input_ids, IGNORE_INDEX)
-        position_ids = torch.empty_like(input_ids)
         for b, row in enumerate(rows):
             spans = row["label_spans"]
             for start, end in zip(spans[0::2], spans[1::2], strict=False):  # (start, end) pairs
                 labels[b, start:end] = input_ids[b, start:end]
-            starts = np.cumsum([0, *row["seq_lengths"]])
-            for start, end in itertools.pairwise(starts):
-                position_ids[b, start:end] = torch.arange(end - start)
+            for start in np.cumsum([0, *row["seq_lengths"]])[:-1]:
                 labels[b, start] = IGNORE_INDEX
-            position_ids[b, starts[-1] :] = torch.arange(input_ids.shape[1] - starts[-1])  # padding: its own segment
-        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+        attention = packed_attention_inputs(
+            [r["seq_lengths"] for r in rows], self.attn_implementation, seq_len=input_ids.shape[1]
+        )
+        return {"input_ids": input_ids, "labels": labels, **attention}
 
 
 def _sft_rows(components: dict, weights: dict, seq_len: int, pad_id: int, buffer: int, rows: int, seed: int):

@@ -1,9 +1,13 @@
 """Packing tokenized documents into fixed-length training rows, with no attention and no loss across documents.
 
-Each row holds several documents (or chunks of one long document) end to end. `position_ids` restart at 0 for every
-document; run the model with `attention_mask=None` and `use_cache=False` and transformers derives a block-diagonal
-mask from them (eager, sdpa and flex attention on CPU; flash-attention's varlen kernel on GPU). `labels` are -100 at
-the first token of every document and on padding, so no token is predicted from another document.
+Each row holds several documents (or chunks of one long document) end to end. The collators hand the model what its
+attention backend needs to keep them apart (`codellama_hf.attention.packed_attention_inputs`): `position_ids` that
+restart at 0 for every document, from which transformers derives the document mask for eager, sdpa and
+flex_attention, plus flash-attention's varlen offsets (`cu_seq_lens_q/k`, `max_length_q/k`) for flash backends.
+Tested on CPU at micro-batch 2 and 4, logits equal to each document run alone within 1e-5: eager, sdpa,
+flex_attention and flash-attention's varlen path with plain-torch kernels (tests/test_attention.py); on a GPU with
+the real kernels by tests/gpu/. Run the model with `attention_mask=None` and `use_cache=False`. `labels` are -100
+at the first token of every document and on padding, so no token is predicted from another document.
 
 Samples are packed whole by best-fit decreasing within a buffer of documents; a document longer than the context
 is cut into context-sized chunks (chunks are never FIM-transformed: `fim.tokenize_documents` only transforms
@@ -129,24 +133,29 @@ def pack_dataset(
 
 
 class PackedCollator:
-    """Rows -> LongTensors input_ids / labels / position_ids, derived from each row's document lengths.
+    """Rows -> input_ids / labels and the attention inputs of `attn_implementation`, from each row's document lengths.
 
-    There is no attention_mask: the model reads document boundaries from position_ids (run it with use_cache=False).
-    Labels are -100 at every document start and on padding, so no token is predicted across a boundary.
+    There is no attention_mask: position_ids (and, for flash-attention, cu_seq_lens / max_length) carry the document
+    boundaries (run the model with use_cache=False). Labels are -100 at every document start and on padding, so no
+    token is predicted across a boundary. `attn_implementation` is the resolved backend (training sets it).
     """
 
+    def __init__(self, attn_implementation: str = "sdpa"):
+        self.attn_implementation = attn_implementation
+
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        from codellama_hf.attention import packed_attention_inputs
+
         input_ids = torch.tensor(np.stack([np.asarray(r["input_ids"]) for r in rows]), dtype=torch.long)
         labels = torch.full_like(input_ids, IGNORE_INDEX)
-        position_ids = torch.empty_like(input_ids)
         for b, row in enumerate(rows):
             starts = np.cumsum([0, *row["seq_lengths"]])
-            used = int(starts[-1])
             for start, end in zip(starts[:-1], starts[1:], strict=False):
                 labels[b, start + 1 : end] = input_ids[b, start + 1 : end]
-                position_ids[b, start:end] = torch.arange(end - start)
-            position_ids[b, used:] = torch.arange(input_ids.shape[1] - used)  # padding: a segment of its own
-        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+        attention = packed_attention_inputs(
+            [r["seq_lengths"] for r in rows], self.attn_implementation, seq_len=input_ids.shape[1]
+        )
+        return {"input_ids": input_ids, "labels": labels, **attention}
 
 
 class FIMPackingCollator:
@@ -165,9 +174,11 @@ class FIMPackingCollator:
         fim: FIMConfig | None = None,
         text_column: str = "text",
         id_column: str | None = None,
+        attn_implementation: str = "sdpa",
     ):
         self.tokenizer, self.seq_len, self.fim = tokenizer, seq_len, fim
         self.text_column, self.id_column, self.epoch = text_column, id_column, 0
+        self.attn_implementation = attn_implementation
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -182,7 +193,8 @@ class FIMPackingCollator:
             epoch=self.epoch,
         )
         rows, lengths = pack(done.input_ids, self.seq_len, self.tokenizer.eos_token_id)
-        return PackedCollator()([{"input_ids": r, "seq_lengths": n} for r, n in zip(rows, lengths, strict=False)])
+        collate = PackedCollator(self.attn_implementation)
+        return collate([{"input_ids": r, "seq_lengths": n} for r, n in zip(rows, lengths, strict=False)])
 
 
 def packing_efficiency(dataset: datasets.Dataset) -> float:

@@ -79,10 +79,14 @@ class ModelArguments(AdapterArguments):
         },
     )
     attn_implementation: str = field(
-        default="sdpa",
+        default="auto",
         metadata={
-            "help": "sdpa, eager or flash_attention_2 (if installed). Packed documents are kept apart by "
-            "position_ids with each of them."
+            "help": "auto (flash_attention_2 on CUDA with flash-attn installed, else flex_attention on CUDA, sdpa "
+            "without CUDA; the choice is printed), sdpa, eager, flex_attention, flash_attention_2 or "
+            "flash_attention_3. The collators give each backend what keeps packed documents apart at any "
+            "micro-batch (codellama_hf/attention.py); tested on CPU with eager, sdpa, flex_attention and "
+            "flash-attention's varlen path on plain-torch kernels. A backend that cannot run here is an error.",
+            "choices": ["auto", "sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"],
         },
     )
 

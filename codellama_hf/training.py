@@ -157,10 +157,10 @@ def load_tokenizer_and_model(model_args: ModelArguments, config: StageConfig):
         )
     model_config.use_cache = False  # packed rows: no cache, or documents would see each other (docs/stack-notes.md)
 
-    kwargs = {
-        "dtype": torch_dtype(model_args.dtype, auto="auto"),
-        "attn_implementation": model_args.attn_implementation,
-    }
+    from codellama_hf.attention import resolve_attn_implementation
+
+    attention = resolve_attn_implementation(model_args.attn_implementation, report=_print)
+    kwargs = {"dtype": torch_dtype(model_args.dtype, auto="auto"), "attn_implementation": attention}
     if model_args.quantized:
         if fresh:
             raise ValueError(
@@ -707,6 +707,7 @@ def run_stage(
     packed rows) and the `collator` for those rows; `chat_template` goes into the saved tokenizer; `check_data`
     validates the data settings before a model is loaded. Everything else is shared by all stages.
     """
+    from codellama_hf.attention import prepare_collator
     from codellama_hf.packing import PackedCollator
     from codellama_hf.tokenizer import infill_ids
 
@@ -736,13 +737,16 @@ def run_stage(
         _print(f"memory plan: {estimate[1].gib()} GiB per GPU (codellama-hf plan)")
     # 3. Data: rows for this stage (documents -> FIM -> packed rows by default)
     train_dataset, data_info = (build_data or build_train_dataset)(data_args, config, tokenizer)
-    # 4. Trainer, resuming where a checkpoint left off
+    # 4. Trainer, resuming where a checkpoint left off; the collator gives the attention backend what keeps packed
+    # documents apart, checked on a real micro-batch
+    collator = collator or PackedCollator()
+    prepare_collator(collator, train_dataset, config.per_device_train_batch_size, model.config._attn_implementation)
     signature = run_signature(config, data_args)
     trainer = StageTrainer(
         model=model,
         args=config,
         train_dataset=train_dataset,
-        data_collator=collator or PackedCollator(),
+        data_collator=collator,
         processing_class=tokenizer,
         callbacks=[complete_checkpoint_callback(), RunSignatureCallback(signature)],
         infill=infill_ids(tokenizer) if data_info.get("fim") else None,

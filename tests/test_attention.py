@@ -1,0 +1,184 @@
+"""Packed documents stay apart on every attention backend at micro-batch > 1: logits of packed rows equal each
+document run by itself (through sdpa) within 1e-5. flash-attention runs transformers' own integration on
+plain-torch kernels (codellama_hf.attention.flash_attention_emulation); flex_attention runs PyTorch's kernel on CPU."""
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+from codellama_hf import attention
+from codellama_hf.attention import (
+    check_packed_batch,
+    flash_attention_emulation,
+    packed_attention_inputs,
+    prepare_collator,
+    resolve_attn_implementation,
+)
+from codellama_hf.fim import FIMConfig, tokenize_documents
+from codellama_hf.models import llama_config
+from codellama_hf.packing import PackedCollator, pack
+from codellama_hf.stages import config_path, read_config_file
+from tests.test_tokenizer import code_documents
+
+
+def _model(vocab_size: int, implementation: str, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(
+        llama_config("tiny", vocab_size=vocab_size, attn_implementation=implementation, use_cache=False)
+    ).eval()
+
+
+def _packed_rows(tokenizer, *, seq_len: int, rows: int, doc_tokens: int | None = None) -> list[dict]:
+    """The stages' rows: real code, FIM-transformed, packed by best fit; the first `rows` of them."""
+    docs = code_documents(160)
+    samples = tokenize_documents(docs, None, tokenizer, seq_len=seq_len, fim=FIMConfig(seed=3)).input_ids
+    if doc_tokens:
+        samples = [s[:doc_tokens] for s in samples]
+    packed, lengths = pack(samples, seq_len, tokenizer.eos_token_id)
+    several = [{"input_ids": r, "seq_lengths": n} for r, n in zip(packed, lengths, strict=False) if len(n) > 1]
+    assert len(several) >= rows
+    return several[:rows]
+
+
+def _max_error_vs_documents_alone(model, reference, batch, rows) -> float:
+    """Largest |logit difference| between the packed batch and each document run alone through `reference`."""
+    with torch.no_grad():
+        packed = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        worst = 0.0
+        for b, row in enumerate(rows):
+            start = 0
+            for n in row["seq_lengths"]:
+                alone = reference(input_ids=batch["input_ids"][b : b + 1, start : start + n]).logits[0]
+                worst = max(worst, (packed[b, start : start + n] - alone).abs().max().item())
+                start += n
+    return worst
+
+
+@pytest.mark.parametrize("micro_batch", [2, 3])
+def test_flash_varlen_path_keeps_documents_apart(tiny_tokenizer, micro_batch):
+    rows = _packed_rows(tiny_tokenizer, seq_len=512, rows=micro_batch, doc_tokens=200)
+    reference = _model(len(tiny_tokenizer), "sdpa")
+    with flash_attention_emulation() as flash:
+        model = _model(len(tiny_tokenizer), flash)
+        collator = PackedCollator()
+        prepare_collator(collator, rows, micro_batch, flash)
+        batch = collator(rows)
+        assert batch["cu_seq_lens_q"].dtype == torch.int32 and isinstance(batch["max_length_q"], int)
+        assert _max_error_vs_documents_alone(model, reference, batch, rows) < 1e-5
+        # The same rows with position_ids only: transformers runs the dense flash kernel over each whole row.
+        leaky = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+        assert _max_error_vs_documents_alone(model, reference, leaky, rows) > 1e-2
+        with pytest.raises(ValueError, match="attend across packed documents"):
+            check_packed_batch(leaky, flash)
+        # The model's loss (what the Trainer optimises) equals sdpa's on the same packed batch.
+        with torch.no_grad():
+            loss = model(**batch).loss
+            expected = reference(**{k: batch[k] for k in ("input_ids", "labels", "position_ids")}).loss
+        assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_flash_varlen_at_the_7b_and_13b_shape(tiny_tokenizer):
+    """7B code stage: micro-batch 4 of 4,096 tokens (13B uses 2) with attn_implementation flash_attention_2."""
+    recipe = read_config_file(config_path("code", "7b"))
+    seq_len, micro_batch = recipe["seq_len"], recipe["per_device_train_batch_size"]
+    assert (seq_len, micro_batch) == (4096, 4)
+    assert read_config_file(config_path("code", "13b"))["per_device_train_batch_size"] <= micro_batch
+    rows = _packed_rows(tiny_tokenizer, seq_len=seq_len, rows=micro_batch, doc_tokens=1500)
+    reference = _model(len(tiny_tokenizer), "sdpa")
+    with flash_attention_emulation() as flash:
+        batch = PackedCollator(flash)(rows)
+        check_packed_batch(batch, flash)
+        error = _max_error_vs_documents_alone(_model(len(tiny_tokenizer), flash), reference, batch, rows)
+    assert error < 1e-5
+
+
+@pytest.mark.slow  # PyTorch compiles the flex kernel and the block mask for the CPU first
+def test_flex_attention_keeps_documents_apart_and_skips_blocks(tiny_tokenizer):
+    rows = _packed_rows(tiny_tokenizer, seq_len=512, rows=2, doc_tokens=200)
+    batch = PackedCollator("flex_attention")(rows)
+    assert set(batch) == {"input_ids", "labels", "position_ids"}  # flex derives its BlockMask from position_ids
+    model = _model(len(tiny_tokenizer), "flex_attention")
+    assert _max_error_vs_documents_alone(model, _model(len(tiny_tokenizer), "sdpa"), batch, rows) < 1e-5
+    # The BlockMask transformers builds from these position_ids computes fewer blocks than a causal mask would.
+    embeds = torch.zeros(2, 512, model.config.hidden_size)
+    document = create_causal_mask(model.config, embeds, None, None, position_ids=batch["position_ids"])
+    causal = create_causal_mask(model.config, embeds, None, None, position_ids=torch.arange(512).expand(2, -1))
+
+    def blocks(mask):
+        return int(mask.kv_num_blocks.sum() + mask.full_kv_num_blocks.sum())
+
+    assert blocks(document) < blocks(causal)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_dense_mask_backends_at_micro_batch_two(tiny_tokenizer, backend):
+    rows = _packed_rows(tiny_tokenizer, seq_len=512, rows=2, doc_tokens=200)
+    batch = PackedCollator(backend)(rows)
+    model = _model(len(tiny_tokenizer), backend)
+    assert _max_error_vs_documents_alone(model, _model(len(tiny_tokenizer), "sdpa"), batch, rows) < 1e-5
+
+
+def test_varlen_offsets_match_transformers_reading_of_one_flattened_row():
+    lengths, seq_len = [[3, 4], [5, 3], [8]], 8
+    inputs = packed_attention_inputs(lengths, "flash_attention_2", seq_len=seq_len)
+    assert inputs["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 3, 0], [0, 1, 2, 3, 4, 0, 1, 2], list(range(8))]
+    assert inputs["cu_seq_lens_q"].tolist() == [0, 3, 7, 8, 13, 16, 24]
+    assert inputs["max_length_q"] == inputs["max_length_k"] == 8
+    # transformers' own derivation for a single flattened row (DataCollatorWithFlattening's layout) agrees
+    (cu_q, _), (longest, _) = prepare_fa_kwargs_from_position_ids(inputs["position_ids"].reshape(1, -1))
+    assert torch.equal(cu_q, inputs["cu_seq_lens_q"]) and int(longest) == 8
+    assert set(packed_attention_inputs(lengths, "sdpa", seq_len=seq_len)) == {"position_ids"}
+    with pytest.raises(ValueError, match="do not fit"):
+        packed_attention_inputs([[6, 3]], "sdpa", seq_len=8)
+    with pytest.raises(ValueError, match="resolve"):
+        packed_attention_inputs(lengths, "auto", seq_len=seq_len)
+
+
+def test_packed_batches_that_would_mix_documents_are_refused():
+    batch = packed_attention_inputs([[3, 5], [8]], "sdpa", seq_len=8)
+    batch["input_ids"] = torch.zeros(2, 8, dtype=torch.long)
+    check_packed_batch(batch, "sdpa")
+    check_packed_batch({**batch, "input_ids": batch["input_ids"][:1]}, "flash_attention_2")  # one row: inferred
+    with pytest.raises(ValueError, match="attention_mask"):
+        check_packed_batch({**batch, "attention_mask": torch.ones(2, 8)}, "sdpa")
+    with pytest.raises(ValueError, match="micro-batch 2"):
+        check_packed_batch(batch, "flash_attention_2")
+
+
+def test_auto_picks_by_machine_and_missing_backends_are_errors(monkeypatch):
+    said = []
+    assert resolve_attn_implementation("auto", report=said.append) == "sdpa"
+    assert said == ["attn_implementation auto -> sdpa (no CUDA)"]
+    assert resolve_attn_implementation("flex_attention") == "flex_attention"
+    with pytest.raises(ValueError, match="CUDA GPUs only"):
+        resolve_attn_implementation("flash_attention_2")
+    with pytest.raises(ValueError, match="packed training supports"):
+        resolve_attn_implementation("paged|eager")
+    # The same decision on a CUDA machine, with and without the flash-attn package.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(attention, "_installed", lambda module: False)
+    assert resolve_attn_implementation("auto", report=said.append) == "flex_attention"
+    with pytest.raises(ValueError, match="flash_attn package is not installed"):
+        resolve_attn_implementation("flash_attention_2")
+    monkeypatch.setattr(attention, "_installed", lambda module: module == "flash_attn")
+    assert resolve_attn_implementation("auto", report=said.append) == "flash_attention_2"
+    assert resolve_attn_implementation("flash_attention_2") == "flash_attention_2"
+
+
+def test_a_stage_with_a_backend_that_cannot_run_stops_before_training(tmp_path, capsys, monkeypatch):
+    from codellama_hf.training import main
+
+    out = tmp_path / "out"
+    argv = ["code.py", "--output_dir", str(out), "--attn_implementation", "flash_attention_2"]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        main("code", default_config=config_path("code"))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "code stage: error: attn_implementation=flash_attention_2: flash-attention runs on CUDA GPUs only and this "
+        "machine has none; use auto (sdpa here) or sdpa"
+    )
+    assert not any(out.glob("checkpoint-*"))
