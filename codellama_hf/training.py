@@ -39,6 +39,13 @@ from codellama_hf.adapters import (
     model_loading_kwargs,
     write_adapter_metadata,
 )
+from codellama_hf.distributed import (
+    OptimizerGroupsMixin,
+    check_deepspeed_config,
+    gather_full_state_for_final_save,
+    uses_deepspeed,
+    weights_dtype,
+)
 from codellama_hf.export.model_folder import complete_checkpoint_callback, complete_model_folder
 from codellama_hf.io import atomic_dir, torch_dtype, write_json
 from codellama_hf.models import (
@@ -160,7 +167,14 @@ def load_tokenizer_and_model(model_args: ModelArguments, config: StageConfig):
     from codellama_hf.attention import resolve_attn_implementation
 
     attention = resolve_attn_implementation(model_args.attn_implementation, report=_print)
-    kwargs = {"dtype": torch_dtype(model_args.dtype, auto="auto"), "attn_implementation": attention}
+    dtype = weights_dtype(  # fp32 master weights outside DeepSpeed (which keeps its own)
+        model_args.dtype,
+        trains_all_weights=not model_args.use_peft,
+        deepspeed=uses_deepspeed(config),
+        bf16=config.bf16,
+        fp16=config.fp16,
+    )
+    kwargs = {"dtype": torch_dtype(dtype, auto="auto"), "attn_implementation": attention}
     if model_args.quantized:
         if fresh:
             raise ValueError(
@@ -372,7 +386,7 @@ def build_train_dataset(data_args: DataArguments, config: StageConfig, tokenizer
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class StageTrainer(Trainer):
+class StageTrainer(OptimizerGroupsMixin, Trainer):
     """transformers' Trainer with the paper's schedule end point and FIM counts in the logs.
 
     Trainer's schedules reach their floor one step after the last update, so the final learning rate the paper
@@ -618,6 +632,7 @@ def save_final(trainer: Trainer, lineage: dict, adapter: AdapterArguments | None
         shutil.rmtree(tmp, ignore_errors=True)
     state.wait_for_everyone()
     trainer.model.config.use_cache = True  # for the saved config: inference wants the cache
+    gather_full_state_for_final_save(trainer)  # FSDP checkpoints are sharded; the final model is gathered once
     trainer.save_model(str(tmp / "adapter" if lora else tmp))
     if state.is_main_process:
         if lora:
@@ -707,13 +722,15 @@ def run_stage(
     packed rows) and the `collator` for those rows; `chat_template` goes into the saved tokenizer; `check_data`
     validates the data settings before a model is loaded. Everything else is shared by all stages.
     """
-    from codellama_hf.attention import prepare_collator
+    from codellama_hf.attention import prepare_collator, resolve_attn_implementation
     from codellama_hf.packing import PackedCollator
     from codellama_hf.tokenizer import infill_ids
 
     # 1. Configuration: YAML + command line -> dataclasses, the batch plan, and the distributed state (gloo for
     # DeepSpeed on CPU, created by StageConfig before transformers would)
     model_args, data_args, config = parse_stage_config(stage, argv, default_config=default_config)
+    if not config.plan_only or model_args.attn_implementation == "auto":  # a GPU backend is no error in a preview
+        model_args.attn_implementation = resolve_attn_implementation(model_args.attn_implementation, report=_print)
     speed.prepare(model_args, config)  # Liger / sequence-parallel settings checked before any weights are read
     if config.plan_only:
         print(config.plan.describe())
@@ -753,6 +770,7 @@ def run_stage(
     )
     if trainer.is_deepspeed_enabled:
         check_zero3_saves_weights(trainer.accelerator.state.deepspeed_plugin.deepspeed_config)
+        check_deepspeed_config(trainer.accelerator.state.deepspeed_plugin.deepspeed_config)
     resume = resume_checkpoint(config, signature)
     # 5. Train
     started = time.time()

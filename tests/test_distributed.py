@@ -1,0 +1,128 @@
+"""Launch configurations train alike: fp32 gradient accumulation and the same parameter groups under both ZeRO-3
+files (real DeepSpeed engines on CPU, gloo), fp32 master weights outside DeepSpeed, sharded FSDP checkpoints with
+a full final save."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from codellama_hf.distributed import (
+    check_deepspeed_config,
+    decay_parameter_names,
+    gather_full_state_for_final_save,
+    weights_dtype,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "deepspeed_configs").glob("*.json"))
+HELPERS = ROOT / "tests" / "helpers"
+
+
+def _run(script: str, *args: str, timeout: int = 900) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        [sys.executable, str(HELPERS / script), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _free_port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_deepspeed_configs_accumulate_in_fp32_without_an_optimizer_block(path):
+    config = json.loads(path.read_text())
+    assert config["data_types"] == {"grad_accum_dtype": "fp32"} and "optimizer" not in config
+    check_deepspeed_config(config)
+    with pytest.raises(ValueError, match="accumulates gradients in the model dtype"):
+        check_deepspeed_config({k: v for k, v in config.items() if k != "data_types"})
+    with pytest.raises(ValueError, match="one parameter group"):
+        check_deepspeed_config({**config, "optimizer": {"type": "AdamW", "params": {}}})
+
+
+@pytest.mark.slow
+def test_32_micro_steps_accumulate_like_fp32_and_bf16_accumulation_drifts():
+    zero3, offload = (str(ROOT / "deepspeed_configs" / name) for name in ("zero3.json", "zero3_offload.json"))
+    found = _run("deepspeed_accumulation.py", _free_port(), zero3, f"{zero3}:model", offload)
+    for shipped in (zero3, offload):
+        assert found[shipped]["grad_accum_dtype"] == "float32"
+        assert found[shipped]["vs_fp32_sum"] < 1e-6  # the fp32 sum of the same micro-gradients (0.0 here)
+    drifted = found[f"{zero3}:model"]
+    assert drifted["grad_accum_dtype"] == "bfloat16"
+    assert drifted["vs_bf16_sum"] < 1e-6 and drifted["vs_fp32_sum"] > 1e-3  # measured 6e-3 relative L2
+    assert found["bf16_sum_vs_fp32_sum"] > 1e-3
+
+
+@pytest.mark.slow  # the offload run compiles DeepSpeed's CPU Adam once (minutes; cached in ~/.cache/torch_extensions)
+def test_both_zero3_configs_train_the_same_parameter_groups(tmp_path):
+    found = {
+        path.name: _run("deepspeed_groups.py", _free_port(), str(path), str(tmp_path / path.stem)) for path in CONFIGS
+    }
+    assert found["zero3.json"]["optimizer"] == "AdamW"
+    assert found["zero3_offload.json"]["optimizer"] == "DeepSpeedCPUAdam"
+    assert found["zero3.json"]["groups"] == found["zero3_offload.json"]["groups"]
+    decay, no_decay = found["zero3.json"]["groups"]
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+    assert all(name.endswith("proj.weight") or name == "lm_head.weight" for name in decay["params"])
+    assert "model.embed_tokens.weight" in no_decay["params"] and "model.norm.weight" in no_decay["params"]
+    assert all("norm" in name or "embed" in name for name in no_decay["params"])
+
+
+def test_no_weight_decay_on_norms_biases_and_embeddings(tiny_model_factory):
+    model = tiny_model_factory(300, attention_bias=True)
+    decayed = set(decay_parameter_names(model))
+    for name, parameter in model.named_parameters():
+        expected = parameter.ndim == 2 and "embed_tokens" not in name and "norm" not in name
+        assert (name in decayed) == expected, name
+    assert "lm_head.weight" in decayed and "model.layers.0.self_attn.q_proj.bias" not in decayed
+
+
+def test_fp32_master_weights_outside_deepspeed():
+    outside = dict(trains_all_weights=True, deepspeed=False, bf16=True, fp16=False)
+    assert weights_dtype("bfloat16", **outside) == "float32"
+    assert weights_dtype("auto", **outside) == "float32"
+    assert weights_dtype("bfloat16", **{**outside, "deepspeed": True}) == "bfloat16"  # DeepSpeed keeps fp32 itself
+    assert weights_dtype("bfloat16", **{**outside, "trains_all_weights": False}) == "bfloat16"  # LoRA: frozen base
+    with pytest.raises(ValueError, match="set bf16: true"):
+        weights_dtype("bfloat16", **{**outside, "bf16": False})
+
+
+def test_a_bf16_recipe_without_deepspeed_loads_fp32_weights_and_trains_under_autocast(tmp_path, monkeypatch):
+    from codellama_hf.stages import config_path, parse_stage_config
+    from codellama_hf.training import load_tokenizer_and_model
+
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    argv = ["--config", str(config_path("code")), "--output_dir", str(tmp_path), "--report_to", "none", "--use_cpu"]
+    model_args, _, config = parse_stage_config("code", [*argv, "--dtype", "bfloat16", "--bf16", "true"])
+    _, model, _ = load_tokenizer_and_model(model_args, config)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    model_args, _, config = parse_stage_config("code", [*argv, "--dtype", "bfloat16"])
+    with pytest.raises(ValueError, match="would train half-precision weights directly"):
+        load_tokenizer_and_model(model_args, config)
+
+
+def test_fsdp_checkpoints_are_sharded_and_the_final_save_is_full():
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    launch = yaml.safe_load((ROOT / "accelerate_configs" / "fsdp.yaml").read_text())
+    assert launch["fsdp_config"]["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="SHARDED_STATE_DICT")
+
+    class Trainer:  # what gather_full_state_for_final_save reads from transformers' Trainer
+        is_fsdp_enabled = True
+        accelerator = type("A", (), {"state": type("S", (), {"fsdp_plugin": plugin})})
+
+    gather_full_state_for_final_save(Trainer())
+    assert plugin.state_dict_type.name == "FULL_STATE_DICT"
