@@ -1,8 +1,9 @@
 """`codellama-hf plan`: per-GPU memory of a training stage and the micro-batch that reaches the paper's batch.
 
 The estimate adds up what a step keeps on one GPU, for mixed-precision AdamW under DeepSpeed ZeRO (Rajbhandari et
-al. 2020, arXiv 1910.02054): 2 bytes of bf16 weights, 2 of gradients and 12 of fp32 master weights and Adam moments
-per parameter, divided over the GPUs according to the ZeRO stage (or moved to CPU by offload). Activations follow
+al. 2020, arXiv 1910.02054): 2 bytes of bf16 weights, 4 of gradients (deepspeed_configs/ accumulate them in fp32,
+data_types.grad_accum_dtype; 2 under DDP) and 12 of fp32 master weights and Adam moments per parameter, divided
+over the GPUs according to the ZeRO stage (or moved to CPU by offload). Activations follow
 Korthikanti et al. 2022 (arXiv 2205.05198) adapted to Llama's SwiGLU block and FlashAttention (no s^2 term):
 
     per token and layer, saved for backward (bf16)
@@ -173,7 +174,8 @@ def memory(shape: ModelShape, setup: Setup, micro_batch: int) -> Memory:
     optimizer_bytes = 12 if setup.bf16 else 8  # fp32 master + m + v; pure fp32 keeps no master copy
     stage = setup.zero_stage
     parameters = weight * p / (n if stage == 3 else 1)
-    gradients = weight * p / (n if stage >= 2 else 1)
+    accumulate = 4 if stage >= 1 else weight  # ZeRO's gradient partitions in grad_accum_dtype (fp32 in our configs)
+    gradients = accumulate * p / (n if stage >= 2 else 1)
     optimizer = optimizer_bytes * p / (n if stage >= 1 else 1)
     if setup.offload in ("optimizer", "all"):
         optimizer = 0.0

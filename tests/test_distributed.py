@@ -126,3 +126,38 @@ def test_fsdp_checkpoints_are_sharded_and_the_final_save_is_full():
 
     gather_full_state_for_final_save(Trainer())
     assert plugin.state_dict_type.name == "FULL_STATE_DICT"
+
+
+def minimum_gpus_table() -> list[str]:
+    """accelerate_configs/README.md's table, recomputed: the smallest GPU count that fits each recipe (ZeRO-3)."""
+    from codellama_hf.planner import ModelShape, Setup, plan, stage_defaults
+
+    lines = []
+    for size in ("7b", "13b", "34b"):
+        for stage in ("code", "python", "lcft", "instruct"):
+            recipe = stage_defaults(size, stage)
+            cells = []
+            for card in (40, 80):
+                for gpus in range(1, 1025):
+                    setup = Setup(
+                        gpus=gpus,
+                        gpu_memory_gib=card,
+                        seq_len=recipe["seq_len"],
+                        tokens_per_step=recipe["tokens_per_step"],
+                        checkpointing=bool(recipe.get("activation_checkpointing")),
+                        fused_loss=bool(recipe.get("use_liger_kernel")),
+                    )
+                    try:
+                        found = plan(ModelShape.from_size(size), setup)
+                    except ValueError:  # the GPU count does not divide the rows per step
+                        continue
+                    if found.fits:
+                        cells.append(f"{gpus} (micro-batch {found.micro_batch}, {found.memory.total / 2**30:.1f} GiB)")
+                        break
+            lines.append(f"| {size} | {stage} | {recipe['seq_len']:,} tokens | {cells[0]} | {cells[1]} |")
+    return lines
+
+
+def test_launch_guidance_is_the_planners_arithmetic():
+    readme = (ROOT / "accelerate_configs" / "README.md").read_text()
+    assert "\n".join(minimum_gpus_table()) in readme

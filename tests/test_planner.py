@@ -23,15 +23,16 @@ def test_parameter_counts_match_the_released_models():
     assert round(ModelShape.from_size("34b").parameters / 1e9, 3) == 33.744
 
 
-def test_7b_lcft_zero3_flash_full_checkpointing_is_about_26_gib():
+def test_7b_lcft_zero3_flash_full_checkpointing_is_about_28_gib():
     m = memory(SEVEN_B, lcft_7b(), micro_batch=1)
     p, h, s, v = SEVEN_B.parameters, 4096, 16384, 32016
-    # by hand: 16 bytes per parameter over 8 GPUs; the bf16 input of each of the 32 layers; the logits
-    assert m.parameters + m.gradients + m.optimizer == pytest.approx(16 * p / 8)
+    # by hand: 18 bytes per parameter over 8 GPUs (fp32-accumulated gradients); the bf16 input of each of the 32
+    # layers; the logits
+    assert m.parameters + m.gradients + m.optimizer == pytest.approx(18 * p / 8)
     assert m.logits == 12 * s * v  # ~5.9 GiB: fp32 log-softmax output, its gradient, the gradient it makes
     layer = s * (2 * (4 + 2) * h + 2 * 4 * h + 4 * 2 * 11008)  # one layer recomputed during backward
     assert m.activations == pytest.approx(32 * 2 * h * s + layer + s * h * 6)
-    assert 25 * GiB <= m.total <= 27 * GiB
+    assert 27 * GiB <= m.total <= 29 * GiB
 
 
 def test_fused_loss_sequence_parallel_and_offload_shrink_their_terms():
