@@ -54,3 +54,20 @@ def test_convert_refuses_contradictions_and_missing_folders(capsys):
     assert "contradicts the subcommand hf-to-meta" in capsys.readouterr().err
     assert main(["convert", "meta-to-hf", "--output", "b"]) == 2
     assert "--input and --output are required" in capsys.readouterr().err
+
+
+def test_every_command_takes_both_spellings():
+    from codellama_hf.cli import dashed
+
+    assert dashed(["evaluate", "humaneval", "--n_samples", "2", "--allow_code_execution", "--out=my_dir"]) == [
+        "evaluate",
+        "humaneval",
+        "--n-samples",
+        "2",
+        "--allow-code-execution",
+        "--out=my_dir",
+    ]
+    assert dashed(["x", "--", "--keep_me"]) == ["x", "--", "--keep_me"]
+    argv = dashed(["evaluate", "humaneval", "--model", "m", "--n_samples", "3", "--allow_code_execution"])
+    args = build_parser(argv).parse_args(argv)
+    assert (args.n_samples, args.allow_code_execution) == (3, True)

@@ -2,6 +2,10 @@
 
 Only the module of the command being run is imported (the others pull in torch and transformers, which take
 seconds to import); `codellama-hf --help` imports them all to list every command.
+
+Flags are spelled with dashes (`--allow-code-execution`); the recipes parse their dataclasses with transformers'
+HfArgumentParser, which takes both `--allow_code_execution` and `--allow-code-execution`, so the commands take the
+underscore spelling too: one name per flag, either spelling, in both places.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ COMMANDS = {
     "tokenizer": "codellama_hf.cli.tokenizer",
     "convert": "codellama_hf.cli.convert",
     "corpus": "codellama_hf.cli.corpus",
-    "evaluate": "codellama_hf.evaluation.cli",
+    "evaluate": "codellama_hf.cli.evaluate",
     "instruct": "codellama_hf.cli.instruct",
     "card": "codellama_hf.cli.card",
     "push": "codellama_hf.cli.push",
@@ -34,8 +38,21 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def dashed(argv: list[str]) -> list[str]:
+    """`--n_samples 200` -> `--n-samples 200` (values, positionals and `--` onwards are left alone)."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + list(argv[i:])
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            arg = "--" + name[2:].replace("_", "-") + eq + value
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = dashed(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args) or 0)
