@@ -10,6 +10,7 @@ from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_p
 
 from codellama_hf import attention
 from codellama_hf.attention import (
+    EMULATED_FLASH,
     check_packed_batch,
     flash_attention_emulation,
     packed_attention_inputs,
@@ -182,3 +183,39 @@ def test_a_stage_with_a_backend_that_cannot_run_stops_before_training(tmp_path, 
         "machine has none; use auto (sdpa here) or sdpa"
     )
     assert not any(out.glob("checkpoint-*"))
+
+
+def test_trainer_steps_on_the_flash_path_equal_sdpa(tiny_tokenizer, tmp_path):
+    """The stage Trainer hands the collator's varlen offsets to the model: two optimizer steps at micro-batch 2 give
+    the same weights as sdpa's from the same start."""
+    from transformers import TrainingArguments
+
+    from codellama_hf.training import StageTrainer
+
+    rows = _packed_rows(tiny_tokenizer, seq_len=256, rows=8, doc_tokens=100)
+    trained = {}
+    with flash_attention_emulation() as flash:
+        for backend in (flash, "sdpa"):
+            model = _model(len(tiny_tokenizer), backend).train()
+            args = TrainingArguments(
+                output_dir=str(tmp_path / backend),
+                per_device_train_batch_size=2,
+                gradient_accumulation_steps=2,
+                max_steps=2,
+                learning_rate=1e-3,
+                report_to="none",
+                save_strategy="no",
+                use_cpu=True,
+                remove_unused_columns=False,
+                train_sampling_strategy="sequential",
+            )
+            collator = PackedCollator()
+            prepare_collator(collator, rows, 2, backend)
+            trainer = StageTrainer(model=model, args=args, train_dataset=rows, data_collator=collator)
+            trainer.train()
+            trained[backend] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    moved = max(
+        (trained["sdpa"][n] - p).abs().max().item() for n, p in _model(len(tiny_tokenizer), "sdpa").named_parameters()
+    )
+    assert moved > 1e-4  # the steps changed the weights
+    assert max((trained[EMULATED_FLASH][n] - w).abs().max().item() for n, w in trained["sdpa"].items()) < 1e-5
