@@ -6,16 +6,19 @@ ones). Reward hacks (exiting 0 before the asserts, forging the completion mark) 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from codellama_hf.evaluation import sandbox as sandbox_module
 from codellama_hf.evaluation.sandbox import (
     ALLOW_ENV,
     ROOT_FALLBACK_ENV,
@@ -31,7 +34,8 @@ SECRET = "hf_secret_token_do_not_leak_4242"
 
 @functools.cache
 def _namespaces_here() -> bool:
-    """Whether this machine gives the sandbox namespaces (root with CAP_SYS_ADMIN, as in CI)."""
+    """Whether this machine gives the sandbox namespaces (root with CAP_SYS_ADMIN as in CI, or a user
+    allowed user namespaces)."""
     try:
         with Sandbox(workers=1, allow_code_execution=True) as sandbox:
             return sandbox.capabilities()["namespaces"]
@@ -41,10 +45,17 @@ def _namespaces_here() -> bool:
         return False
 
 
+def _direct_namespaces() -> bool:
+    """Root that may create namespaces without a user namespace (CAP_SYS_ADMIN)."""
+    return os.geteuid() == 0 and subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode == 0
+
+
 @pytest.fixture
 def namespaces_here():
     if not _namespaces_here():
-        pytest.skip("no namespaces on this machine (they need root with CAP_SYS_ADMIN); the fallback tests run")
+        pytest.skip(
+            "no namespaces here (root without CAP_SYS_ADMIN, or user namespaces disabled); the fallback tests run"
+        )
 
 
 @pytest.fixture
@@ -240,10 +251,10 @@ def _connections(listener: socket.socket) -> list[bytes]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("namespaces", [True, False], ids=["namespaces", "fallback"])
+@pytest.mark.parametrize("namespaces", [True, "user", False], ids=["namespaces", "user-namespace", "fallback"])
 def test_hostile_programs_are_contained(tmp_path, monkeypatch, host_secrets, namespaces):
-    if namespaces and not _namespaces_here():
-        pytest.skip("no namespaces on this machine (they need root with CAP_SYS_ADMIN)")
+    if namespaces is True and not _namespaces_here():
+        pytest.skip("no namespaces on this machine (root without CAP_SYS_ADMIN, or user namespaces disabled)")
     paths, helper_pid, listeners = host_secrets
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -258,7 +269,8 @@ def test_hostile_programs_are_contained(tmp_path, monkeypatch, host_secrets, nam
         monkeypatch.setenv(ROOT_FALLBACK_ENV, "1")  # as root the fallback runs only when asked to
     with Sandbox(workers=2, limits=limits, allow_code_execution=True, namespaces=namespaces) as sandbox:
         layers = sandbox.capabilities()
-        assert layers["namespaces"] is namespaces, layers
+        assert layers["namespaces"] is (namespaces is not False), layers
+        assert layers["user_namespace"] is (namespaces == "user" or (namespaces is True and not _direct_namespaces()))
         results = dict(zip(programs, sandbox.run(programs.values()), strict=False))
         # Nothing of any program survives it: only the two workers themselves mention the sandbox root.
         time.sleep(0.2)
@@ -275,8 +287,9 @@ def test_hostile_programs_are_contained(tmp_path, monkeypatch, host_secrets, nam
             assert result.status in ("failed", "timeout"), f"{name}: {result}"
         assert SECRET not in result.stdout + result.stderr, f"{name} leaked the secret"
     if namespaces:
-        assert layers["not_guaranteed"] == [] and layers["unix_sockets"] == "unreachable"
-        assert layers["identity"].startswith("uid/gid") or os.geteuid() != 0
+        assert layers["unix_sockets"] == "unreachable" and layers["filesystem"].startswith("private root")
+    if layers["namespaces"] and not layers["user_namespace"] and os.geteuid() == 0:
+        assert layers["not_guaranteed"] == [] and layers["identity"].startswith("uid/gid")
     assert results["infinite loop"].status == results["sleep forever"].status == "timeout"
     assert results["os._exit(0)"].detail == "exited before the end of the program"
     for name in (
@@ -326,13 +339,65 @@ CORRECT_PROGRAMS = {
     "[t.start() for t in ts]\n[t.join() for t in ts]\nassert sorted(out) == list(range(8))\n",
     "stdlib": "import hashlib, json, math, re, collections, itertools, datetime, decimal, fractions, heapq, bisect\n"
     "assert hashlib.sha256(b'').hexdigest().startswith('e3b0')\nassert json.loads('[1]') == [1]\n",
-    "no capabilities, not root": "import os\nstatus = open('/proc/self/status').read()\n"
+    "no capabilities": "import os\nstatus = open('/proc/self/status').read()\n"
     "caps = dict(line.split(':') for line in status.splitlines() if line.startswith('Cap'))\n"
-    "assert all(int(v, 16) == 0 for v in caps.values()), caps\nassert os.getuid() and os.getgid()\n"
+    "assert all(int(v, 16) == 0 for v in caps.values()), caps\n"
     "assert 'NoNewPrivs:\\t1' in status and os.getgroups() in ([], [os.getgid()])\n",
     "user and home": "import getpass, os, pathlib\nassert getpass.getuser()\n"
     "pathlib.Path('~/f').expanduser().write_text('x')\nassert os.path.exists(os.environ['HOME'] + '/f')\n",
 }
+
+
+def test_an_ordinary_user_gets_the_root_view(tmp_path):
+    """The worker run as nobody (a system Python it can reach): a user namespace gives it the same view."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    if os.geteuid() != 0 or not python or not shutil.which("setpriv"):
+        pytest.skip("needs root (to become nobody), setpriv and a system python3")
+    if subprocess.run([*nobody, python, "-c", "import json"], capture_output=True).returncode:
+        pytest.skip(f"{python} cannot run as nobody here")
+    folder = Path(tempfile.mkdtemp(prefix="codellama_hf_sandbox_nobody-"))
+    try:
+        folder.chmod(0o777)
+        for name in ("sandbox_worker.py", "sandbox_layers.py"):
+            shutil.copy(Path(sandbox_module.__file__).with_name(name), folder / name)
+        limits = {
+            "cpu_seconds": 11,
+            "memory_bytes": 1 << 30,
+            "file_bytes": 1 << 20,
+            "open_files": 64,
+            "disk_bytes": 1 << 24,
+        }
+        base = {"timeout": 10, "limits": limits, "env": {"PATH": "/usr/bin:/bin"}, "command": [], "files": {}}
+        base.update(stdin="", readable=[], output_bytes=4000)
+        sources = [
+            "import os\nassert sorted(os.listdir('/')) == "
+            "['bin', 'dev', 'etc', 'lib', 'lib64', 'proc', 'sandbox', 'sbin', 'tmp', 'usr'], os.listdir('/')\n"
+            "assert [p for p in os.listdir('/proc') if p.isdigit()] == ['1']\n"
+            "status = open('/proc/self/status').read()\nassert 'CapEff:\\t0000000000000000' in status\n"
+            "assert 'CapBnd:\\t0000000000000000' in status and 'NoNewPrivs:\\t1' in status\n",
+            "print(open('/etc/shadow').read())\n",
+        ]
+        jobs = "".join(json.dumps({**base, "id": i, "source": s}) + "\n" for i, s in enumerate(sources))
+        worker = [
+            *nobody,
+            python,
+            "-E",
+            "-s",
+            str(folder / "sandbox_worker.py"),
+            "8",
+            "auto",
+            str(folder / "slot"),
+            "[]",
+        ]
+        out = subprocess.run(worker, input=jobs, capture_output=True, text=True, timeout=60, cwd=folder)
+        lines = [json.loads(line) for line in out.stdout.splitlines()]
+        assert lines and lines[0]["ready"]["namespaces"] and lines[0]["ready"]["userns"], out.stderr
+        view, shadow = lines[1:]
+        assert view["completed"] and view["returncode"] == 0, view
+        assert shadow["returncode"] == 1 and "No such file" in shadow["stderr"], shadow
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_correct_programs_keep_working_in_the_root_view(namespaces_here):
@@ -348,7 +413,12 @@ def test_correct_programs_keep_working_in_the_root_view(namespaces_here):
             programs.append(Program(command=["sh", "-c", script], timeout=60, memory_bytes=8 << 30))
             names.append(tool)
     with Sandbox(workers=2, allow_code_execution=True) as sandbox:
-        assert sandbox.capabilities()["namespaces"]
+        layers = sandbox.capabilities()
+        assert layers["namespaces"]
+        if layers["identity"].startswith("uid/gid"):  # root gave programs an id of their own (one per worker)
+            own = "import os\nids = os.getresuid()\nassert ids == os.getresgid() and len(set(ids)) == 1\n"
+            programs.append(Program(source=own + "assert ids[0] >= 2_000_000_000 and not os.getgroups()\n"))
+            names.append("the sandbox's own uid")
         results = sandbox.run(programs)
     for name, result in zip(names, results, strict=True):
         assert result.passed, f"{name}: {result}"

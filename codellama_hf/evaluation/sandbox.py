@@ -11,7 +11,8 @@ Trusted harnesses call their guard "not a security sandbox" and set no memory li
 - a scrubbed environment (PATH, HOME, TMPDIR, LANG: no tokens or credentials);
 - an identity of its own when the harness is root: a uid/gid no account uses (one per worker), no supplementary
   groups, no capabilities, no_new_privs; so root-owned files are closed to it by plain permissions;
-- with namespaces (root): a private root view built once per worker: read-only /usr and the interpreter's folder,
+- with namespaces (root directly; an ordinary user through a user namespace, where it is root mapped to its own
+  uid): a private root view built once per worker: read-only /usr and the interpreter's folder,
   the toolchain folders programs declare (`Program.readable`), /etc reduced to loader/timezone/JVM files with
   passwd, group and hosts written fresh, five /dev nodes, and per program a fresh size-limited tmpfs (work dir,
   /tmp, /dev/shm) and its own /proc. /root, /home, /run, /var/run and the host's /tmp and /dev/shm, with every
@@ -22,9 +23,10 @@ Trusted harnesses call their guard "not a security sandbox" and set no memory li
   and Python folders and the same /etc files); TCP denied (ABI >= 4); signals and abstract Unix sockets outside
   the domain denied (ABI >= 6).
 
-Without namespaces (an ordinary user's machine: the fallback) the worker is a child subreaper and kills whatever
-the program left behind, Landlock is the only filesystem fence, a seccomp filter refuses AF_UNIX sockets (the
-host's, ssh-agent's or Docker's, would otherwise be reachable), and FALLBACK_GAPS lists what that cannot promise;
+Without namespaces (a kernel or container that refuses them: the fallback) the worker is a child subreaper and
+kills whatever the program left behind, Landlock is the only filesystem fence, a seccomp filter refuses AF_UNIX
+sockets (the host's, ssh-agent's or Docker's, would otherwise be reachable), and FALLBACK_GAPS lists what that
+cannot promise;
 as root the fallback is refused unless asked for (`allow_root_fallback=True` or ROOT_FALLBACK_ENV=1).
 `capabilities()` reports every layer and gap; results files and model cards record it.
 
@@ -137,7 +139,10 @@ def describe_layers(ready: dict) -> dict:
         gaps.append("TCP denied (needs a network namespace or Landlock ABI >= 4)")
     if not ids:
         gaps.append(
-            "an identity of its own (programs run with the caller's uid, without capabilities; as root, files "
+            "an identity of its own (programs keep the caller's uid outside their user namespace; the private view "
+            "keeps the caller's files out of reach)"
+            if ready.get("userns")
+            else "an identity of its own (programs run with the caller's uid, without capabilities; as root, files "
             "owned by root in the readable folders stay readable)"
         )
     if not ns and not abi:
@@ -148,7 +153,10 @@ def describe_layers(ready: dict) -> dict:
         "process_cap": "cgroup" if ready["cgroup"] else "rlimit" if ready["nproc"] else "none",
         "identity": f"uid/gid {ids[0]} (unused), no capabilities, no_new_privs"
         if ids
+        else "caller's uid (root only inside a user namespace), no capabilities, no_new_privs"
+        if ready.get("userns")
         else "caller's uid, no capabilities, no_new_privs",
+        "user_namespace": bool(ready.get("userns")),
         "filesystem": "private root: /usr, Python, reduced /etc, own tmpfs"
         if ns
         else "Landlock rules"
@@ -238,7 +246,7 @@ def _rmtree(path: Path) -> None:
 class _Worker:
     """One pre-started worker process and its pipes."""
 
-    def __init__(self, limits: Limits, namespaces: bool, slot: Path, readable: frozenset[str]):
+    def __init__(self, limits: Limits, namespaces: bool | str, slot: Path, readable: frozenset[str]):
         self.readable = readable  # folders its programs may read (with namespaces: bound into its root view)
         self.proc = subprocess.Popen(
             [
@@ -247,7 +255,7 @@ class _Worker:
                 "-s",
                 str(WORKER_SCRIPT),
                 str(limits.processes),
-                "auto" if namespaces else "off",
+                {True: "auto", False: "off", "user": "user"}[namespaces],
                 str(slot),
                 json.dumps(sorted(readable)),
             ],
@@ -290,8 +298,10 @@ class _Worker:
 class Sandbox:
     """A pool of `workers` sandbox workers; `run(programs)` executes them in parallel. Use as a context manager.
 
-    `namespaces=False` (or a machine that refuses them) gives the fallback, whose limits `capabilities()` lists
-    under "not_guaranteed"; as root it is refused unless `allow_root_fallback=True` (or ROOT_FALLBACK_ENV=1)."""
+    Namespaces come directly for root and through a user namespace for an ordinary user (`namespaces="user"`
+    forces that variant, e.g. to test it as root). `namespaces=False` (or a machine that refuses them) gives the
+    fallback, whose limits `capabilities()` lists under "not_guaranteed"; as root it is refused unless
+    `allow_root_fallback=True` (or ROOT_FALLBACK_ENV=1)."""
 
     def __init__(
         self,
@@ -299,7 +309,7 @@ class Sandbox:
         workers: int = 2,
         limits: Limits = Limits(),
         allow_code_execution: bool = False,
-        namespaces: bool = True,
+        namespaces: bool | str = True,
         allow_root_fallback: bool = False,
     ):
         require_opt_in(allow_code_execution)
@@ -307,6 +317,8 @@ class Sandbox:
             raise RuntimeError(f"the sandbox needs Linux (namespaces, Landlock, /proc); this is {sys.platform}")
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if namespaces not in (True, False, "user"):
+            raise ValueError(f"namespaces must be True, False or 'user', got {namespaces!r}")
         self.limits, self.namespaces = limits, namespaces
         self.root = Path(tempfile.mkdtemp(prefix="codellama_hf_sandbox-"))
         if os.geteuid() == 0:
@@ -325,8 +337,9 @@ class Sandbox:
                     raise RuntimeError(
                         "refusing to run model-written code as root without namespaces: "
                         + ("namespaces=False was asked for" if not namespaces else "this machine refused them")
-                        + f"; the fallback cannot guarantee {'; '.join(FALLBACK_GAPS)}. Run as an ordinary user, "
-                        f"allow namespaces, or pass allow_root_fallback=True (or set {ROOT_FALLBACK_ENV}=1)"
+                        + f"; the fallback cannot guarantee {'; '.join(FALLBACK_GAPS)}. Run as an ordinary user "
+                        "(a user namespace), allow namespaces, or pass allow_root_fallback=True "
+                        f"(or set {ROOT_FALLBACK_ENV}=1)"
                     )
             for _ in range(workers - 1):
                 self._idle.put(self._spawn())

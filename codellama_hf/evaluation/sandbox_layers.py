@@ -19,7 +19,7 @@ import os
 import signal
 
 LIBC = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x20000000, 0x40000000
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
 PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 24, 36, 38
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
 MS_REC, MS_PRIVATE, MNT_DETACH = 0x4000, 1 << 18, 2
@@ -185,8 +185,8 @@ def sandbox_ids() -> tuple[int, int] | None:
 
 def empty_bounding_set() -> None:
     """No exec can ever grant a capability again. The worker does it once, so every program inherits it; its own
-    effective capabilities (mounts, clone, setuid) are untouched. Needs CAP_SETPCAP: a no-op for ordinary users,
-    who have no capabilities to regain."""
+    effective capabilities (mounts, clone, setuid) are untouched. Needs CAP_SETPCAP (in the worker's user namespace
+    for an ordinary user); without it a no-op, and there is nothing to regain."""
     for cap in range(CAP_LAST + 1):
         LIBC.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
 
@@ -213,13 +213,22 @@ def clone_into_namespaces() -> int:
     return LIBC.syscall(SYS_CLONE, CLONE_NEWPID | CLONE_NEWNS | signal.SIGCHLD, None, None, None, None)
 
 
-def enter_namespaces() -> bool:
+def enter_namespaces(user: bool) -> bool:
     """Move this worker into mount and network namespaces of its own (no interface but a down loopback, so no
     network and no abstract Unix socket of the host), which every program it starts shares, and check that it may
-    clone programs into new pid and mount namespaces (root, in practice). One network namespace per worker:
-    creating one per program would cost milliseconds each."""
-    if SYS_CLONE is None or LIBC.unshare(CLONE_NEWNS | CLONE_NEWNET) != 0:
+    clone programs into new pid and mount namespaces. Root does it directly; an ordinary user (or `user=True`)
+    first enters a user namespace (user_namespaces(7)) where it is root, mapped to its own uid/gid outside, so the
+    same view is built without privileges (only that one id is mapped: a process inside may not map more).
+    One network namespace per worker: one per program would cost milliseconds each."""
+    if SYS_CLONE is None:
         return False
+    uid, gid = os.getuid(), os.getgid()
+    if LIBC.unshare(CLONE_NEWNS | CLONE_NEWNET | (CLONE_NEWUSER if user else 0)) != 0:
+        return False
+    if user:
+        for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as handle:
+                handle.write(text)
     if LIBC.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
         return False
     pid = clone_into_namespaces()
@@ -249,7 +258,7 @@ def visible(path: str, bound: list[str]) -> bool:
     return any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound)
 
 
-def build_root(root: str, folders: list[str], ids: tuple[int, int]) -> list[str]:
+def build_root(root: str, folders: list[str], ids: tuple[int, int], userns: bool = False) -> list[str]:
     """Assemble the root view at `root` (inside this worker's mount namespace); returns the folders bound.
     `folders`: the interpreter's prefixes and the toolchain folders programs declared (`readable`)."""
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
@@ -293,7 +302,8 @@ def build_root(root: str, folders: list[str], ids: tuple[int, int]) -> list[str]
     for name in DEVICES:
         open(f"{root}/dev/{name}", "w").close()
         _mount(f"/dev/{name}", f"{root}/dev/{name}", None, MS_BIND)
-        _mount(None, f"{root}/dev/{name}", None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NOEXEC)
+        kept = os.statvfs(f"/dev/{name}").f_flag & ST_KEEP
+        _mount(None, f"{root}/dev/{name}", None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NOEXEC | kept)
     for name, target in {
         "dev/fd": "/proc/self/fd",
         "dev/stdin": "/proc/self/fd/0",
@@ -305,6 +315,8 @@ def build_root(root: str, folders: list[str], ids: tuple[int, int]) -> list[str]
         os.symlink(target, f"{root}/{name}")
     for name in ("proc", SANDBOX_DIR.lstrip("/")):
         os.makedirs(f"{root}/{name}")
+    if userns:  # procfs mounts in a user namespace need a fully visible one beneath (proc(5)); programs mount
+        _mount("/proc", f"{root}/proc", None, MS_BIND | MS_REC)  # their own over it
     return bound
 
 

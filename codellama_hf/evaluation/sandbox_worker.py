@@ -4,7 +4,8 @@ Run as a script with only the standard library (`python -E -s sandbox_worker.py`
 a small pre-started interpreter forks in about a millisecond, where starting Python per program costs 20-100 ms.
 Protocol: one JSON job per line on stdin, one JSON result per line on stdout (see sandbox.py for the fields).
 
-Where it may (root), the worker first enters mount and network namespaces of its own (no network), builds the
+Where it may (root; an ordinary user through a user namespace), the worker first enters mount and network
+namespaces of its own (no network), builds the
 root view (sandbox_layers.build_root) and pivots into it; then per job it clones the program's process P straight
 into new pid and mount namespaces: P is pid 1 of its pid namespace, so when it ends or is killed the kernel kills
 every process it left behind, daemons included. The clone is a raw clone(2) that behaves like fork(2) (Python's
@@ -119,7 +120,7 @@ def _enter_program(job: dict, caps: dict, work: str, fds: tuple[int, int, int], 
         os.close(fd)
     ids = tuple(caps["ids"]) if caps["ids"] else None
     if caps["root"]:
-        program_mounts(job["limits"]["disk_bytes"], ids)
+        program_mounts(job["limits"]["disk_bytes"], ids or (0, 0))
     os.setsid()
     for fd, target in zip(fds, (0, 1, 2), strict=False):
         os.dup2(fd, target)
@@ -318,21 +319,29 @@ def _reachable_by(ids: tuple[int, int], folders: list[str]) -> bool:
 
 
 def main() -> None:
-    max_processes, namespaces, slot = int(sys.argv[1]), sys.argv[2] == "auto", sys.argv[3]
+    max_processes, namespaces, slot = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     toolchains = json.loads(sys.argv[4])  # folders programs declared readable (the harness restarts for more)
     os.makedirs(slot, mode=0o700, exist_ok=True)
-    empty_bounding_set()
     ids = sandbox_ids()
-    in_namespaces = namespaces and enter_namespaces()
+    cgroup = pids_cgroup(f"codellama_hf_sandbox.{os.getpid()}", max_processes) if os.geteuid() == 0 else None
+    userns = namespaces == "user" or (namespaces == "auto" and os.geteuid() != 0)
+    in_namespaces = namespaces != "off" and enter_namespaces(userns)
+    if namespaces == "auto" and not in_namespaces and not userns:  # root without CAP_SYS_ADMIN: a user namespace
+        userns = True
+        in_namespaces = enter_namespaces(True)
+    empty_bounding_set()  # after a user namespace, whose creator starts with a full bounding set in it
+    if in_namespaces and userns:
+        ids = None  # only the caller's own id is mapped: programs keep it, without capabilities
     if ids and not in_namespaces and not _reachable_by(ids, _python_folders()):
         ids = None  # e.g. a pyenv under /root (0700): the program would find no standard library
     caps = {
         "namespaces": in_namespaces,
+        "userns": in_namespaces and userns,
         "root": None,
         "bound": [],
         "ids": ids,
         "landlock": landlock_abi(),
-        "cgroup": pids_cgroup(f"codellama_hf_sandbox.{os.getpid()}", max_processes) if os.geteuid() == 0 else None,
+        "cgroup": cgroup,
         # RLIMIT_NPROC counts all processes (threads included) of the real uid: the sandbox's own uid runs only
         # this worker's program; a caller's uid also runs everything else it has.
         "nproc": max_processes if ids else _tasks_on_system() + max_processes,
@@ -342,7 +351,7 @@ def main() -> None:
     if in_namespaces:
         caps["root"] = os.path.join(slot, "root")
         os.mkdir(caps["root"], 0o755)
-        caps["bound"] = build_root(caps["root"], _python_folders() + toolchains, ids)
+        caps["bound"] = build_root(caps["root"], _python_folders() + toolchains, ids or (0, 0), caps["userns"])
     elif ids:  # the sandbox uid must reach its job folders
         os.chmod(slot, 0o711)
     if caps["cgroup"]:
@@ -352,7 +361,7 @@ def main() -> None:
         pivot_into(caps["root"])
         caps["root"] = "/"
     gc.freeze()  # keep the interpreter's objects out of every fork's collections: fewer copied pages
-    ready = {k: caps[k] for k in ("namespaces", "landlock", "cgroup", "nproc", "ids", "bound", "seccomp")}
+    ready = {k: caps[k] for k in ("namespaces", "userns", "landlock", "cgroup", "nproc", "ids", "bound", "seccomp")}
     print(json.dumps({"ready": ready}), flush=True)
     if not caps["namespaces"]:
         LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
