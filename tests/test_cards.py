@@ -145,7 +145,14 @@ def write_results(folder: Path, model_dir: Path, *, pass_at_1: float, subset_of:
             num_problems=subset_of or total,
             total_problems=total,
             num_samples=total,
-            config={"n_samples": 1, "do_sample": False, "temperature": 0.0, "top_p": 0.95, "max_new_tokens": 512},
+            config={
+                "n_samples": 1,
+                "do_sample": False,
+                "temperature": 0.0,
+                "top_p": 0.95,
+                "max_new_tokens": 512,
+                "prompt": {"form": "strip", "style": "completion"},
+            },
         ),
     )
     model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
@@ -214,6 +221,7 @@ def test_card_metadata_parses_and_carries_measured_results(family, results):
     perplexity = json.loads((results / "perplexity.json").read_text())["metrics"]
     for value in perplexity.values():
         assert f"{value:.4f}" in card.text  # the evaluation report's own table
+    assert "| humaneval | greedy | 1 | 512 | strip, completion |" in card.text  # the prompt protocol used
 
 
 def test_every_number_comes_from_the_folder(family):

@@ -182,6 +182,9 @@ def _hardware_rows(facts: ModelFacts) -> list[tuple]:
 
 
 def _evaluation_rows(results: list[dict]) -> list[tuple]:
+    """How each result was produced: decoding, samples, token cap, prompt protocol (form and style), run time."""
+    from codellama_hf.evaluation.report import prompt_protocol
+
     rows = []
     for r in results:
         cfg = r.get("config") or {}
@@ -190,7 +193,14 @@ def _evaluation_rows(results: list[dict]) -> list[tuple]:
         else:
             decoding = "greedy" if "do_sample" in cfg else "-"
         rows.append(
-            (r["task"], decoding, cfg.get("n_samples", "-"), cfg.get("max_new_tokens", "-"), r.get("created", "-"))
+            (
+                r["task"],
+                decoding,
+                cfg.get("n_samples", "-"),
+                cfg.get("max_new_tokens", "-"),
+                prompt_protocol(r) or "-",
+                r.get("created", "-"),
+            )
         )
     return rows
 
