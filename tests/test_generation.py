@@ -11,7 +11,7 @@ import torch
 from codellama_hf.generation import LENGTH, Decoding, HFBackend, get_backend
 from codellama_hf.generation.endpoint import EndpointError, OpenAIBackend
 from codellama_hf.tokenizer import encode, infilling_prompt
-from tests.openai_server import CompletionsServer
+from tests.helpers.openai_server import CompletionsServer
 
 PROMPTS = [
     "def add(a, b):\n",
