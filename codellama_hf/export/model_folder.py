@@ -146,7 +146,14 @@ def complete_checkpoint_callback():
     class CompleteCheckpoints(TrainerCallback):
         def on_save(self, args, state, control, processing_class=None, **kwargs):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if state.is_world_process_zero and folder.is_dir():
-                complete_model_folder(folder, tokenizer=processing_class)
+            if not (state.is_world_process_zero and folder.is_dir()):
+                return
+            if processing_class is None and not (folder / "tokenizer.model").is_file():
+                from codellama_hf.models import write_config_with_both_rope_keys
+
+                if (folder / "config.json").is_file():  # a Trainer without a tokenizer saves none
+                    write_config_with_both_rope_keys(folder)
+                return
+            complete_model_folder(folder, tokenizer=processing_class)
 
     return CompleteCheckpoints()
