@@ -276,13 +276,17 @@ def flash_attention_emulation(name: str = EMULATED_FLASH):
 def prepare_collator(collator, dataset, micro_batch: int, backend: str) -> None:
     """Point a packed-row collator at the model's backend and check its first micro-batch before the first step.
 
-    Collators that build attention inputs with `packed_attention_inputs` carry an `attn_implementation` attribute;
-    any other collator is accepted only if its batch keeps documents apart under `backend` (check_packed_batch).
+    Collators that build attention inputs with `packed_attention_inputs` carry an `attn_implementation` attribute
+    (their first batch is checked unless the rows are streamed); any other collator is accepted only if its first
+    batch keeps documents apart under `backend` (check_packed_batch).
     """
     import itertools
 
-    if hasattr(collator, "attn_implementation"):
+    ours = hasattr(collator, "attn_implementation")
+    if ours:
         collator.attn_implementation = backend
+        if not hasattr(dataset, "__len__"):  # a stream: reading rows here would start it (and fill its buffer)
+            return
     rows = list(itertools.islice(iter(dataset), micro_batch))
     if rows:
         check_packed_batch(collator(rows), backend)
