@@ -5,7 +5,8 @@
   needs a GPU: on a machine without CUDA this is refused up front. Under ZeRO-3 the fused loss reads
   `lm_head.weight` outside `lm_head.forward`, where DeepSpeed has not gathered it (an empty partition); it is
   registered as an external parameter of the causal-LM module, DeepSpeed's own mechanism for a weight used by
-  another module's forward, so it is gathered for the loss and its gradient reduced as usual.
+  another module's forward, so it is gathered for the loss and its gradient reduced as usual (recent DeepSpeed,
+  0.19.8 here, also catches such a read in its parameter getter; the registration does not depend on it).
 - `torch_compile` (TrainingArguments): compiled forward and backward; equal losses are tested on CPU.
 - `sequence_parallel_size` (StageConfig): Ulysses through accelerate's ParallelismConfig and DeepSpeed
   (codellama_hf.parallel); checked against the model's heads and the launch before the weights are read.
