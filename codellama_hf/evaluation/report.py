@@ -4,7 +4,8 @@ Results schema, version "codellama_hf.eval/1" (model cards read these; add field
 
     {
       "schema": "codellama_hf.eval/1",
-      "task": "humaneval" | "mbpp" | "multiple-cpp" | "humaneval-infill-single-psm" | "key-retrieval" | ...,
+      "task": "humaneval" | "mbpp" | "multiple-cpp" | "humaneval-infill-single-psm" | "key-retrieval" |
+              "cross-file-psm" | ...,
       "model": "<folder or Hub id>" | "samples:<file>" (scored without a model),
       "created": "<UTC ISO time>",
       "metrics": {"pass@1": 0.0, "pass@10": ...} | {"accuracy": ...} | {"perplexity@4096": ...},

@@ -308,3 +308,61 @@ def evaluate_perplexity(
     )
     write_result(out_dir, result)
     return result
+
+
+def evaluate_cross_file(
+    model,
+    tokenizer,
+    model_id: str,
+    out_dir: str | Path,
+    *,
+    repositories: Sequence[str | Path] = (),
+    per_repository: int = 20,
+    context_tokens: int = 2048,
+    infill_format: str = "psm",
+    max_new_tokens: int = 64,
+    batch_size: int = 4,
+    seed: int = 0,
+) -> dict:
+    """Cross-file infilling (evaluation/crossfile.py): exact match and middle loss with and without context."""
+    from codellama_hf.evaluation.crossfile import TASK, build_tasks, default_repositories, evaluate_tasks
+
+    if infill_format not in ("psm", "spm"):
+        raise ValueError(f"infilling format must be 'psm' or 'spm', got {infill_format!r}")
+    roots = [Path(r) for r in repositories] or default_repositories()
+    tasks, dropped = build_tasks(
+        roots, tokenizer, per_repository=per_repository, context_tokens=context_tokens, seed=seed
+    )
+    if dropped:
+        log.info("cross-file candidates left out: %s", dict(dropped))
+    details = evaluate_tasks(
+        model,
+        tokenizer,
+        tasks,
+        suffix_first=infill_format == "spm",
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+    )
+    name = f"{TASK}-{infill_format}"
+    samples_path = write_jsonl(Path(out_dir) / f"{name}.samples.jsonl", details["records"])
+    result = new_result(
+        name,
+        model_id,
+        metrics=details["metrics"],
+        details={"left_out": dict(dropped), "repositories": sorted({t.repository for t in tasks})},
+        num_problems=len(tasks),
+        total_problems=len(tasks),
+        num_samples=2 * len(tasks),
+        samples_file=samples_path.name,
+        config={
+            "repositories": [str(r) for r in roots],
+            "per_repository": per_repository,
+            "context_tokens": context_tokens,
+            "infill_format": infill_format,
+            "max_new_tokens": max_new_tokens,
+            "decoding": "greedy",
+            "seed": seed,
+        },
+    )
+    write_result(out_dir, result)
+    return result
