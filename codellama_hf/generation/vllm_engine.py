@@ -43,7 +43,9 @@ class VLLMBackend(Backend):
         return {**super().describe(), "vllm": _vllm().__version__}
 
     def vocab_size(self) -> int | None:
-        return self.llm.llm_engine.model_config.get_vocab_size()
+        """The served model's vocabulary (None if this vLLM version keeps it elsewhere: the check is skipped)."""
+        config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
+        return config.get_vocab_size() if config is not None else None
 
     def _generate(self, prompts, decoding: Decoding, *, eos: list[int], progress: str | None) -> list[list[Raw]]:
         vllm = _vllm()
