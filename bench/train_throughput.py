@@ -4,7 +4,8 @@ CPU (default): the tiny model (vocabulary 32,000: Llama 2's tokenizer, so docume
 trains (forward, backward, AdamW step) on the same random Python standard-library files twice, in the same run:
   (a) padded:  batches of --batch documents in random order, padded to the longest one (an attention mask and
                labels -100 on padding), as `DataCollatorWithPadding` does;
-  (b) packed:  best-fit rows of --seq-len tokens with per-document position_ids (the stages' PackedCollator).
+  (b) packed:  best-fit rows of --seq-len tokens with per-document position_ids (the stages' PackedCollator),
+               grouped into as many optimizer steps as (a) takes.
 Useful tokens are the documents' own tokens (never padding), identical in (a) and (b); files longer than the context
 are cut into context-sized pieces for both. Prints tokens/s of each, the ratio b/a (target >= 1.8) and its ceiling,
 the ratio of tokens computed (padding included): the stdlib's long files fill whole rows on their own and gain
@@ -48,12 +49,15 @@ def stdlib_samples(tokenizer, count: int, seq_len: int, seed: int = 0) -> list[l
     return [list(piece) for piece in chunk(ids, seq_len)]
 
 
-def packed_batches(samples, seq_len: int, pad_id: int) -> list[dict]:
+def packed_batches(samples, seq_len: int, pad_id: int, steps: int | None = None) -> list[dict]:
+    """Packed rows, collated one per batch, or spread over `steps` batches (as many optimizer steps as padding)."""
     from codellama_hf.packing import PackedCollator, pack
 
     rows, lengths = pack(samples, seq_len, pad_id)
+    items = [{"input_ids": r, "seq_lengths": n} for r, n in zip(rows, lengths, strict=True)]
+    per_batch = 1 if steps is None else max(1, round(len(items) / steps))
     collate = PackedCollator()
-    return [collate([{"input_ids": r, "seq_lengths": n}]) for r, n in zip(rows, lengths, strict=True)]
+    return [collate(items[i : i + per_batch]) for i in range(0, len(items), per_batch)]
 
 
 def padded_batches(samples, batch: int, pad_id: int, seed: int = 0) -> list[dict]:
@@ -102,9 +106,10 @@ def cpu_bench(args) -> dict:
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     cpu = torch.device("cpu")
-    packed = packed_batches(samples, args.seq_len, tokenizer.eos_token_id)
     padded = padded_batches(samples, args.batch, tokenizer.eos_token_id)
+    packed = packed_batches(samples, args.seq_len, tokenizer.eos_token_id, steps=len(padded))
     train_pass(model, optimizer, packed[:1], cpu)  # warm-up: allocator, kernels
+    train_pass(model, optimizer, padded[-1:], cpu)
     seconds = {
         "padded": train_pass(model, optimizer, padded, cpu),
         "packed": train_pass(model, optimizer, packed, cpu),

@@ -208,7 +208,7 @@ def memory(shape: ModelShape, setup: Setup, micro_batch: int) -> Memory:
         buffers += 2 * weight * shape.layer_parameters + weight * v * h + 4 * h * h
     elif stage in (1, 2):
         buffers += 2 * 4 * h * h  # reduce buckets ("auto" = h^2 elements), double-buffered
-    else:
+    elif n > 1:
         buffers += 2 * 25 * 1024**2 * 4 / weight  # DDP gradient buckets
     if setup.attention == "sdpa":  # transformers builds a boolean block-diagonal mask from position_ids
         buffers += micro_batch * setup.seq_len**2

@@ -91,17 +91,18 @@ def _accelerate_uses_deepspeed() -> bool:
 
 
 def memory_plan(model, model_args, config):
-    """The planner's estimate for this very run (GPU memory of this machine), or None without a GPU."""
-    from codellama_hf.planner import ModelShape, Setup, attention_kind, memory
+    """(setup, memory) of the planner for this very run: this launch, its ZeRO stage, micro-batch and switches.
 
-    if not torch.cuda.is_available():
-        return None
+    The GPU's memory is read from the device; on a machine without CUDA the estimate is per process (no fit check).
+    """
     from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from codellama_hf.planner import ModelShape, Setup, attention_kind, memory
 
     zero = 3 if is_deepspeed_zero3_enabled() else 0
     setup = Setup(
         gpus=config.plan.world_size,
-        gpu_memory_gib=torch.cuda.get_device_properties(0).total_memory / 2**30,
+        gpu_memory_gib=torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else 0,
         seq_len=config.seq_len,
         tokens_per_step=config.tokens_per_step,
         zero_stage=zero,
@@ -109,7 +110,7 @@ def memory_plan(model, model_args, config):
         checkpointing=bool(config.gradient_checkpointing),
         fused_loss=bool(config.use_liger_kernel),
         attention=attention_kind(model_args.attn_implementation),
-        bf16=bool(config.bf16),
+        bf16=bool(config.bf16) or model.dtype == torch.bfloat16,
         micro_batch=config.per_device_train_batch_size,
     )
     return setup, memory(ModelShape.from_config(model.config), setup, config.per_device_train_batch_size)
@@ -138,3 +139,16 @@ def register_lm_head_with_causal_lm(model) -> bool:
         return False
     deepspeed.zero.register_external_parameter(base, weight)
     return True
+
+
+def describe_memory_plan(setup, estimate) -> str:
+    """One line for the run's log: the estimate by part, and whether it fits this GPU."""
+    from codellama_hf.planner import usable_bytes
+
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in estimate.gib().items() if k not in ("step", "total"))
+    where = "per process (no GPU)"
+    if setup.gpu_memory_gib:
+        usable = usable_bytes(setup.gpu_memory_gib)
+        verdict = "fits" if estimate.total <= usable else "DOES NOT FIT; see codellama-hf plan for the smallest change"
+        where = f"per GPU, {usable / 2**30:.1f} GiB usable: {verdict}"
+    return f"memory plan: {estimate.total / 2**30:.2f} GiB {where} ({parts}; codellama-hf plan)"

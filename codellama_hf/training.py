@@ -750,8 +750,7 @@ def run_stage(
         f"vocabulary {len(tokenizer):,}"
     )
     speed.register_fused_loss_weight(model, config)
-    if (estimate := speed.memory_plan(model, model_args, config)) is not None:
-        _print(f"memory plan: {estimate[1].gib()} GiB per GPU (codellama-hf plan)")
+    _print(speed.describe_memory_plan(*speed.memory_plan(model, model_args, config)))
     # 3. Data: rows for this stage (documents -> FIM -> packed rows by default)
     train_dataset, data_info = (build_data or build_train_dataset)(data_args, config, tokenizer)
     # 4. Trainer, resuming where a checkpoint left off; the collator gives the attention backend what keeps packed

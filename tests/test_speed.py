@@ -176,16 +176,20 @@ def test_fused_loss_under_zero3_needs_the_registered_lm_head(tmp_path):
     """
     import json
     import os
+    import socket
     import subprocess
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
+    with socket.socket() as probe:  # a free port: other suites may run torchrun at the same time
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
     out = tmp_path / "result.json"
     env = {**os.environ, "PYTHONPATH": str(root), "DS_ACCELERATOR": "cpu", "LOCAL_SIZE": "2", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731"]
-        + [str(root / "tests" / "zero3_fused_loss_worker.py"), str(out)],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+        + [str(root / "tests" / "helpers" / "zero3_fused_loss.py"), str(out)],
         env=env,
         capture_output=True,
         text=True,
@@ -196,3 +200,19 @@ def test_fused_loss_under_zero3_needs_the_registered_lm_head(tmp_path):
     assert result["fused"]["losses"] == pytest.approx(result["unfused"]["losses"], rel=1e-5)
     assert result["unfused"]["losses"][1] < result["unfused"]["losses"][0]  # the step changed the weights
     assert result["fused"]["lm_head"] == pytest.approx(result["unfused"]["lm_head"], rel=1e-6)
+
+
+def test_recipes_describe_the_memory_plan_of_their_own_run(tiny_model_factory):
+    from codellama_hf.planner import ModelShape, memory
+    from codellama_hf.speed import describe_memory_plan, memory_plan
+
+    argv = ["--config", str(LCFT), "--plan_only", "--activation_checkpointing", "true"]
+    model_args, _, config = parse_stage_config("lcft", argv)
+    model = tiny_model_factory(vocab_size=32016)
+    setup, estimate = memory_plan(model, model_args, config)
+    assert (setup.seq_len, setup.micro_batch, setup.checkpointing, setup.bf16) == (2048, 1, True, False)
+    assert estimate == memory(ModelShape.from_config(model.config), setup, 1)
+    line = describe_memory_plan(setup, estimate)
+    if not torch.cuda.is_available():
+        assert line.startswith(f"memory plan: {estimate.total / 2**30:.2f} GiB per process (no GPU)")
+    assert "logits" in line and "codellama-hf plan" in line

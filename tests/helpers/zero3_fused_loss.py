@@ -5,7 +5,7 @@ kernel is replaced by a plain-torch function with the same arguments and result,
 Two runs from the same initial weights, same rows: the unfused loss, and the fused loss after
 `speed.register_lm_head_with_causal_lm` (the weight is an empty ZeRO-3 partition outside lm_head's forward).
 
-    DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 tests/zero3_fused_loss_worker.py OUT.json
+    DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 tests/helpers/zero3_fused_loss.py OUT.json
 """
 
 import json
