@@ -40,7 +40,7 @@ BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, 
 
 def stdlib_samples(tokenizer, count: int, seq_len: int, seed: int = 0) -> list[list[int]]:
     """Token ids of `count` random standard-library files, cut into seq_len pieces as the packer does."""
-    from codellama_hf.packing import chunk
+    from codellama_hf.data.packing import chunk
 
     paths = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("**/*.py"))
     random.Random(seed).shuffle(paths)
@@ -51,7 +51,7 @@ def stdlib_samples(tokenizer, count: int, seq_len: int, seed: int = 0) -> list[l
 
 def packed_batches(samples, seq_len: int, pad_id: int, steps: int | None = None) -> list[dict]:
     """Packed rows, collated one per batch, or spread over `steps` batches (as many optimizer steps as padding)."""
-    from codellama_hf.packing import PackedCollator, pack
+    from codellama_hf.data.packing import PackedCollator, pack
 
     rows, lengths = pack(samples, seq_len, pad_id)
     items = [{"input_ids": r, "seq_lengths": n} for r, n in zip(rows, lengths, strict=True)]

@@ -273,7 +273,7 @@ class Plan:
 
 def _micro_batches(setup: Setup) -> list[int]:
     """Micro-batches that split the stage's rows per step evenly over the data-parallel replicas."""
-    from codellama_hf.stages import batch_plan
+    from codellama_hf.training.config import batch_plan
 
     if setup.tokens_per_step % setup.seq_len:
         raise ValueError(f"tokens_per_step={setup.tokens_per_step:,} is not a whole number of {setup.seq_len:,} rows")
@@ -425,7 +425,7 @@ class LiveTensorBytes:
 
 def stage_defaults(size: str, stage: str) -> dict:
     """seq_len, tokens_per_step and switches of recipes/configs/<size>/<stage>.yaml."""
-    from codellama_hf.stages import config_path, read_config_file
+    from codellama_hf.training.config import config_path, read_config_file
 
     path = config_path(stage, size)
     config = read_config_file(path)

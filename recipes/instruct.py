@@ -13,7 +13,7 @@ data) with rehearsal data: code 6% and natural language 2%. Dialogs are encoded 
 
 from pathlib import Path
 
-from codellama_hf.instruct import main
+from codellama_hf.training import main
 
 if __name__ == "__main__":
-    main(default_config=Path(__file__).parent / "configs" / "tiny" / "instruct.yaml")
+    main("instruct", default_config=Path(__file__).parent / "configs" / "tiny" / "instruct.yaml")

@@ -106,7 +106,7 @@ def test_options_validate_and_map_to_peft_and_bitsandbytes():
 
 def test_options_are_fields_of_every_stage_recipe(tmp_path):
     """Stage recipes read the adapter options (TRL's names) from the same YAML / command line as everything else."""
-    from codellama_hf.stages import ModelArguments, parse_stage_config
+    from codellama_hf.training.config import ModelArguments, parse_stage_config
 
     assert issubclass(ModelArguments, AdapterArguments)
     config = tmp_path / "python.yaml"

@@ -17,10 +17,10 @@ from codellama_hf.attention import (
     prepare_collator,
     resolve_attn_implementation,
 )
-from codellama_hf.fim import FIMConfig, tokenize_documents
+from codellama_hf.data.fim import FIMConfig, tokenize_documents
+from codellama_hf.data.packing import PackedCollator, pack
 from codellama_hf.models import llama_config
-from codellama_hf.packing import PackedCollator, pack
-from codellama_hf.stages import config_path, read_config_file
+from codellama_hf.training.config import config_path, read_config_file
 from tests.test_tokenizer import code_documents
 
 
@@ -190,7 +190,7 @@ def test_trainer_steps_on_the_flash_path_equal_sdpa(tiny_tokenizer, tmp_path):
     the same weights as sdpa's from the same start."""
     from transformers import TrainingArguments
 
-    from codellama_hf.training import StageTrainer
+    from codellama_hf.training.trainer import StageTrainer
 
     rows = _packed_rows(tiny_tokenizer, seq_len=256, rows=8, doc_tokens=100)
     trained = {}

@@ -50,8 +50,8 @@ def train_stage(
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, Trainer, default_data_collator
 
     from codellama_hf.models import llama_config, set_rope_theta
-    from codellama_hf.stages import StageConfig
-    from codellama_hf.training import lineage_record, read_lineage, save_final
+    from codellama_hf.training.config import StageConfig
+    from codellama_hf.training.lineage import lineage_record, read_lineage, save_final
 
     config = StageConfig(
         stage=stage,

@@ -100,8 +100,8 @@ def test_fp32_master_weights_outside_deepspeed():
 
 
 def test_a_bf16_recipe_without_deepspeed_loads_fp32_weights_and_trains_under_autocast(tmp_path, monkeypatch):
-    from codellama_hf.stages import config_path, parse_stage_config
-    from codellama_hf.training import load_tokenizer_and_model
+    from codellama_hf.training.config import config_path, parse_stage_config
+    from codellama_hf.training.model import load_tokenizer_and_model
 
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
     argv = ["--config", str(config_path("code")), "--output_dir", str(tmp_path), "--report_to", "none", "--use_cpu"]

@@ -57,7 +57,7 @@ def _train_and_save(out: Path, tokenizer_dir: Path, *, chat_template: str | None
 
     from codellama_hf.export.model_folder import complete_checkpoint_callback
     from codellama_hf.models import llama_config
-    from codellama_hf.training import save_final
+    from codellama_hf.training.lineage import save_final
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     if chat_template is not None:

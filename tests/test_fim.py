@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from codellama_hf import tokenizer as T
-from codellama_hf.fim import PLAIN, PSM, SPM, TOO_LONG, FIMConfig, decide, tokenize_documents
-from codellama_hf.packing import pack_dataset
+from codellama_hf.data.fim import PLAIN, PSM, SPM, TOO_LONG, FIMConfig, decide, tokenize_documents
+from codellama_hf.data.stream import DocumentEncoder, PackedStream, StreamSettings, stream_loader
 from tests.test_tokenizer import code_documents
 
 ALWAYS = FIMConfig(rate=1.0)
@@ -101,9 +101,13 @@ def test_decisions_depend_on_seed_document_and_epoch_only(tiny_tokenizer):
 
 def test_same_output_with_one_and_two_worker_processes(tiny_tokenizer):
     ds = datasets.Dataset.from_dict({"text": code_documents(80)})
-    one = pack_dataset(ds, tiny_tokenizer, seq_len=512, fim=FIMConfig(seed=5), num_proc=1)
-    two = pack_dataset(ds, tiny_tokenizer, seq_len=512, fim=FIMConfig(seed=5), num_proc=2)
-    assert one.to_dict() == two.to_dict()
+    plan = StreamSettings(
+        seq_len=512, micro_batch=2, world_size=1, streams_per_process=2, seed=5, chunk_documents=16, total_batches=8
+    )
+    encoder = DocumentEncoder(tiny_tokenizer, 512, FIMConfig(seed=5))
+    stream = PackedStream(ds, encoder, plan, rank=0, pad_id=tiny_tokenizer.eos_token_id)
+    one, two = ([b["input_ids"].tolist() for b in stream_loader(stream, num_workers=w)] for w in (1, 2))
+    assert one == two
 
 
 def test_only_documents_that_fit_are_transformed(tiny_tokenizer):

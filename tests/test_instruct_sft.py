@@ -1,4 +1,4 @@
-"""The instruct stage: dialogs + rehearsal packed with assistant-only labels, and a real tiny fine-tuning run."""
+"""The instruct stage: dialogs + rehearsal streamed with assistant-only labels, and a real tiny fine-tuning run."""
 
 import itertools
 import json
@@ -12,9 +12,11 @@ import yaml
 from transformers import AutoTokenizer
 
 from codellama_hf import chat
-from codellama_hf import instruct as I
+from codellama_hf.data.packing import PackedCollator
 from codellama_hf.selfinstruct.prompts import solution_message
-from codellama_hf.stages import parse_stage_config
+from codellama_hf.training.config import parse_stage_config
+from codellama_hf.training.run import build_stream
+from codellama_hf.training.stage import get_stage
 from tests.conftest import ROOT
 
 TINY = ROOT / "recipes" / "configs" / "tiny" / "instruct.yaml"
@@ -70,24 +72,25 @@ def stage_config(tmp_path, *overrides, config_file=TINY):
     return parse_stage_config("instruct", argv)
 
 
+def _rows(data_args, config, tokenizer, batches=None):
+    data, stream = build_stream(get_stage("instruct"), data_args, config, tokenizer, rank=0)
+    return data, stream, list(stream.rows(batches))
+
+
 def test_packed_rows_carry_labels_only_on_answers(tmp_path, codellama_tokenizer):
     dialogs = write_dialogs(tmp_path / "dialogs.jsonl")
-    _, data_args, config = stage_config(tmp_path, "--mixture_sources", json.dumps({"instruct": [str(dialogs)]}))
-    packed, info = I.build_instruct_dataset(data_args, config, codellama_tokenizer)
-    assert len(packed) == 4 * 4 and info["rows"] == 16
-    assert info["skipped"] == {
-        "instruct": {"invalid dialog": 2, "no assistant answer": 1, "dialog longer than seq_len 256": 1}
-    }
-    # Token shares follow the weights: each component is at most one example (<= seq_len tokens) ahead.
-    total = sum(c["tokens"] for c in info["components"].values())
-    for name, weight in info["mixture_weights"].items():
-        bound = (len(info["mixture_weights"]) - 1) * config.seq_len / total
-        assert abs(info["components"][name]["token_share"] - weight) <= bound, info["components"]
+    sources = json.dumps({"instruct": [str(dialogs)]})
+    _, data_args, config = stage_config(tmp_path, "--mixture_sources", sources, "--max_steps", "16")
+    data, stream, packed = _rows(data_args, config, codellama_tokenizer)
+    assert len(packed) == config.plan.max_steps * config.plan.sequences_per_step == 64  # one process
+    assert data.info["mixture_weights"] == {"instruct": 0.92, "code": 0.06, "nl": 0.02}
+    assert stream.counts["skipped: invalid dialog"] > 0 and stream.counts["skipped: no assistant answer"] > 0
+    assert stream.counts["skipped: dialog longer than seq_len 256"] > 0
     expected = {}
     for dialog in GOOD:
         ids, labels = chat.encode_dialog(codellama_tokenizer, dialog[:-1] if dialog[-1]["role"] == "user" else dialog)
         expected[tuple(ids)] = labels
-    batch = I.SFTCollator()(list(packed))
+    batch = PackedCollator()(packed)
     seen_dialogs = documents = 0
     for b, row in enumerate(packed):
         ids, labels, positions = (batch[k][b].tolist() for k in ("input_ids", "labels", "position_ids"))
@@ -104,18 +107,18 @@ def test_packed_rows_carry_labels_only_on_answers(tmp_path, codellama_tokenizer)
             start += length
         assert set(labels[start:]) <= {chat.IGNORE_INDEX}  # padding
     assert seen_dialogs >= len(GOOD) and documents >= 2
-    again, _ = I.build_instruct_dataset(data_args, config, codellama_tokenizer)  # stored: every process, every resume
-    assert again["input_ids"] == packed["input_ids"]
+    _, _, again = _rows(data_args, config, codellama_tokenizer)  # the same rows in every run
+    assert [r["input_ids"].tolist() for r in again] == [r["input_ids"].tolist() for r in packed]
 
 
 def test_dialogs_only_without_rehearsal(tmp_path, tiny_tokenizer):
     dialogs = write_dialogs(tmp_path / "dialogs.jsonl")
     recipe = {k: v for k, v in yaml.safe_load(TINY.read_text()).items() if k != "mixture_sources"}
-    recipe.update(dataset_mixture="none", dataset_sources=[str(dialogs)])
+    recipe.update(dataset_mixture="none", dataset_sources=[str(dialogs)], data_streams_per_process=1)
     (tmp_path / "dialogs_only.yaml").write_text(yaml.safe_dump(recipe))
     _, data_args, config = stage_config(tmp_path, config_file=tmp_path / "dialogs_only.yaml")
-    packed, info = I.build_instruct_dataset(data_args, config, tiny_tokenizer)
-    assert info["mixture_weights"] == {"instruct": 1.0} and list(info["components"]) == ["instruct"]
+    data, _, packed = _rows(data_args, config, tiny_tokenizer, batches=4)
+    assert data.info["mixture_weights"] == {"instruct": 1.0}
     encoded = {tuple(chat.encode_dialog(tiny_tokenizer, d[:-1] if d[-1]["role"] == "user" else d)[0]) for d in GOOD}
     for row in packed:
         starts = [0, *itertools.accumulate(row["seq_lengths"])]
@@ -139,7 +142,7 @@ def test_bad_instruct_data_is_a_clear_error(tmp_path, tiny_tokenizer, overrides,
     argv = [x for k, v in overrides.items() for x in (f"--{k}", v.replace("DIALOGS_NO_MESSAGES", str(other)))]
     _, data_args, config = stage_config(tmp_path, *argv)
     with pytest.raises(error, match=message):
-        I.build_instruct_dataset(data_args, config, tiny_tokenizer)
+        _rows(data_args, config, tiny_tokenizer, batches=1)
 
 
 @pytest.mark.slow

@@ -1,19 +1,13 @@
-"""Packing: exact per-document losses through a real tiny Llama, whole documents, streaming = map-style."""
+"""Packing: exact per-document losses through a real tiny Llama, whole documents, one collator for every stage."""
 
 import datasets
 import pytest
 import torch
 import torch.nn.functional as F
 
-from codellama_hf.fim import FIMConfig, tokenize_documents
-from codellama_hf.packing import (
-    IGNORE_INDEX,
-    FIMPackingCollator,
-    PackedCollator,
-    pack,
-    pack_dataset,
-    packing_efficiency,
-)
+from codellama_hf.data.fim import FIMConfig, tokenize_documents
+from codellama_hf.data.packing import IGNORE_INDEX, Example, PackedCollator, pack, pack_examples, packing_efficiency
+from codellama_hf.data.stream import DocumentEncoder, FIMPackingCollator, PackedStream, StreamSettings
 from tests.test_tokenizer import code_documents
 
 
@@ -70,30 +64,37 @@ def test_every_token_is_packed_once_and_long_documents_are_chunked():
     assert sorted(pieces) == sorted(expected)
 
 
-def test_streaming_equals_map_style_and_efficiency_on_real_code(tiny_tokenizer):
-    docs = code_documents(400)
-    ds = datasets.Dataset.from_dict({"text": docs})
-    packed = pack_dataset(ds, tiny_tokenizer, seq_len=1024, fim=FIMConfig(seed=2))
-    streamed = pack_dataset(ds.to_iterable_dataset(), tiny_tokenizer, seq_len=1024, fim=FIMConfig(seed=2))
-    rows = list(streamed)
-    assert [list(r["input_ids"]) for r in rows] == [list(r) for r in packed["input_ids"]]
-    assert [list(r["seq_lengths"]) for r in rows] == [list(r) for r in packed["seq_lengths"]]
-    assert packing_efficiency(packed) >= 0.99
+def test_stream_rows_are_full_and_efficient_on_real_code(tiny_tokenizer):
+    docs = datasets.Dataset.from_dict({"text": code_documents(400)})
+    settings = StreamSettings(
+        seq_len=1024, micro_batch=4, world_size=1, streams_per_process=1, seed=2, chunk_documents=400, total_batches=8
+    )
+    encoder = DocumentEncoder(tiny_tokenizer, 1024, FIMConfig(seed=2))
+    rows = list(PackedStream(docs, encoder, settings, rank=0, pad_id=tiny_tokenizer.eos_token_id).rows())
+    assert len(rows) == 32 and all(len(r["input_ids"]) == 1024 for r in rows)
+    assert packing_efficiency(rows) >= 0.98  # a sample of the rows of one 400-document chunk
 
 
-def test_bad_dataset_input(tiny_tokenizer):
-    ds = datasets.Dataset.from_dict({"content": ["a = 1"]})
-    with pytest.raises(ValueError, match="no 'text' column"):
-        pack_dataset(ds, tiny_tokenizer, seq_len=64)
+def test_dialog_spans_survive_packing_and_chunking():
+    dialog = Example(list(range(10, 20)), [4, 7, 8, 10])  # two answers
+    long_doc = Example.document(list(range(100, 140)))  # cut into 16-token chunks
+    rows = pack_examples([dialog, long_doc], 16, pad_id=0)
+    batch = PackedCollator()(rows)
+    learned = sorted(t for row in batch["labels"].tolist() for t in row if t != IGNORE_INDEX)
+    chunk_starts = {100, 116, 132}  # the first token of each chunk is never a label
+    assert learned == sorted([14, 15, 16, 18, 19] + [t for t in range(100, 140) if t not in chunk_starts])
+
+
+def test_bad_input(tiny_tokenizer):
     with pytest.raises(ValueError, match="seq_len"):
-        pack_dataset(ds, tiny_tokenizer, seq_len=1, text_column="content")
+        pack_examples([Example.document([1, 2, 3])], 1, pad_id=0)
 
 
-def test_fim_as_a_data_collator_equals_the_map_transform(tiny_tokenizer):
+def test_fim_as_a_data_collator_equals_the_stream(tiny_tokenizer):
     docs = [d[:1500] for d in code_documents(30)]
     fim = FIMConfig(seed=9)
-    packed = pack_dataset(datasets.Dataset.from_dict({"text": docs}), tiny_tokenizer, seq_len=512, fim=fim)
-    expected = PackedCollator()(list(packed))
+    encoded, _ = DocumentEncoder(tiny_tokenizer, 512, fim)(docs, None, 0)
+    expected = PackedCollator()(pack_examples(encoded, 512, tiny_tokenizer.eos_token_id))
     collator = FIMPackingCollator(tiny_tokenizer, seq_len=512, fim=fim)
     batch = collator([{"text": d} for d in docs])
     for key in ("input_ids", "labels", "position_ids"):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from codellama_hf.packing import IGNORE_INDEX, PackedCollator
+from codellama_hf.data.packing import IGNORE_INDEX, PackedCollator
 from codellama_hf.parallel import check_sequence_parallel, shard_row
-from codellama_hf.stages import batch_plan, config_path, parse_stage_config
 from codellama_hf.training import run_stage
+from codellama_hf.training.config import batch_plan, config_path, parse_stage_config
 
 LCFT = config_path("lcft")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from codellama_hf.stages import PAPER_MIN_LR_RATE, batch_plan, config_path, parse_stage_config
+from codellama_hf.training.config import PAPER_MIN_LR_RATE, batch_plan, config_path, parse_stage_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE_STAGES = ("code", "python", "lcft")  # the instruct configs are checked in test_instruct_sft.py
@@ -166,7 +166,7 @@ def stage_args(tmp_path):
 
 
 def test_vocabulary_mismatch_is_an_error_unless_resizing(stage_args, tiny_tokenizer_dir, tiny_model_factory, tmp_path):
-    from codellama_hf.training import load_tokenizer_and_model
+    from codellama_hf.training.model import load_tokenizer_and_model
 
     folder = tmp_path / "small-vocab"
     tiny_model_factory(4000).save_pretrained(folder)  # Llama-2-like: no rows for the 16 infilling pieces
@@ -187,7 +187,7 @@ def test_theta_is_set_through_rope_parameters_and_checked(
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from codellama_hf.models import effective_rope_theta
-    from codellama_hf.training import load_tokenizer_and_model
+    from codellama_hf.training.model import load_tokenizer_and_model
 
     folder = tmp_path / "code-model"
     tiny_model_factory(4016).save_pretrained(folder)
@@ -214,39 +214,49 @@ def test_theta_is_set_through_rope_parameters_and_checked(
 
 
 def test_empty_corpus_is_an_error(stage_args, tiny_tokenizer, tmp_path):
-    from codellama_hf.training import build_train_dataset
+    from codellama_hf.training.stages import corpus_documents
 
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "blank.py").write_text("")
     _, data_args, config = stage_args("python", "--dataset_mixture", "none", "--dataset_sources", str(empty))
     with pytest.raises(ValueError, match="no documents kept from"):
-        build_train_dataset(data_args, config, tiny_tokenizer)
+        corpus_documents(data_args, config, tiny_tokenizer)
 
 
-def test_streaming_sources_pack_on_the_fly(stage_args, tiny_tokenizer, tmp_path):
-    import datasets
-
-    from codellama_hf.training import build_train_dataset
+def test_sources_stream_packed_rows(stage_args, tiny_tokenizer, tmp_path):
+    from codellama_hf.training.run import build_stream
+    from codellama_hf.training.stage import get_stage
 
     folder = tmp_path / "src"
     folder.mkdir()
     for i in range(40):
         (folder / f"m{i}.py").write_text(f"def f{i}(x):\n    return x * {i} + {i * i}\n" * 8)
-    _, data_args, config = stage_args("code", "--seq_len", "128", "--tokens_per_step", "512")
-    data_args.dataset_mixture, data_args.dataset_sources, data_args.streaming = None, [str(folder)], True
-    rows, info = build_train_dataset(data_args, config, tiny_tokenizer)
-    assert isinstance(rows, datasets.IterableDataset) and info["streaming"]
-    first = list(rows.take(6))
+    (folder / "latin1.py").write_bytes("caf\xe9 = 1\n".encode("latin-1"))  # not UTF-8: skipped and counted
+    _, data_args, config = stage_args(
+        "code",
+        "--seq_len",
+        "128",
+        "--tokens_per_step",
+        "512",
+        "--dataset_mixture",
+        "none",
+        "--dataset_sources",
+        str(folder),
+    )
+    data, stream = build_stream(get_stage("code"), data_args, config, tiny_tokenizer, rank=0)
+    assert data.info["documents"] == 40 and sum(data.info["skipped_when_read"].values()) == 1
+    first = list(stream.rows(3))
+    assert len(first) == 3 * config.per_device_train_batch_size
     assert all(len(r["input_ids"]) == 128 and sum(r["seq_lengths"]) <= 128 for r in first)
-    assert not (Path(config.output_dir) / "packed").exists()  # nothing materialised
+    assert not list(Path(config.output_dir).glob("*"))  # nothing written under output_dir
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "accelerate_configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_accelerate_configs_load_and_zero3_saves_weights(path):
     from accelerate.commands.config.config_args import ClusterConfig
 
-    from codellama_hf.training import check_zero3_saves_weights
+    from codellama_hf.training.trainer import check_zero3_saves_weights
 
     config = ClusterConfig.from_yaml_file(str(path))
     if config.distributed_type != "DEEPSPEED":
@@ -265,12 +275,12 @@ def test_fim_needs_the_infilling_pieces(stage_args, tmp_path):
     from transformers import AutoTokenizer
 
     from codellama_hf.tokenizer import build_tiny_tokenizer
-    from codellama_hf.training import build_train_dataset
+    from codellama_hf.training.stages import corpus_documents
 
     plain = AutoTokenizer.from_pretrained(build_tiny_tokenizer(tmp_path / "plain", infilling=False))
     _, data_args, config = stage_args("code")
     with pytest.raises(ValueError, match="fim_rate=0.9 needs a tokenizer with the infilling pieces"):
-        build_train_dataset(data_args, config, plain)
+        corpus_documents(data_args, config, plain)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -287,23 +297,47 @@ def _checkpoint(out: Path, step: int, signature: dict | None) -> Path:
     return folder
 
 
-def test_resume_takes_the_newest_complete_checkpoint_with_the_same_settings(stage_args, tmp_path):
-    from codellama_hf.training import latest_checkpoint, prepare_output_dir, resume_checkpoint, run_signature
+def test_resume_takes_the_newest_complete_checkpoint_with_the_same_settings(stage_args, tiny_tokenizer, tmp_path):
+    from codellama_hf.training.checkpoints import latest_checkpoint, prepare_output_dir, resume_checkpoint
+    from codellama_hf.training.run import build_stream, run_signature, stream_settings
+    from codellama_hf.training.stage import get_stage
 
     _, data_args, config = stage_args("code", "--resume_from_checkpoint")
     assert config.resume_from_checkpoint == "latest"
     out = Path(config.output_dir)
-    assert resume_checkpoint(config, run_signature(config, data_args)) is None  # nothing yet: a fresh start
+    data, stream = build_stream(get_stage("code"), data_args, config, tiny_tokenizer, rank=0)
 
-    signature = json.loads(json.dumps(run_signature(config, data_args)))
-    _checkpoint(out, 20, signature)
+    def signature():
+        return run_signature(config, data_args, data, stream_settings(config, data_args), tiny_tokenizer)
+
+    assert resume_checkpoint(config, signature()) is None  # nothing yet: a fresh start
+    _checkpoint(out, 20, json.loads(json.dumps(signature())))
     _checkpoint(out, 40, None)  # killed while saving: no signature yet
     assert latest_checkpoint(out) == out / "checkpoint-20"
-    assert resume_checkpoint(config, run_signature(config, data_args)) == str(out / "checkpoint-20")
+    assert resume_checkpoint(config, signature()) == str(out / "checkpoint-20")
 
-    data_args.fim_rate = 0.5
-    with pytest.raises(ValueError, match=r"checkpoint-20: it was written under different settings \(data: "):
-        resume_checkpoint(config, run_signature(config, data_args))
+    # Anything that changes the data is refused, naming the field
+    for field, value, named in (
+        ("fim_rate", 0.5, "data.fim_rate: 0.9 -> 0.5"),
+        ("data_streams_per_process", 4, "data.data_streams_per_process: 2 -> 4"),
+        ("packing_buffer", 32, "stream.chunk_documents: 64 -> 32"),
+    ):
+        before = getattr(data_args, field)
+        setattr(data_args, field, value)
+        with pytest.raises(ValueError, match=rf"checkpoint-20: it was written under different settings \(.*{named}"):
+            resume_checkpoint(config, signature())
+        setattr(data_args, field, before)
+    config.seed = 7
+    with pytest.raises(ValueError, match=r"seed: 42 -> 7"):
+        resume_checkpoint(config, signature())
+    config.seed = 42
+    edited = data.documents.map(lambda text: {"text": text + "# edited\n"}, input_columns="text")
+    data.documents = edited  # a source changed between the runs: as many documents, other text
+    with pytest.raises(ValueError, match=r"documents.sample_digest: '\w+' -> '\w+'\)"):
+        resume_checkpoint(config, signature())
+    data.documents = edited.select(range(10))  # documents removed
+    with pytest.raises(ValueError, match=r"documents.rows: \d+ -> 10; documents.sample_digest: "):
+        resume_checkpoint(config, signature())
 
     config.resume_from_checkpoint, config.overwrite_output_dir = None, False  # a new run may not mix into the old
     with pytest.raises(FileExistsError, match="already holds a run; pass --resume_from_checkpoint"):

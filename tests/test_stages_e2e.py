@@ -1,6 +1,7 @@
 """End-to-end training stages: real 2-process DeepSpeed ZeRO-3 runs on CPU through `accelerate launch`.
 
-One code-stage run (FIM on; made once per session, even across xdist workers) is the reference for three checks:
+One code-stage run (FIM on, 2 dataloader workers per process tokenizing and packing the stream; made once per
+session, even across xdist workers) is the reference for three checks:
 the saved folder, the learning rate at the last step, and a run killed with SIGKILL mid-way then resumed, which
 must log the same losses and FIM counts step for step. The long-context stage then continues the code stage's
 output, launched the way the README's main job is (no --config: the tiny preset, which finds outputs/tiny/code in
@@ -215,6 +216,9 @@ def test_sigkill_and_resume_reproduce_the_run(code_run, tmp_path):
                 pass
         proc.wait()
     assert not (out / "lineage.json").exists(), "the run finished before it could be killed"
+    # each process saved where its data streams stood: the resume continues from there instead of replaying
+    saved = sorted(p.name for p in (out / "checkpoint-3" / "data_state").iterdir())
+    assert saved == ["rank0.json", "rank1.json"]
 
     _run(cmd + ["--resume_from_checkpoint"], ROOT, tmp_path / "resumed.log")
     resumed_log = (tmp_path / "resumed.log").read_text()

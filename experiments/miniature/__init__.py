@@ -19,7 +19,7 @@ repository root) runs, each step skipped when its output is complete
 12. hub           model cards and the family staged for the Hub (publish.hub.push_family, dry run);
 13. report        DIR/report/report.md with PNGs and DIR/report/claims.json (only measured numbers).
 
-Every training stage is the library's `run_stage` / `run_instruct` in its own subprocess (accelerate's state is a
+Every training stage is the library's `run_stage` in its own subprocess (accelerate's state is a
 process-wide singleton); "pretrain" is the miniature's stand-in for Llama 2's own pretraining.
 The toy self-instruct generator is honest about what it is: a small fixed bank of interview problems
 with unit tests and candidate solutions (some wrong), answering the paper's prompts (no tiny model can write

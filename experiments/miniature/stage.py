@@ -9,15 +9,10 @@ Llama 2's pretraining.
 import sys
 from pathlib import Path
 
+from codellama_hf.training import run_stage
+
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "tiny"
 
 if __name__ == "__main__":
     stage, argv = sys.argv[1], sys.argv[2:]
-    if stage == "instruct":
-        from codellama_hf.instruct import run_instruct
-
-        run_instruct(default_config=RECIPES / "instruct.yaml", argv=argv)
-    else:
-        from codellama_hf.training import run_stage
-
-        run_stage(stage, default_config=RECIPES / f"{stage}.yaml", argv=argv)
+    run_stage(stage, default_config=RECIPES / f"{stage}.yaml", argv=argv)

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
 from codellama_hf.attention import check_packed_batch
-from codellama_hf.fim import FIMConfig, tokenize_documents
+from codellama_hf.data.fim import FIMConfig, tokenize_documents
+from codellama_hf.data.packing import PackedCollator, pack
 from codellama_hf.models import llama_config
-from codellama_hf.packing import PackedCollator, pack
 from tests.test_tokenizer import code_documents
 
 BACKENDS = [

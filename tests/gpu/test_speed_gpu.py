@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _row():
-    from codellama_hf.packing import PackedCollator
+    from codellama_hf.data.packing import PackedCollator
 
     ids = (torch.arange(2048) * 7919 % 31000 + 3).tolist()
     return PackedCollator()([{"input_ids": ids, "seq_lengths": [700, 1000, 348]}])

@@ -16,7 +16,7 @@ def main(port: str, config: str, output_dir: str) -> None:
     from accelerate import PartialState
     from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
-    from codellama_hf.training import StageTrainer
+    from codellama_hf.training.trainer import StageTrainer
 
     PartialState(backend="gloo")  # what StageConfig does for DeepSpeed without CUDA
     args = TrainingArguments(

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 from transformers.integrations import HfDeepSpeedConfig
 
+from codellama_hf.data.packing import PackedCollator
 from codellama_hf.models import llama_config
-from codellama_hf.packing import PackedCollator
 from codellama_hf.speed import register_lm_head_with_causal_lm
 
 DS_CONFIG = {

@@ -1,6 +1,6 @@
 """Training-stage configuration: YAML recipes parsed into dataclasses, and the token-based batch plan.
 
-A stage (code, python, lcft; later instruct) is a data builder plus hyperparameters. The hyperparameters live in
+A stage (registered in training/stages.py) is a data builder plus hyperparameters. The hyperparameters live in
 `recipes/configs/<size>/<stage>.yaml` and are parsed, TrlParser-style, into three dataclasses: `ModelArguments`
 (what to start from), `DataArguments` (what to train on) and `StageConfig` (transformers' `TrainingArguments` plus
 the stage's batch and length settings). Any field can be overridden on the command line; a key that is not a field
@@ -17,6 +17,7 @@ import difflib
 import json
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -24,8 +25,8 @@ from transformers import TrainingArguments
 
 from codellama_hf.adapters import AdapterArguments
 from codellama_hf.io import read_yaml_mapping
+from codellama_hf.training.distributed import configured_state, launch_world_size
 
-STAGES = ("pretrain", "code", "python", "lcft", "instruct")  # pretrain: the miniature's stand-in for Llama 2
 PAPER_MIN_LR_RATE = 1 / 30  # "final learning rate 1/30th of the peak" (paper §2.6)
 
 
@@ -117,13 +118,6 @@ class DataArguments:
         },
     )
     dataset_split: str = field(default="train", metadata={"help": "Split of the mixture's components to train on."})
-    streaming: bool = field(
-        default=False,
-        metadata={
-            "help": "Stream large datasets instead of materialising them. Resuming then replays the stream "
-            "up to the checkpoint instead of jumping to it."
-        },
-    )
     text_column: str = field(default="text", metadata={"help": "Column holding the document text."})
     fim_rate: float = field(
         default=0.0, metadata={"help": "Share of documents turned into fill-in-the-middle examples (paper: 0.9)."}
@@ -132,7 +126,15 @@ class DataArguments:
         default=0.5, metadata={"help": "Share of FIM examples in suffix-prefix-middle order (paper: 0.5)."}
     )
     packing_buffer: int = field(
-        default=2000, metadata={"help": "Documents packed together by best-fit (more: fewer padding tokens)."}
+        default=2000,
+        metadata={"help": "Documents per chunk, packed together by best-fit (more: fewer padding tokens)."},
+    )
+    data_streams_per_process: int = field(
+        default=2,
+        metadata={
+            "help": "Independent document streams each process reads (data/stream.py); dataloader_num_workers "
+            "must divide it. The rows depend on it, not on the number of workers."
+        },
     )
 
     def __post_init__(self):
@@ -149,6 +151,8 @@ class DataArguments:
                 "dataset_sources reads one corpus without a mixture; with dataset_mixture, give "
                 "sources per component in mixture_sources"
             )
+        if not isinstance(self.data_streams_per_process, int) or self.data_streams_per_process < 1:
+            raise ValueError(f"data_streams_per_process={self.data_streams_per_process!r}: must be a positive integer")
         if self.mixture_sources is not None and self.dataset_mixture is None:
             raise ValueError("mixture_sources needs dataset_mixture")
 
@@ -286,11 +290,6 @@ def batch_plan(
     )
 
 
-def launch_world_size() -> int:
-    """Processes in this launch, from the launcher's environment (accelerate, torchrun and deepspeed set it)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def _paper_default(name: str, default):
     """A TrainingArguments field with this toolkit's default and transformers' own help text."""
     metadata = TrainingArguments.__dataclass_fields__[name].metadata
@@ -303,7 +302,7 @@ def _paper_default(name: str, default):
 class StageConfig(TrainingArguments):
     """TrainingArguments plus a stage's token batch, sequence length and run length, with the paper's defaults."""
 
-    stage: str = field(default=None, metadata={"help": f"Which stage this file configures: {', '.join(STAGES)}."})
+    stage: str = field(default=None, metadata={"help": "Which registered stage this file configures."})
     seq_len: int = field(default=4096, metadata={"help": "Tokens per packed training sequence."})
     tokens_per_step: int = field(
         default=4 * 1024 * 1024,
@@ -356,14 +355,13 @@ class StageConfig(TrainingArguments):
     save_total_limit: int | None = _paper_default("save_total_limit", 3)
     report_to: None | str | list[str] = _paper_default("report_to", "tensorboard")
     include_num_input_tokens_seen: str | bool = _paper_default("include_num_input_tokens_seen", True)
-    # Packed rows are shuffled per epoch, deterministically, when the dataset is built; reading them in order makes
-    # a resumed run read exactly what the interrupted one would have.
-    train_sampling_strategy: str = _paper_default("train_sampling_strategy", "sequential")
+    # The stream tokenizes and packs in the DataLoader's workers (data/stream.py)
+    dataloader_num_workers: int = _paper_default("dataloader_num_workers", 2)
     remove_unused_columns: bool = _paper_default("remove_unused_columns", False)  # keep position_ids
 
     def __post_init__(self):
-        if self.stage not in STAGES:
-            raise ValueError(f"stage={self.stage!r}: choose one of {STAGES}")
+        if not self.stage:
+            raise ValueError("stage is not set: the recipe names it")
         if self.output_dir is None:
             raise ValueError("output_dir is not set: every stage writes its model and checkpoints there")
         world = self.plan_world_size or launch_world_size()
@@ -387,7 +385,12 @@ class StageConfig(TrainingArguments):
         if self.plan_only:  # nothing is trained: no run folders, and a GPU config previews on a laptop
             self.report_to = "none"
             self.bf16 = self.fp16 = False
-        self._hand_gloo_to_accelerate()
+        if configured_state() is not None:  # made by distributed.setup_distributed: TrainingArguments must keep it
+            if self.accelerator_config is None:
+                self.accelerator_config = {}
+            if not isinstance(self.accelerator_config, dict):
+                raise ValueError("accelerator_config must be a mapping when DeepSpeed runs on CPU")
+            self.accelerator_config["use_configured_state"] = True
         self._pin_memory_only_with_an_accelerator()
         super().__post_init__()
 
@@ -397,29 +400,6 @@ class StageConfig(TrainingArguments):
 
         if self.dataloader_pin_memory and not torch.accelerator.is_available():
             self.dataloader_pin_memory = False
-
-    def _hand_gloo_to_accelerate(self) -> None:
-        """DeepSpeed on a machine without CUDA: create accelerate's state with gloo before TrainingArguments does.
-
-        accelerate finds no backend on CPU and would run a 2-process DeepSpeed launch as one process
-        (docs/stack-notes.md, DeepSpeed ZeRO-3 on a CPU). Creating the state first, as a DeepSpeed state with gloo, and
-        handing it over (`use_configured_state`) makes `accelerate launch --config_file
-        accelerate_configs/cpu_zero3.yaml` and `torchrun ... --deepspeed` both work; DeepSpeed's own communication is
-        then up before ZeRO-3 builds the model.
-        """
-        import torch
-        from accelerate import PartialState
-
-        deepspeed = self.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true", "yes")
-        if torch.cuda.is_available() or launch_world_size() == 1 or self.plan_only or not deepspeed:
-            return
-        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-        PartialState(backend="gloo")
-        if self.accelerator_config is None:
-            self.accelerator_config = {}
-        if not isinstance(self.accelerator_config, dict):
-            raise ValueError("accelerator_config must be a mapping when DeepSpeed runs on CPU")
-        self.accelerator_config["use_configured_state"] = True
 
     def hyperparameters(self) -> dict:
         """The optimisation settings a model card should quote."""
@@ -449,7 +429,7 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, StageConfig)
 
 def config_path(stage: str, size: str = "tiny", root: str | os.PathLike | None = None) -> Path:
     """recipes/configs/<size>/<stage>.yaml in a checkout (root defaults to this repository)."""
-    root = Path(root) if root else Path(__file__).resolve().parents[1] / "recipes" / "configs"
+    root = Path(root) if root else Path(__file__).resolve().parents[2] / "recipes" / "configs"
     return root / size / f"{stage}.yaml"
 
 
@@ -468,13 +448,9 @@ def read_config_file(path: str | os.PathLike) -> dict:
     return config
 
 
-def parse_stage_config(
-    stage: str, argv: list[str] | None = None, *, default_config: str | os.PathLike | None = None
-) -> tuple[ModelArguments, DataArguments, StageConfig]:
-    """`--config file.yaml` (default: `default_config`) plus `--field value` overrides -> the three dataclasses."""
-    from trl import TrlParser
-
-    argv = list(argv) if argv is not None else __import__("sys").argv[1:]
+def with_config(argv: list[str] | None, default_config: str | os.PathLike | None) -> list[str]:
+    """The command line (default: sys.argv) starting with `--config FILE` (default_config when none is given)."""
+    argv = list(argv) if argv is not None else sys.argv[1:]
     if "--config" not in argv:
         if default_config is None:
             raise ValueError("no --config given")
@@ -482,7 +458,17 @@ def parse_stage_config(
     position = argv.index("--config")
     if position + 1 >= len(argv):
         raise ValueError("--config needs a YAML file")
-    path = argv[position + 1]
+    return [*argv[position : position + 2], *argv[:position], *argv[position + 2 :]]
+
+
+def parse_stage_config(
+    stage: str, argv: list[str] | None = None, *, default_config: str | os.PathLike | None = None
+) -> tuple[ModelArguments, DataArguments, StageConfig]:
+    """`--config file.yaml` (default: `default_config`) plus `--field value` overrides -> the three dataclasses."""
+    from trl import TrlParser
+
+    argv = with_config(argv, default_config)
+    path = argv[1]
     config = read_config_file(path)
     if config.get("stage", stage) != stage:
         raise ValueError(

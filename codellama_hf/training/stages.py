@@ -1,0 +1,194 @@
+"""The paper's stages, registered once: pretrain (the miniature's stand-in for Llama 2), code, python, lcft, instruct.
+
+code, python and lcft (and pretrain) read documents (a Table 1 mixture or plain sources, codellama_hf.corpus) and
+train on every token, FIM-transformed at `fim_rate` (0.9 in the Code Llama paper, Rozière et al. 2023, §2.3); instruct
+reads dialogs filling the `reserved` share of the instruct_rehearsal mixture (code 6%, natural language 2%) with the
+loss on the assistant's answers, and saves its tokenizer with the chat template.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from codellama_hf.chat import CHAT_TEMPLATE
+from codellama_hf.data.fim import FIMConfig
+from codellama_hf.data.sft import INSTRUCT, DialogMixtureEncoder, load_dialogs
+from codellama_hf.data.stream import DocumentEncoder
+from codellama_hf.training.config import DataArguments, config_path
+from codellama_hf.training.distributed import process_state
+from codellama_hf.training.stage import Stage, StageData, register_stage
+
+
+def data_seed(config) -> int:
+    return config.data_seed if config.data_seed is not None else config.seed
+
+
+def _describe(data_args: DataArguments) -> str:
+    if data_args.dataset_mixture is not None:
+        return f"mixture {data_args.dataset_mixture}"
+    return "sources " + ", ".join(map(str, data_args.dataset_sources))
+
+
+def as_table(documents, key: dict):
+    """A map-style table of the documents: an IterableDataset (a datasets name, streamed by default) is written
+    once to the datasets cache, keyed by the data settings, and read memory-mapped from there."""
+    import datasets
+
+    if isinstance(documents, datasets.Dataset):
+        return documents
+
+    def rows(source):
+        yield from source
+
+    fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return datasets.Dataset.from_generator(
+        rows, gen_kwargs={"source": documents}, features=documents.features, fingerprint=fingerprint
+    )
+
+
+def _checked(documents, data_args: DataArguments):
+    if data_args.text_column not in documents.column_names:
+        raise ValueError(
+            f"{_describe(data_args)} has no {data_args.text_column!r} column (columns: {documents.column_names}); "
+            "set text_column"
+        )
+    if len(documents) == 0:
+        raise ValueError(f"the corpus is empty ({_describe(data_args)})")
+    return documents
+
+
+def fim_config(data_args: DataArguments, tokenizer, seed: int) -> FIMConfig | None:
+    from codellama_hf.tokenizer import supports_infilling
+
+    if data_args.fim_rate == 0:
+        return None
+    if not supports_infilling(tokenizer):
+        raise ValueError(
+            f"fim_rate={data_args.fim_rate} needs a tokenizer with the infilling pieces (<PRE> <SUF> <MID> <EOT>); "
+            "build one with `codellama-hf tokenizer --llama2 ... --out ...` or set fim_rate: 0"
+        )
+    return FIMConfig(rate=data_args.fim_rate, spm_rate=data_args.fim_spm_rate, seed=seed)
+
+
+def corpus_documents(data_args: DataArguments, config, tokenizer) -> StageData:
+    """Documents of a mixture (preset or YAML) or of plain sources, with FIM at `fim_rate`."""
+    from codellama_hf.corpus import get_mixture, load_mixture, read_sources
+    from codellama_hf.corpus.filters import SkipCounter
+
+    seed = data_seed(config)
+    fim = fim_config(data_args, tokenizer, seed)
+    skipped = SkipCounter()
+    with process_state().main_process_first():  # global: one process reads and caches, the others then load it
+        if data_args.dataset_mixture is not None:
+            documents = load_mixture(
+                data_args.dataset_mixture,
+                data_args.dataset_split,
+                seed=seed,
+                sources=data_args.mixture_sources_dict(),
+            )
+        else:
+            documents = read_sources(data_args.dataset_sources, stats=skipped)
+        documents = _checked(as_table(documents, asdict(data_args)), data_args)
+    info = {
+        "mixture": data_args.dataset_mixture,
+        "sources": data_args.dataset_sources,
+        "mixture_sources": data_args.mixture_sources_dict(),
+        "split": data_args.dataset_split,
+        "seq_len": config.seq_len,
+        "fim": asdict(fim) if fim else None,
+        "documents": len(documents),
+        "skipped_when_read": dict(skipped),
+    }
+    if data_args.dataset_mixture is not None:
+        info["mixture_weights"] = get_mixture(data_args.dataset_mixture).weights
+    return StageData(documents, DocumentEncoder(tokenizer, config.seq_len, fim), info, fim)
+
+
+def instruct_mixture(data_args: DataArguments):
+    """(name, token weights, component sources, instruct sources) from the data arguments, checked; cheap, so the
+    stage calls it before loading a model."""
+    from codellama_hf.corpus import get_mixture
+
+    if data_args.fim_rate:
+        raise ValueError(f"fim_rate={data_args.fim_rate}: the instruct stage trains on dialogs without FIM; set 0")
+    if data_args.dataset_mixture is None:  # dialogs only, no rehearsal
+        return "none (dialogs only)", {INSTRUCT: 1.0}, {}, data_args.dataset_sources
+    mixture = get_mixture(data_args.dataset_mixture)
+    sources = dict(data_args.mixture_sources_dict() or {})
+    instruct_sources = sources.pop(INSTRUCT, None)
+    if not instruct_sources:
+        raise ValueError(
+            "mixture_sources has no 'instruct' entry: name the instruct dialogs (a self-instruct dataset folder, "
+            "messages files, datasets names, or 'stdlib' for the offline demo)"
+        )
+    if not mixture.reserved:
+        raise ValueError(
+            f"mixture {mixture.name!r} reserves no share for the instruct dialogs; give it `reserved` "
+            "(instruct_rehearsal reserves 0.92)"
+        )
+    unknown = set(sources) - set(mixture.weights)
+    if unknown:
+        raise ValueError(
+            f"mixture_sources names {sorted(unknown)}, which mixture {mixture.name!r} lacks "
+            f"(components: {sorted(mixture.weights)} and {INSTRUCT!r})"
+        )
+    return mixture.name, {INSTRUCT: mixture.reserved, **mixture.weights}, sources, instruct_sources
+
+
+def instruct_documents(data_args: DataArguments, config, tokenizer) -> StageData:
+    """Dialogs (component `instruct`) and rehearsal documents in one table, mixed by corpus.load_mixture."""
+    from codellama_hf.corpus import load_mixture
+
+    name, weights, sources, instruct_sources = instruct_mixture(data_args)
+    seed = data_seed(config)
+    with process_state().main_process_first():
+        dialogs = load_dialogs(instruct_sources, data_args.dataset_split)
+        if data_args.dataset_mixture is None:
+            documents = dialogs.add_column("component", [INSTRUCT] * len(dialogs))
+        else:
+            documents = load_mixture(
+                data_args.dataset_mixture,
+                data_args.dataset_split,
+                seed=seed,
+                sources=sources or None,
+                extra={INSTRUCT: dialogs},
+            )
+        documents = _checked(as_table(documents, asdict(data_args)), data_args)
+    info = {
+        "mixture": name,
+        "mixture_weights": weights,
+        "instruct_sources": instruct_sources,
+        "mixture_sources": sources,
+        "split": data_args.dataset_split,
+        "seq_len": config.seq_len,
+        "fim": None,
+        "documents": len(documents),
+    }
+    return StageData(documents, DialogMixtureEncoder(tokenizer, config.seq_len), info, None)
+
+
+def _preset(name: str) -> Path:
+    return config_path(name, "tiny")
+
+
+for _name, _about in (
+    ("pretrain", "the miniature's stand-in for Llama 2: natural language from a random model"),
+    ("code", "Code Llama: 500B tokens of Table 1's code mixture with FIM (paper §2.2-2.3)"),
+    ("python", "Code Llama - Python: 100B more tokens of the Python mixture (paper §2.1, Table 1)"),
+    ("lcft", "long-context fine-tuning: 16,384-token sequences, RoPE theta 10^6 (paper §2.4)"),
+):
+    register_stage(Stage(_name, corpus_documents, default_config=_preset(_name), description=_about))
+
+register_stage(
+    Stage(
+        "instruct",
+        instruct_documents,
+        default_config=_preset("instruct"),
+        check_data=instruct_mixture,
+        chat_template=CHAT_TEMPLATE,
+        description="Code Llama - Instruct: dialogs with assistant-only loss plus rehearsal (paper §2.5)",
+    )
+)
