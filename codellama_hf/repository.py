@@ -108,10 +108,12 @@ def _is_package(path: str) -> bool:
 
 
 def imported_modules(file: SourceFile, package: str | None = None) -> list[str]:
-    """Absolute dotted names `file` imports (relative imports resolved); [] when it does not parse."""
+    """Absolute dotted names a Python `file` imports (relative imports resolved); [] when it does not parse."""
+    if not file.path.endswith(".py"):
+        return []
     try:
         tree = ast.parse(file.text)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError):
         return []
     own = module_names(file.path, package)[-1] if module_names(file.path, package) else ""
     here = own.split(".") if _is_package(file.path) else own.split(".")[:-1]
