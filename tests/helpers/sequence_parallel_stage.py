@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer
 
-from codellama_hf.stages import config_path
 from codellama_hf.training import run_stage
+from codellama_hf.training.config import config_path
 
 seen = {"all_to_all": 0, "attention": set()}
 _all_to_all = dist.all_to_all_single
