@@ -17,7 +17,8 @@ the full position_ids back before it builds the mask (or the varlen boundaries):
     shard 1 position_ids                                    3 4 5 6 0 1 2 3
 
 Labels are shifted before the cut (DeepSpeed's `UlyssesSPDataLoaderAdapter` turns `labels` into `shift_labels`), so
-the token at a shard's end still predicts the first token of the next shard.
+the token at a shard's end still predicts the first token of the next shard. The exchange is
+`all_to_all_single`, which gloo implements: the tiny recipe trains with sequence_parallel_size 2 on two CPU processes.
 """
 
 from __future__ import annotations

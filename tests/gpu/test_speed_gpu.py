@@ -1,7 +1,8 @@
 """GPU tier of the speed options: Liger's kernels against the unfused path, Ulysses sequence parallelism.
 
-Skipped without CUDA (Triton and NCCL need a GPU); the CPU tier (tests/test_speed.py) covers the same code paths
-with a plain-torch stand-in for the kernel and the row sharding.
+Skipped without CUDA (Triton needs a GPU). The CPU tier (tests/test_speed.py) covers the same code paths: Liger's
+fused-linear forward under ZeRO-3 with a plain-torch stand-in for the kernel, and Ulysses on 2 gloo processes with
+sdpa; here the kernels themselves run, and Ulysses runs on NCCL with the recipe's bf16.
 """
 
 from __future__ import annotations
