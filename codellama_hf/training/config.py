@@ -125,6 +125,18 @@ class DataArguments:
     fim_spm_rate: float = field(
         default=0.5, metadata={"help": "Share of FIM examples in suffix-prefix-middle order (paper: 0.5)."}
     )
+    repository_samples: bool = field(
+        default=False,
+        metadata={
+            "help": "Code stages: concatenate each repository's files (dependency order, plain-text path headers) "
+            "into samples cut at file boundaries, FIM on the last file's span (data/repository.py). Needs "
+            "dataset_sources, whose documents keep their source and path."
+        },
+    )
+    repository_key_depth: int = field(
+        default=0,
+        metadata={"help": "Repository = source plus this many leading folders of the path (a folder of repos: 1)."},
+    )
     packing_buffer: int = field(
         default=2000,
         metadata={"help": "Documents per chunk, packed together by best-fit (more: fewer padding tokens)."},
@@ -153,6 +165,11 @@ class DataArguments:
             )
         if not isinstance(self.data_streams_per_process, int) or self.data_streams_per_process < 1:
             raise ValueError(f"data_streams_per_process={self.data_streams_per_process!r}: must be a positive integer")
+        if self.repository_samples and self.dataset_mixture is not None:
+            raise ValueError(
+                "repository_samples groups files by their source and path, which mixtures do not keep; use "
+                "--dataset_mixture none with dataset_sources"
+            )
         if self.mixture_sources is not None and self.dataset_mixture is None:
             raise ValueError("mixture_sources needs dataset_mixture")
 

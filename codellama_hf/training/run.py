@@ -56,7 +56,7 @@ def build_stream(stage: Stage, data_args, config, tokenizer, *, rank: int) -> tu
         stream_settings(config, data_args),
         rank=rank,
         pad_id=tokenizer.eos_token_id,
-        text_column=data_args.text_column,
+        text_column=data.text_column or data_args.text_column,
     )
     return data, stream
 
@@ -86,7 +86,7 @@ def run_signature(config, data_args, data: StageData, settings: StreamSettings, 
         "stream": asdict(settings),
         "documents": {
             "rows": len(data.documents),
-            "sample_digest": documents_digest(data.documents, data_args.text_column),
+            "sample_digest": documents_digest(data.documents, data.text_column or data_args.text_column),
         },
         "tokenizer": hashlib.sha256(vocabulary.encode()).hexdigest()[:16],
     }

@@ -26,6 +26,7 @@ class StageData:
     encoder: Encoder
     info: dict
     fim: FIMConfig | None = None
+    text_column: str | None = None  # the column the stream reads, when not data_args.text_column
 
 
 @dataclass(frozen=True)

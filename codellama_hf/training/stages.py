@@ -104,6 +104,14 @@ def corpus_documents(data_args: DataArguments, config, tokenizer) -> StageData:
     }
     if data_args.dataset_mixture is not None:
         info["mixture_weights"] = get_mixture(data_args.dataset_mixture).weights
+    if data_args.repository_samples:
+        from codellama_hf.data.repository import COLUMN, RepositoryEncoder, group_repositories
+
+        repositories = group_repositories(
+            documents, text_column=data_args.text_column, key_depth=data_args.repository_key_depth
+        )
+        info["repository_samples"] = {"repositories": len(repositories), "key_depth": data_args.repository_key_depth}
+        return StageData(repositories, RepositoryEncoder(tokenizer, config.seq_len, fim), info, fim, COLUMN)
     return StageData(documents, DocumentEncoder(tokenizer, config.seq_len, fim), info, fim)
 
 
