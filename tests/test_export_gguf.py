@@ -212,13 +212,49 @@ def test_bad_input_is_a_clear_error_and_leaves_no_file(models, tmp_path, monkeyp
     assert cli.returncode == 2 and "only Llama-architecture" in cli.stderr and not out.exists()
 
 
-def test_llama_cpp_infill_when_installed(models, tmp_path):
-    """llama.cpp tokenizes like SentencePiece from this vocabulary and finds the FIM ids in the metadata."""
+GOLDEN_SUFFIX = "\n    return result\n"
+
+
+def test_llama_cpp_reads_the_gguf_when_installed(models, tmp_path):
+    """llama.cpp itself (llama-cpp-python, built from source; skipped where it is not installed): SentencePiece-exact
+    tokens, the FIM and EOT ids from the metadata, logits equal to the HF model's, an infill that runs, and the
+    Modelfile templates' text tokenized as Meta encodes it (except llama.cpp's extra 29871 before the suffix)."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    out = export_gguf(models["infill"], tmp_path / "m.gguf", kind="f16")
-    llm = llama_cpp.Llama(model_path=str(out), n_ctx=256, verbose=False)
-    sp = spm.SentencePieceProcessor(model_file=str(models["infill"] / "tokenizer.model"))
-    assert llm.tokenize(GOLDEN_PREFIX.encode(), add_bos=True) == [1, *sp.encode(GOLDEN_PREFIX)]
-    assert (llm._model.token_prefix(), llm._model.token_suffix(), llm._model.token_middle()) == (32007, 32008, 32009)
-    completion = llm.create_completion(GOLDEN_PREFIX, suffix="\n    return result\n", max_tokens=4, temperature=0)
+    from transformers import AutoTokenizer
+
+    from codellama_hf.chat import prompt_ids
+    from codellama_hf.tokenizer import infilling_prompt
+
+    folder = models["infill"]
+    out = export_gguf(folder, tmp_path / "m.gguf", kind="f16")
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=256, logits_all=True, verbose=False)
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    code = 'def f(x):\n    """Doc."""\n\treturn x  # ünï 🙂\n'
+    assert llm.tokenize(code.encode(), add_bos=True) == [1, *sp.encode(code)]
+    vocab = llm._model
+    assert (vocab.token_prefix(), vocab.token_suffix(), vocab.token_middle()) == (32007, 32008, 32009)
+    assert (vocab.token_eos(), vocab.token_eot()) == (2, 32010)
+
+    golden = infilling_prompt(AutoTokenizer.from_pretrained(folder), GOLDEN_PREFIX, GOLDEN_SUFFIX)
+    llm.eval(golden)
+    ours = torch.from_numpy(np.array(llm.scores[: len(golden)]))
+    with torch.no_grad():
+        torch.testing.assert_close(ours, _hf_logits(folder, torch.tensor([golden]))[0], rtol=0, atol=5e-3)
+
+    # The infill Modelfile template renders "▁<PRE>{prefix}▁<SUF>{suffix}▁<MID>": Meta's ids, plus one 29871.
+    infill_text = f"\u2581<PRE>{GOLDEN_PREFIX}\u2581<SUF>{GOLDEN_SUFFIX}\u2581<MID>"
+    llama_ids = llm.tokenize(infill_text.encode(), add_bos=True, special=True)
+    at = golden.index(32008) + 1
+    assert llama_ids == [*golden[:at], 29871, *golden[at:]]
+    # The instruct template renders Meta's chat_completion text; llama.cpp gives each text after a special token
+    # its implicit space, as Meta's per-turn encode does.
+    dialog = [
+        {"role": "user", "content": "Reverse a list."},
+        {"role": "assistant", "content": "xs[::-1]"},
+        {"role": "user", "content": "And a string?"},
+    ]
+    chat_text = "[INST] Reverse a list. [/INST] xs[::-1] </s><s>[INST] And a string? [/INST]"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert llm.tokenize(chat_text.encode(), add_bos=True, special=True) == prompt_ids(tokenizer, dialog)
+    completion = llm.create_completion(GOLDEN_PREFIX, suffix=GOLDEN_SUFFIX, max_tokens=4, temperature=0)
     assert isinstance(completion["choices"][0]["text"], str)
