@@ -14,7 +14,9 @@ nothing from packing, which bounds the ratio.
 GPU (--gpu): a 7B-shaped slice (--layers full-width Llama-2-7B layers, vocabulary 32,016, bf16) on packed rows at
 4,096 and 16,384 tokens, for each attention backend installed, Liger on/off and torch.compile on/off: tokens/s/GPU,
 MFU (6N + 12 L h s FLOPs per token over the GPU's bf16 peak; perf.md §0) and peak memory against the planner's
-estimate for the same slice. This path needs CUDA; it has not been run on the CPU-only machine it was written on.
+estimate for the same slice (the slice trains pure bf16 with bf16 AdamW states, 8 bytes per parameter, where the
+planner counts mixed precision's 16: the gap is 8 bytes x the slice's parameters). This path needs CUDA; it has not
+been run on the CPU-only machine it was written on.
 
     python bench/train_throughput.py [--documents 16] [--seq-len 4096] [--batch 4]
     python bench/train_throughput.py --gpu [--layers 4] [--steps 5]
