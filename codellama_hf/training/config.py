@@ -336,6 +336,23 @@ class StageConfig(TrainingArguments):
         },
     )
     plan_only: bool = field(default=False, metadata={"help": "Print the batch plan and exit."})
+    quick_eval: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluations run on the current weights during training (evaluation/during_training.py): any of "
+            "infilling, perplexity, humaneval; logged, and kept in lineage.json. Default: none."
+        },
+    )
+    quick_eval_steps: int = field(
+        default=0, metadata={"help": "Run the quick evaluations every this many steps (0: only at the end)."}
+    )
+    quick_eval_repositories: list[str] | None = field(
+        default=None,
+        metadata={"help": "Held-out repository folders for the infilling evaluation (default: stdlib packages)."},
+    )
+    quick_eval_allow_code_execution: bool = field(
+        default=False, metadata={"help": "Let the humaneval quick evaluation run model-written code in the sandbox."}
+    )
     sequence_parallel_size: int = field(
         default=1,
         metadata={

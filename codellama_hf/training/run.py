@@ -92,6 +92,22 @@ def run_signature(config, data_args, data: StageData, settings: StreamSettings, 
     }
 
 
+def quick_eval_callback(config, tokenizer):
+    """The QuickEvalCallback the recipe asks for (`quick_eval`), or None."""
+    if not config.quick_eval:
+        return None
+    from codellama_hf.evaluation.during_training import QuickEvalCallback, QuickEvalConfig
+
+    settings = QuickEvalConfig(
+        every_steps=config.quick_eval_steps,
+        evaluations=tuple(config.quick_eval),
+        repositories=tuple(config.quick_eval_repositories or ()),
+        allow_code_execution=config.quick_eval_allow_code_execution,
+        seed=config.seed,
+    )
+    return QuickEvalCallback(tokenizer, settings)
+
+
 def run_stage(
     stage: str | Stage,
     *,
@@ -154,6 +170,9 @@ def run_stage(
         signature=signature,
         callbacks=callbacks,
     )
+    quick = quick_eval_callback(config, tokenizer)
+    if quick is not None:
+        quick.attach(trainer)
     if trainer.is_deepspeed_enabled:
         check_zero3_saves_weights(trainer.accelerator.state.deepspeed_plugin.deepspeed_config)
         check_deepspeed_config(trainer.accelerator.state.deepspeed_plugin.deepspeed_config)
@@ -173,6 +192,8 @@ def run_stage(
     )
     if stage.chat_template is not None:
         lineage["chat_template"] = stage.chat_template
+    if quick is not None:
+        lineage["evaluations_during_training"] = quick.summary()
     out = save_final(trainer, lineage, model_args)
     if state.is_main_process:
         print_summary(json.loads((out / LINEAGE_FILE).read_text()), out, config)
