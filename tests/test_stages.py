@@ -252,6 +252,15 @@ def test_sources_stream_packed_rows(stage_args, tiny_tokenizer, tmp_path):
     assert not list(Path(config.output_dir).glob("*"))  # nothing written under output_dir
 
 
+def test_a_source_that_disappears_is_named(stage_args, tiny_tokenizer, tmp_path):
+    from codellama_hf.training.stages import corpus_documents
+
+    gone = tmp_path / "deleted-repo"
+    _, data_args, config = stage_args("code", "--dataset_mixture", "none", "--dataset_sources", str(gone))
+    with pytest.raises(FileNotFoundError, match="deleted-repo does not exist"):
+        corpus_documents(data_args, config, tiny_tokenizer)
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "accelerate_configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_accelerate_configs_load_and_zero3_saves_weights(path):
     from accelerate.commands.config.config_args import ClusterConfig
