@@ -333,3 +333,22 @@ def test_card_cli(family, results, tmp_path, capsys):
     )
     assert capsys.readouterr().out == f"wrote {out}\n"
     assert out.read_text().startswith("---\n") and "# **CodeLlama-tiny-hf**" in out.read_text()
+
+
+def test_evaluations_during_training_from_the_lineage(family):
+    """A stage's quick evaluations (lineage `evaluations_during_training`) become a table of the card."""
+    from codellama_hf.publish.card import CardOptions, render_card
+    from codellama_hf.publish.facts import read_facts
+
+    facts = read_facts(family["tiny-instruct"])
+    assert "Evaluations during training" not in str(render_card(facts, [], CardOptions()))
+    facts.stages[0]["evaluations_during_training"] = {
+        "history": [
+            {"step": 5, "metrics": {"perplexity@256": 41.5, "infill_exact_match_with_context": 0.25}},
+            {"step": 10, "metrics": {"perplexity@256": 30.25}},
+        ]
+    }
+    text = str(render_card(facts, [], CardOptions()))
+    assert "Evaluations during training" in text
+    assert "| code | 5 | infill_exact_match_with_context | 0.25 |" in text
+    assert "| code | 10 | perplexity@256 | 30.25 |" in text

@@ -130,6 +130,16 @@ def _stage_rows(facts: ModelFacts, options: CardOptions) -> list[tuple]:
     return rows
 
 
+def _training_eval_rows(facts: ModelFacts) -> list[tuple]:
+    """Quick evaluations run during each stage (lineage `evaluations_during_training`), one row per metric."""
+    rows = []
+    for s in facts.stages:
+        for record in (s.get("evaluations_during_training") or {}).get("history", []):
+            for metric, value in sorted(record.get("metrics", {}).items()):
+                rows.append((s["stage"], record["step"], metric, _float(value)))
+    return rows
+
+
 def _data_stages(facts: ModelFacts) -> list[dict]:
     """Per stage: one sentence on its data, and its mixture as table rows."""
     out = []
@@ -269,6 +279,7 @@ def render_card(facts: ModelFacts, results: list[dict], options: CardOptions):
         data_stages=_data_stages(facts),
         results_table=results_table,
         evaluation_rows=_evaluation_rows(results),
+        training_eval_rows=_training_eval_rows(facts),
         sandbox_note=note,
     )
 
