@@ -82,6 +82,11 @@ def prepare(model_args, config) -> None:
         config.parallelism_config = parallelism_config(
             sp, config.plan.world_size // sp, model_args.attn_implementation
         )
+    if not config.plan_only and (warning := warn_if_it_cannot_fit(shape, model_args, config)):
+        from accelerate import PartialState
+
+        if PartialState().is_main_process:
+            print(warning)
 
 
 def _accelerate_uses_deepspeed() -> bool:
@@ -90,30 +95,57 @@ def _accelerate_uses_deepspeed() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true", "yes")
 
 
-def memory_plan(model, model_args, config):
-    """(setup, memory) of the planner for this very run: this launch, its ZeRO stage, micro-batch and switches.
-
-    The GPU's memory is read from the device; on a machine without CUDA the estimate is per process (no fit check).
-    """
+def _setup(model_args, config, bf16: bool):
+    """The planner's Setup of this very run: this launch, its ZeRO stage, micro-batch and switches."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    from codellama_hf.planner import ModelShape, Setup, attention_kind, memory
+    from codellama_hf.planner import Setup, attention_kind
 
-    zero = 3 if is_deepspeed_zero3_enabled() else 0
-    setup = Setup(
+    return Setup(
         gpus=config.plan.world_size,
         gpu_memory_gib=torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else 0,
         seq_len=config.seq_len,
         tokens_per_step=config.tokens_per_step,
-        zero_stage=zero,
+        zero_stage=3 if is_deepspeed_zero3_enabled() else 0,
         sequence_parallel=getattr(config, "sequence_parallel_size", 1),
         checkpointing=bool(config.gradient_checkpointing),
         fused_loss=bool(config.use_liger_kernel),
         attention=attention_kind(model_args.attn_implementation),
-        bf16=bool(config.bf16) or model.dtype == torch.bfloat16,
+        bf16=bf16,
         micro_batch=config.per_device_train_batch_size,
     )
+
+
+def memory_plan(model, model_args, config):
+    """(setup, memory) of the planner for this run and its loaded model.
+
+    The GPU's memory is read from the device; on a machine without CUDA the estimate is per process (no fit check).
+    """
+    from codellama_hf.planner import ModelShape, memory
+
+    setup = _setup(model_args, config, bool(config.bf16) or model.dtype == torch.bfloat16)
     return setup, memory(ModelShape.from_config(model.config), setup, config.per_device_train_batch_size)
+
+
+def warn_if_it_cannot_fit(shape, model_args, config) -> str | None:
+    """On a GPU, before the weights are read: the planner's verdict when this run is not expected to fit, naming the
+    smallest change that does (a warning: the estimate is deliberately on the high side)."""
+    from codellama_hf.planner import plan
+
+    if shape is None or not torch.cuda.is_available():
+        return None
+    setup = _setup(model_args, config, bool(config.bf16) or model_args.dtype == "bfloat16")
+    try:
+        result = plan(shape, setup)
+    except ValueError:
+        return None
+    if result.fits:
+        return None
+    change = f"; smallest change that fits: {result.change}" if result.change else ""
+    return (
+        f"memory plan: per_device_train_batch_size={setup.micro_batch} at seq_len={setup.seq_len} needs about "
+        f"{result.memory.total / 2**30:.1f} GiB per GPU, more than this GPU offers{change} (codellama-hf plan)"
+    )
 
 
 def register_fused_loss_weight(model, config) -> bool:

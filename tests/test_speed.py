@@ -252,3 +252,21 @@ def test_lcft_trains_with_ulysses_on_two_cpu_processes(tmp_path):
     lineage = json.loads((out / "lineage.json").read_text())
     assert lineage["plan"]["sequence_parallel"] == 2 and lineage["plan"]["grad_accum"] == 2
     assert lineage["tokens_seen"] == 2 * 1024
+
+
+def test_a_run_that_cannot_fit_its_gpu_is_named_before_loading(monkeypatch):
+    """The pre-load verdict on a GPU machine (the device query answered as a 24 GiB GPU would)."""
+    from types import SimpleNamespace
+
+    from codellama_hf.planner import ModelShape
+    from codellama_hf.speed import warn_if_it_cannot_fit
+
+    argv = ["--config", str(config_path("lcft", "7b")), "--plan_only", "--plan_world_size", "8"]
+    model_args, _, config = parse_stage_config("lcft", argv)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _: SimpleNamespace(total_memory=24 * 2**30))
+    warning = warn_if_it_cannot_fit(ModelShape.from_size("7b"), model_args, config)
+    assert warning.startswith("memory plan: per_device_train_batch_size=1 at seq_len=16384 needs about")
+    assert "smallest change that fits: " in warning and "ZeRO-3" in warning  # this parse has no DeepSpeed config
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _: SimpleNamespace(total_memory=141 * 2**30))
+    assert warn_if_it_cannot_fit(ModelShape.from_size("7b"), model_args, config) is None
