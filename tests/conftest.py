@@ -4,15 +4,37 @@ tiny Llama models. Everything is built once per session into a temporary folder.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Topic fixtures used by both the unit and the integration tests of a module live in tests/helpers/.
+pytest_plugins = [
+    "tests.helpers.adapters",
+    "tests.helpers.cards",
+    "tests.helpers.convert",
+    "tests.helpers.corpus",
+    "tests.helpers.crossfile",
+    "tests.helpers.evaluation_generation",
+    "tests.helpers.evaluation_protocol",
+    "tests.helpers.export_folder",
+    "tests.helpers.export_gguf",
+    "tests.helpers.instruct",
+    "tests.helpers.sandbox",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    """tests/integration/ holds the multi-process and end-to-end runs: all of them are `slow`."""
+    integration = ROOT / "tests" / "integration"
+    for item in items:
+        if integration in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -64,16 +86,3 @@ def tiny_model_factory():
         return LlamaForCausalLM(llama_config("tiny", vocab_size=vocab_size, theta=theta, **overrides)).eval()
 
     return make
-
-
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
-    """Run `python -m codellama_hf ...` in a real subprocess with this checkout first on the path."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "codellama_hf", *args],
-        cwd=cwd or ROOT,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )

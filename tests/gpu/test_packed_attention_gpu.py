@@ -11,7 +11,7 @@ from codellama_hf.attention import check_packed_batch
 from codellama_hf.data.fim import FIMConfig, tokenize_documents
 from codellama_hf.data.packing import PackedCollator, pack
 from codellama_hf.models import llama_config
-from tests.test_tokenizer import code_documents
+from tests.helpers.tokenizer import code_documents
 
 BACKENDS = [
     pytest.param(
