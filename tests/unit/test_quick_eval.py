@@ -143,3 +143,16 @@ def test_lockstep_greedy_equals_generate(tiny_tokenizer):
     assert ours == theirs[0, len(prompt) :].tolist()
     stop_at = ours[3]
     assert lockstep_greedy(model, prompt, 12, {stop_at}) == ours[: ours.index(stop_at)]
+
+
+def test_humaneval_subset_runs_in_the_sandbox_only_when_allowed(tiny_tokenizer):
+    from transformers import LlamaForCausalLM
+
+    from codellama_hf.models import llama_config
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(llama_config("tiny", vocab_size=len(tiny_tokenizer))).eval()
+    settings = dict(evaluations=("humaneval",), humaneval_problems=2, humaneval_max_new_tokens=4)
+    metrics, failures = QuickEvaluations(tiny_tokenizer, QuickEvalConfig(**settings, allow_code_execution=True))(model)
+    assert not failures and metrics == {"humaneval_pass@1": 0.0}  # a random model's 4 tokens pass nothing
+    assert QuickEvaluations(tiny_tokenizer, QuickEvalConfig(**settings))(model) == ({}, {})
