@@ -7,9 +7,10 @@ trains (forward, backward, AdamW step) on the same random Python standard-librar
   (b) packed:  best-fit rows of --seq-len tokens with per-document position_ids (the stages' PackedCollator),
                grouped into as many optimizer steps as (a) takes.
 Useful tokens are the documents' own tokens (never padding), identical in (a) and (b); files longer than the context
-are cut into context-sized pieces for both. Prints tokens/s of each, the ratio b/a (target >= 1.8) and its ceiling,
-the ratio of tokens computed (padding included): the stdlib's long files fill whole rows on their own and gain
-nothing from packing, which bounds the ratio.
+are cut into context-sized pieces for both. Prints tokens/s of each, the ratio b/a (target >= 1.8) and the ratio of
+tokens computed (padding included), which the time ratio follows: the stdlib's long files fill whole rows on their
+own and gain nothing from packing (the s^2 attention of CPU sdpa with a mask moves the time ratio a little off it).
+Measured here (2 shared cores, under load): --documents 12 gave 2.09x, tokens computed 1.84x.
 
 GPU (--gpu): a 7B-shaped slice (--layers full-width Llama-2-7B layers, vocabulary 32,016, bf16) on packed rows at
 4,096 and 16,384 tokens, for each attention backend installed, Liger on/off and torch.compile on/off: tokens/s/GPU,
@@ -18,7 +19,7 @@ estimate for the same slice (the slice trains pure bf16 with bf16 AdamW states, 
 planner counts mixed precision's 16: the gap is 8 bytes x the slice's parameters). This path needs CUDA; it has not
 been run on the CPU-only machine it was written on.
 
-    python bench/train_throughput.py [--documents 16] [--seq-len 4096] [--batch 4]
+    python bench/train_throughput.py [--documents 12] [--seq-len 4096] [--batch 4]
     python bench/train_throughput.py --gpu [--layers 4] [--steps 5]
 """
 
@@ -131,13 +132,13 @@ def cpu_bench(args) -> dict:
         **{f"{k}_seconds": round(v, 2) for k, v in seconds.items()},
         **{f"{k}_useful_tokens_per_s": round(useful / v, 1) for k, v in seconds.items()},
         "ratio_packed_over_padded": round(seconds["padded"] / seconds["packed"], 3),
-        "ceiling_tokens_computed_ratio": round(computed["padded"] / computed["packed"], 3),
+        "tokens_computed_ratio": round(computed["padded"] / computed["packed"], 3),
     }
     print(
         f"useful tokens/s at {args.seq_len:,} context, {len(samples)} pieces of {args.documents} stdlib files "
         f"({useful:,} tokens): padded (batches of {args.batch}) {result['padded_useful_tokens_per_s']:,.0f}, "
         f"packed {result['packed_useful_tokens_per_s']:,.0f} -> {result['ratio_packed_over_padded']:.2f}x "
-        f"(target >= 1.8x; tokens computed padded / packed = {result['ceiling_tokens_computed_ratio']:.2f})"
+        f"(target >= 1.8x; tokens computed padded / packed = {result['tokens_computed_ratio']:.2f})"
     )
     return result
 
@@ -236,7 +237,7 @@ def gpu_bench(args) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--documents", type=int, default=16, help="random stdlib files (CPU); x8 on GPU")
+    parser.add_argument("--documents", type=int, default=12, help="random stdlib files (CPU); x8 on GPU")
     parser.add_argument("--seq-len", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=4, help="documents per padded batch (CPU baseline)")
     parser.add_argument("--gpu", action="store_true", help="the GPU matrix instead of the CPU comparison")
