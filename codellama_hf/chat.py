@@ -8,7 +8,7 @@ Meta's code (llama/generation.py) merges a leading system message into the first
 and the open user turn at the end as `encode(f"[INST] {user.strip()} [/INST]", bos=True, eos=False)`.
 
 Two implementations of that encoding live here, proven token-identical to a direct SentencePiece transcription of
-Meta's code with the real Code Llama tokenizer (tests/test_chat.py):
+Meta's code with the real Code Llama tokenizer (tests/unit/test_chat.py):
 
 - `CHAT_TEMPLATE`, the Jinja template every instruct tokenizer we save carries, for `apply_chat_template` (and for
   servers that read it). It renders `<s>[INST] u [/INST] a </s><s>[INST] u2 [/INST]`; our tokenizer.json gives the

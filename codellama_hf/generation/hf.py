@@ -14,7 +14,7 @@ rows are scheduled like a continuous-batching server, on the plain HF model and 
   left-padded to the running cache's length and concatenated on the batch axis; positions come from the attention
   mask, so padding never shifts RoPE positions; cache columns that are padding for every row are trimmed.
 
-Greedy decoding gives the same tokens as one prompt at a time (tests/test_generation.py); sampling uses
+Greedy decoding gives the same tokens as one prompt at a time (tests/unit/test_generation.py); sampling uses
 transformers' temperature and top-p warpers.
 """
 
