@@ -85,3 +85,38 @@ def test_fused_loss_under_zero3_needs_the_registered_lm_head(tmp_path):
     assert result["fused"]["losses"] == pytest.approx(result["unfused"]["losses"], rel=1e-5)
     assert result["unfused"]["losses"][1] < result["unfused"]["losses"][0]  # the step changed the weights
     assert result["fused"]["lm_head"] == pytest.approx(result["unfused"]["lm_head"], rel=1e-6)
+
+
+def test_lcft_trains_with_ulysses_on_two_cpu_processes(tmp_path):
+    """sequence_parallel_size 2 under accelerate + DeepSpeed ZeRO-3 on gloo: each process holds half of every row and
+    attention exchanges shards (all-to-all) for heads; the run keeps its tokens per step and saves a model."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
+    out, probe = tmp_path / "lcft", tmp_path / "probe.json"
+    recipe = ["--output_dir", str(out), "--model_name_or_path", str(tmp_path / "none"), "--max_steps", "2"]
+    recipe += ["--seq_len", "512", "--tokens_per_step", "1024", "--save_steps", "100", "--report_to", "none"]
+    done = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+        + [
+            str(root / "accelerate_configs" / "cpu_zero3.yaml"),
+            str(root / "tests" / "helpers" / "sequence_parallel_stage.py"),
+        ]
+        + [str(probe), *recipe, "--sequence_parallel_size", "2"],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(probe.read_text())
+    assert seen["position_ids"] == 256  # this process' half of each 512-token row
+    assert seen["all_to_all"] > 0  # Ulysses' sequence <-> head exchanges
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["plan"]["sequence_parallel"] == 2 and lineage["plan"]["grad_accum"] == 2
+    assert lineage["tokens_seen"] == 2 * 1024
