@@ -24,7 +24,7 @@ COMMANDS = {
     "card": "codellama_hf.cli.card",
     "push": "codellama_hf.cli.push",
     "reproduce": "codellama_hf.cli.reproduce",
-    "plan": "codellama_hf.planner",
+    "plan": "codellama_hf.cli.plan",
     "export": "codellama_hf.cli.export",
 }
 
