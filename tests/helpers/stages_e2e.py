@@ -15,13 +15,13 @@ import yaml
 from tests.helpers import ROOT
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _env() -> dict:
+def launch_env() -> dict:
     return {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -31,7 +31,7 @@ def _env() -> dict:
     }
 
 
-def _launch_cmd(accelerate_config: Path, recipe: str, *args: str) -> list[str]:
+def launch_command(accelerate_config: Path, recipe: str, *args: str) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -39,19 +39,19 @@ def _launch_cmd(accelerate_config: Path, recipe: str, *args: str) -> list[str]:
         "--config_file",
         str(accelerate_config),
         "--main_process_port",
-        str(_free_port()),
+        str(free_port()),
         str(ROOT / "recipes" / recipe),
         *args,
     ]
 
 
-def _run(cmd: list[str], cwd: Path, log: Path) -> None:
+def run_launch(cmd: list[str], cwd: Path, log: Path) -> None:
     with open(log, "w") as out:
-        proc = subprocess.run(cmd, cwd=cwd, env=_env(), stdout=out, stderr=subprocess.STDOUT, timeout=600)
+        proc = subprocess.run(cmd, cwd=cwd, env=launch_env(), stdout=out, stderr=subprocess.STDOUT, timeout=600)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{log.read_text()[-6000:]}"
 
 
-def _make_corpus(folder: Path) -> None:
+def make_corpus(folder: Path) -> None:
     """Small real source files (standard library modules), so that most documents fit a context and get FIM."""
     folder.mkdir(parents=True)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -60,7 +60,7 @@ def _make_corpus(folder: Path) -> None:
         shutil.copy(path, folder / f"{i:03d}_{path.name}")
 
 
-def _make_accelerate_config(path: Path) -> None:
+def make_accelerate_config(path: Path) -> None:
     """The shipped CPU ZeRO-3 config, with its DeepSpeed file made absolute so runs can start in any folder."""
     config = yaml.safe_load((ROOT / "accelerate_configs" / "cpu_zero3.yaml").read_text())
     ds = config["deepspeed_config"]

@@ -11,7 +11,7 @@ import yaml
 
 from tests.helpers import ROOT
 from tests.helpers.crossfile import REPORT, SHAPES
-from tests.helpers.stages_e2e import _launch_cmd, _make_accelerate_config, _make_corpus, _run
+from tests.helpers.stages_e2e import launch_command, make_accelerate_config, make_corpus, run_launch
 
 pytestmark = pytest.mark.slow
 
@@ -26,8 +26,8 @@ def test_quick_evaluations_under_zero3_equal_the_saved_model(tmp_path):
     (repo / "__init__.py").write_text("")
     (repo / "shapes.py").write_text(SHAPES)
     (repo / "report.py").write_text(REPORT)
-    _make_corpus(tmp_path / "corpus")
-    _make_accelerate_config(tmp_path / "zero3.yaml")
+    make_corpus(tmp_path / "corpus")
+    make_accelerate_config(tmp_path / "zero3.yaml")
     config = yaml.safe_load((ROOT / "recipes/configs/tiny/code.yaml").read_text())
     del config["dataset_mixture"]
     config.update(
@@ -45,10 +45,10 @@ def test_quick_evaluations_under_zero3_equal_the_saved_model(tmp_path):
     )
     (tmp_path / "code.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "code"
-    cmd = _launch_cmd(
+    cmd = launch_command(
         tmp_path / "zero3.yaml", "code.py", "--config", str(tmp_path / "code.yaml"), "--output_dir", str(out)
     )
-    _run(cmd, ROOT, tmp_path / "code.log")
+    run_launch(cmd, ROOT, tmp_path / "code.log")
     lineage = json.loads((out / "lineage.json").read_text())
     quick = lineage["evaluations_during_training"]
     assert [h["step"] for h in quick["history"]] == [1, 2] and quick["failures"] == {}

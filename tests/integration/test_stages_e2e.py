@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.helpers import ROOT
-from tests.helpers.stages_e2e import _env, _launch_cmd, _make_accelerate_config, _make_corpus, _run
+from tests.helpers.stages_e2e import launch_command, launch_env, make_accelerate_config, make_corpus, run_launch
 
 pytestmark = pytest.mark.slow
 
@@ -88,10 +88,10 @@ def code_run(shared) -> Path:
     with FileLock(f"{shared}.lock"):
         if not (shared / "code" / "lineage.json").exists():
             shutil.rmtree(shared, ignore_errors=True)
-            _make_corpus(shared / "corpus")
-            _make_accelerate_config(shared / "cpu_zero3.yaml")
+            make_corpus(shared / "corpus")
+            make_accelerate_config(shared / "cpu_zero3.yaml")
             _make_code_config(shared / "code.yaml", shared / "corpus")
-            cmd = _launch_cmd(
+            cmd = launch_command(
                 shared / "cpu_zero3.yaml",
                 "code.py",
                 "--config",
@@ -99,7 +99,7 @@ def code_run(shared) -> Path:
                 "--output_dir",
                 str(shared / "code"),
             )
-            _run(cmd, ROOT, shared / "code.log")
+            run_launch(cmd, ROOT, shared / "code.log")
     return shared / "code"
 
 
@@ -139,7 +139,7 @@ def test_code_stage_zero3_fim(code_run):
 def test_sigkill_and_resume_reproduce_the_run(code_run, tmp_path):
     out = tmp_path / "killed"
     log = tmp_path / "killed.log"
-    cmd = _launch_cmd(
+    cmd = launch_command(
         code_run.parent / "cpu_zero3.yaml",
         "code.py",
         "--config",
@@ -148,7 +148,7 @@ def test_sigkill_and_resume_reproduce_the_run(code_run, tmp_path):
         str(out),
     )
     with open(log, "w") as sink:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=sink, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=launch_env(), stdout=sink, stderr=subprocess.STDOUT)
         deadline = time.time() + 500
         while not (out / "checkpoint-3" / "run_signature.json").exists():
             assert proc.poll() is None, log.read_text()[-6000:]
@@ -165,7 +165,7 @@ def test_sigkill_and_resume_reproduce_the_run(code_run, tmp_path):
     saved = sorted(p.name for p in (out / "checkpoint-3" / "data_state").iterdir())
     assert saved == ["rank0.json", "rank1.json"]
 
-    _run(cmd + ["--resume_from_checkpoint"], ROOT, tmp_path / "resumed.log")
+    run_launch(cmd + ["--resume_from_checkpoint"], ROOT, tmp_path / "resumed.log")
     resumed_log = (tmp_path / "resumed.log").read_text()
     assert "resuming from" in resumed_log and "checkpoint-" in resumed_log
 
@@ -189,8 +189,8 @@ def test_lcft_main_job_zero3_continues_the_code_stage(code_run, tmp_path):
     cwd = tmp_path / "main-job"
     shutil.copytree(code_run, cwd / "outputs" / "tiny" / "code", ignore=shutil.ignore_patterns("checkpoint-*"))
     sources = json.dumps({name: [str(code_run.parent / "corpus")] for name in ("code", "nl_code", "nl")})
-    _run(
-        _launch_cmd(
+    run_launch(
+        launch_command(
             code_run.parent / "cpu_zero3.yaml",
             "lcft.py",
             "--mixture_sources",
