@@ -224,6 +224,24 @@ def _family_rows(family: dict) -> list[tuple]:
     return rows
 
 
+def lineage_note(facts: ModelFacts, variant: Variant | None) -> str | None:
+    """How this model's stages compare with the paper's lineage for its family member (family.Variant.lineage).
+
+    The one difference that changes what the model is: a Python model trained with FIM or carrying the infilling
+    pieces, which the paper's Code Llama - Python never has (paper §2.3).
+    """
+    if variant is None:
+        return None
+    fim_stages = [s["stage"] for s in facts.stages if (s.get("data") or {}).get("fim")]
+    if variant.kind == "python" and (facts.infilling or fim_stages):
+        what = f"FIM training in {', '.join(fim_stages)}" if fim_stages else "the infilling pieces"
+        return (
+            f"This model differs from the paper's {variant.title}: it has {what}, which the paper's Python models "
+            "do not (they branch from a code stage without infilling)."
+        )
+    return f"The paper's lineage for {variant.title}: {variant.lineage_text}."
+
+
 def render_card(facts: ModelFacts, results: list[dict], options: CardOptions):
     """The model card (huggingface_hub.ModelCard) for a model folder and its evaluation results."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -259,6 +277,7 @@ def render_card(facts: ModelFacts, results: list[dict], options: CardOptions):
         parameters=_int(facts.parameters),
         stages=[s["stage"] for s in facts.stages],
         started_from=_started_from(facts.stages[0], options),
+        lineage_note=lineage_note(facts, variant),
         family_rows=_family_rows(options.family),
         capabilities=[
             ("Code completion", True),

@@ -55,6 +55,13 @@ class ModelArguments(AdapterArguments):
             "size (only 'tiny' is sensible: the CPU preset) with the tiny tokenizer."
         },
     )
+    infilling_pieces: bool = field(
+        default=True,
+        metadata={
+            "help": "With init_model_size tiny and no tokenizer_name_or_path: whether the tiny tokenizer carries "
+            "Code Llama's 16 infilling pieces (the Python branch, like Llama 2, has none)."
+        },
+    )
     resize_token_embeddings: bool = field(
         default=False,
         metadata={

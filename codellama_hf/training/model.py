@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from codellama_hf.adapters import apply_adapters, model_loading_kwargs
 from codellama_hf.attention import resolve_attn_implementation
 from codellama_hf.distributed import uses_deepspeed, weights_dtype
+from codellama_hf.family import check_python_start
 from codellama_hf.io import torch_dtype
 from codellama_hf.models import assert_rope_theta, llama_config, set_rope_theta
 from codellama_hf.training.config import ModelArguments, StageConfig
@@ -24,16 +25,16 @@ def _is_model_folder(path: str | None) -> bool:
     return path is not None and (Path(path) / "config.json").is_file()
 
 
-def tiny_tokenizer_dir() -> Path:
+def tiny_tokenizer_dir(infilling: bool = True) -> Path:
     """The tiny preset's tokenizer, built once into the toolkit cache (deterministic, so every process agrees)."""
     from codellama_hf.assets import cache_dir
     from codellama_hf.tokenizer import build_tiny_tokenizer
 
-    folder = cache_dir() / "tiny-tokenizer"
+    folder = cache_dir() / ("tiny-tokenizer" if infilling else "tiny-tokenizer-no-infilling")
     with _state().main_process_first():
         if not folder.is_dir():
             try:
-                build_tiny_tokenizer(folder)
+                build_tiny_tokenizer(folder, infilling=infilling)
             except FileExistsError:  # another run built it meanwhile
                 pass
     return folder
@@ -61,7 +62,7 @@ def load_tokenizer_and_model(model_args: ModelArguments, config: StageConfig):
                 f"[yellow]{source} holds no model yet: starting from a random {model_args.init_model_size} "
                 "model[/yellow]"
             )
-        tokenizer_path = model_args.tokenizer_name_or_path or tiny_tokenizer_dir()
+        tokenizer_path = model_args.tokenizer_name_or_path or tiny_tokenizer_dir(model_args.infilling_pieces)
         tokenizer = _load_tokenizer(tokenizer_path)
         model_config = llama_config(model_args.init_model_size, vocab_size=len(tokenizer))
     elif source is None:
@@ -75,6 +76,9 @@ def load_tokenizer_and_model(model_args: ModelArguments, config: StageConfig):
             ) from None
         tokenizer_path = model_args.tokenizer_name_or_path or source
         tokenizer = _load_tokenizer(tokenizer_path)
+    if config.stage == "python":  # the paper's Python branch: no infilling pieces, no FIM (family.py)
+        lineage = None if fresh else read_lineage(source)
+        check_python_start(tokenizer, model_config.vocab_size, source or "a random model", lineage)
     theta = model_args.rope_theta
     if theta is not None:
         if not theta > 0:

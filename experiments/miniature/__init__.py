@@ -11,7 +11,8 @@ repository root) runs, each step skipped when its output is complete
                   rows at the mean embedding: convert.meta_to_hf(extend_vocab=True));
  5. data          the code corpus' training files cut into blocks that fit the tiny context (so FIM applies);
  6. code          code stage with FIM (rate 0.9), and code-nofim: the same budget from the same start without FIM;
- 7. python        Python stage continuing the code model;
+ 7. python        the paper's Python branch: code-python-branch (the code stage without FIM from the pretrained
+                  model, 4,000 rows, no infilling pieces), then the Python stage continuing it;
  8. lcft          long-context fine-tuning of the code model: theta 1e6, sequences 4x the code stage's;
  9. selfinstruct  self-instruct with execution filtering (selfinstruct.generate_self_instruct), toy generator;
 10. instruct      instruct stage (SFT on those dialogs + rehearsal) continuing the LCFT model;

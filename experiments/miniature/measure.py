@@ -14,6 +14,7 @@ from pathlib import Path
 
 from codellama_hf.io import write_json
 
+from .presets import PYTHON_BRANCH
 from .run import Run
 
 
@@ -136,11 +137,11 @@ def middle_loss(model, tokenizer, examples: list[dict], suffix_first: bool) -> f
 
 
 def evaluate(run: Run) -> None:
-    models = {name: run.model(name) for name in ("code", "code-nofim", "python", "lcft")}
+    models = {name: run.model(name) for name in ("code", "code-nofim", PYTHON_BRANCH, "python", "lcft")}
     measurements = {
         "loss_code_fim": lambda: validation_loss(run, models["code"], "code"),
         "loss_code_nofim": lambda: validation_loss(run, models["code-nofim"], "code"),
-        "loss_python_code": lambda: validation_loss(run, models["code"], "python"),
+        "loss_python_code": lambda: validation_loss(run, models[PYTHON_BRANCH], "python"),  # the python stage's start
         "loss_python_python": lambda: validation_loss(run, models["python"], "python"),
         "ppl_code": lambda: perplexity_by_context(run, models["code"]),
         "ppl_lcft": lambda: perplexity_by_context(run, models["lcft"]),

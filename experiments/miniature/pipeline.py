@@ -14,7 +14,7 @@ from pathlib import Path
 from codellama_hf.io import write_json, write_jsonl, write_text
 
 from .measure import evaluate
-from .presets import PRESETS, PRETRAIN
+from .presets import PRESETS, PRETRAIN, PYTHON_BRANCH
 from .report import write_report
 from .run import Run, console
 
@@ -228,12 +228,17 @@ def reproduce(out: str | os.PathLike, *, preset: str = "tiny", seed: int = 0, hu
         run.step(
             name, folder / "lineage.json", lambda f=folder, r=fim: train(run, "code", f, [*start, "--fim_rate", r])
         )
-    for name in ("python", "lcft"):
+    # The paper's Python branch (Figure 2): a code stage without FIM on the "Llama 2" vocabulary (4,000 rows, no
+    # infilling pieces), then Python; the python stage refuses a start that has them (family.check_python_start).
+    branch = run.model(PYTHON_BRANCH)
+    branch_start = ["--model_name_or_path", str(pretrain), "--dataset_mixture", str(mixture), "--fim_rate", "0.0"]
+    run.step(PYTHON_BRANCH, branch / "lineage.json", lambda: train(run, "code", branch, branch_start))
+    for name, start in (("python", PYTHON_BRANCH), ("lcft", "code")):
         folder = run.model(name)
         run.step(
             name,
             folder / "lineage.json",
-            lambda f=folder, n=name: train(run, n, f, ["--model_name_or_path", str(run.model("code"))]),
+            lambda f=folder, n=name, s=start: train(run, n, f, ["--model_name_or_path", str(run.model(s))]),
         )
     run.step("selfinstruct", run.path("selfinstruct", "summary.json"), lambda: self_instruct(run))
     instruct = run.model("instruct")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PRETRAIN = "pretrain"
+PYTHON_BRANCH = "code-python-branch"  # code stage without FIM or infilling pieces, continued by python
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from codellama_hf.io import write_json, write_text
 
-from .presets import PRETRAIN
+from .presets import PRETRAIN, PYTHON_BRANCH
 from .run import Run
 
 TEMPLATE = Path(__file__).with_name("report.md.j2")
 
 
-LOSS_CURVE_MODELS = (PRETRAIN, "code", "code-nofim", "python", "lcft", "instruct")
+LOSS_CURVE_MODELS = (PRETRAIN, "code", "code-nofim", PYTHON_BRANCH, "python", "lcft", "instruct")
 
 
 def _read(run: Run, name: str) -> dict:

@@ -14,7 +14,9 @@ from codellama_hf.adapters import (
 
 @pytest.mark.slow
 def test_a_stage_recipe_trains_qlora_and_saves_adapter_and_merged_model(base_dirs, tmp_path):
-    """recipes/python.py with use_peft + load_in_4bit: adapter in output_dir/adapter, merged plain model beside it."""
+    """recipes/lcft.py with use_peft + load_in_4bit: adapter in output_dir/adapter, merged plain model beside it.
+
+    (lcft, not python: the tiny bases carry the infilling pieces, which the python stage refuses.)"""
     import os
     import subprocess
     import sys
@@ -24,11 +26,11 @@ def test_a_stage_recipe_trains_qlora_and_saves_adapter_and_merged_model(base_dir
     from codellama_hf.models import rope_theta
     from tests.helpers import ROOT
 
-    out = tmp_path / "python-qlora"
+    out = tmp_path / "lcft-qlora"
     done = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "recipes" / "python.py"),
+            str(ROOT / "recipes" / "lcft.py"),
             "--model_name_or_path",
             str(base_dirs[0]),
             "--output_dir",
@@ -61,7 +63,7 @@ def test_a_stage_recipe_trains_qlora_and_saves_adapter_and_merged_model(base_dir
     adapter = json.loads((out / "adapter" / METADATA_FILE).read_text())
     assert adapter["quantization"] == "4bit" and adapter["lora"]["r"] == 4
     lineage = json.loads((out / "lineage.json").read_text())
-    assert lineage["stage"] == "python" and lineage["adapter"]["quantization"] == "4bit"
+    assert lineage["stage"] == "lcft" and lineage["adapter"]["quantization"] == "4bit"
     merged = AutoModelForCausalLM.from_pretrained(out)
     assert rope_theta(merged.config) == 1e6  # the theta trained with, not the base's
     base = AutoModelForCausalLM.from_pretrained(base_dirs[0])

@@ -23,6 +23,7 @@ STEPS = (
     "data",
     "code",
     "code-nofim",
+    "code-python-branch",
     "python",
     "lcft",
     "selfinstruct",
@@ -43,12 +44,16 @@ def test_smoke_pipeline_end_to_end_then_rerun(tmp_path):
     # the stages chain as in the paper, and only the code stage trained with FIM
     lineage = {
         m: json.loads((out / "models" / m / "lineage.json").read_text())
-        for m in ("pretrain", "code", "code-nofim", "python", "lcft", "instruct")
+        for m in ("pretrain", "code", "code-nofim", "code-python-branch", "python", "lcft", "instruct")
     }
     assert lineage["pretrain"]["stage"] == "pretrain" and lineage["pretrain"]["vocab_size"] == 4000
     assert lineage["code"]["base_model"]["name_or_path"] == str(out / "models" / "init")
     assert lineage["code"]["data"]["fim"] and not lineage["code-nofim"]["data"]["fim"]
-    assert lineage["python"]["base_model"]["name_or_path"] == str(out / "models" / "code")
+    # the Python branch: code without FIM on the 4,000-piece vocabulary, then Python (no infilling pieces)
+    branch = lineage["code-python-branch"]
+    assert branch["base_model"]["name_or_path"] == str(out / "models" / "pretrain") and not branch["data"]["fim"]
+    assert lineage["python"]["base_model"]["name_or_path"] == str(out / "models" / "code-python-branch")
+    assert json.loads((out / "models" / "python" / "config.json").read_text())["vocab_size"] == 4000
     assert lineage["lcft"]["rope_theta"] == 1e6
     assert lineage["instruct"]["base_model"]["name_or_path"] == str(out / "models" / "lcft")
     # self-instruct ran the toy generator's candidates through the sandbox and kept the passing ones
@@ -64,7 +69,15 @@ def test_smoke_pipeline_end_to_end_then_rerun(tmp_path):
     ):
         assert isinstance(claims[key]["held"], bool)
     assert set(claims["3_lcft_lowers_long_context_perplexity"]["perplexity_lcft"]) == {"64", "128", "256"}
-    assert set(claims["5_loss_curves"]) == {"pretrain", "code", "code-nofim", "python", "lcft", "instruct"}
+    assert set(claims["5_loss_curves"]) == {
+        "pretrain",
+        "code",
+        "code-nofim",
+        "code-python-branch",
+        "python",
+        "lcft",
+        "instruct",
+    }
     report = (out / "report" / "report.md").read_text()
     assert "codellama-hf reproduce --preset smoke" in report and "## Claim 4" in report
     for png in ("loss_curves.png", "perplexity_by_length.png", "claims.png"):

@@ -187,3 +187,14 @@ def test_evaluations_during_training_from_the_lineage(family):
     assert "Evaluations during training" in text
     assert "| code | 5 | infill_exact_match_with_context | 0.25 |" in text
     assert "| code | 10 | perplexity@256 | 30.25 |" in text
+
+
+def test_card_states_the_papers_lineage_and_a_python_model_that_departs_from_it(family):
+    from codellama_hf.family import parse_slot
+
+    base = str(_card(family["tiny"], variant=parse_slot("tiny")))
+    assert "The paper's lineage for Code Llama (tiny): Llama 2 → code (FIM) → LCFT." in base
+    # this Python model continues the FIM code model with the infilling pieces: the card says so
+    python = str(_card(family["tiny-python"], variant=parse_slot("tiny-python")))
+    assert "differs from the paper's Code Llama - Python (tiny): it has FIM training in code" in python
+    assert "Llama 2 →" not in python
