@@ -202,13 +202,14 @@ class CodeLlama:
 
     @property
     def can_infill(self) -> bool:
-        """The tokenizer has the four infilling pieces and the model has embeddings for them."""
-        from codellama_hf.tokenizer import SENTINELS, supports_infilling
+        """The tokenizer has the four infilling pieces (Meta's, or a BPE base's FIM tokens) and the model has
+        embeddings for them."""
+        from codellama_hf.tokenizer import infill_ids, supports_infilling
 
         if not supports_infilling(self.tokenizer):
             return False
-        rows = self.model.get_input_embeddings().num_embeddings
-        return max(self.tokenizer.convert_tokens_to_ids(list(SENTINELS))) < rows
+        ids = infill_ids(self.tokenizer)
+        return max(ids.prefix, ids.suffix, ids.middle, ids.eot) < self.model.get_input_embeddings().num_embeddings
 
     @property
     def can_chat(self) -> bool:
@@ -257,7 +258,8 @@ class CodeLlama:
         if not self.can_infill:
             raise ValueError(
                 f"{self.source} cannot infill: its tokenizer or embeddings lack Code Llama's infilling "
-                "pieces (▁<PRE> ▁<SUF> ▁<MID> ▁<EOT>), as in Python and 34B models"
+                "pieces (▁<PRE> ▁<SUF> ▁<MID> ▁<EOT>), as in Python and 34B models, or a byte-level BPE base's FIM "
+                "tokens (<PRE> <SUF> <MID> <EOT>: codellama-hf tokenizer --add-fim)"
             )
         single = isinstance(prefix, str)
         prefixes, suffixes = ([prefix], [suffix]) if single else (list(prefix), list(suffix))

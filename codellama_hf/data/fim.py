@@ -7,7 +7,9 @@ samples are laid out PSM, half SPM:
     PSM  <s> ▁<PRE> enc(prefix) ▁<SUF> enc_nospace(suffix) ▁<MID> enc_nospace(middle) ▁<EOT>
     SPM  <s> ▁<PRE> ▁<SUF> enc_nospace(suffix) ▁<MID> enc(prefix + middle) ▁<EOT>
 
-`enc` is Meta's `encode` (implicit leading space) and `enc_nospace` Meta's `encode_infilling`. A PSM sample starts
+`enc` is Meta's `encode` (implicit leading space) and `enc_nospace` Meta's `encode_infilling`. On a byte-level BPE
+base (tokenizer/bpe.py) the sentinels are <PRE> <SUF> <MID> <EOT>, `enc` and `enc_nospace` are both the plain
+byte-level encoding, and <s> is there only if the tokenizer adds a BOS itself. A PSM sample starts
 with Meta's PSM inference prompt; an SPM sample agrees with the SPM prompt up to and including ▁<MID>, after which it
 carries prefix and middle encoded together (the model never sees a split sub-token there). Documents that are not
 transformed are `<s> enc(text) </s>`.
@@ -29,7 +31,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from codellama_hf.tokenizer import encode_batch, encode_slices, infill_ids
+from codellama_hf.tokenizer import adds_bos, encode_batch, encode_slices, infill_ids
 
 logger = logging.getLogger(__name__)
 
@@ -120,10 +122,12 @@ def tokenize_documents(
     if skipped:
         logger.info("skipped documents: %s", dict(skipped))
 
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    # BOS only where the tokenizer adds one itself (Llama 2/3 do; a byte-level BPE base such as SmolLM2 does not)
+    lead = [tokenizer.bos_token_id] if adds_bos(tokenizer) else []
+    eos = tokenizer.eos_token_id
     plain = encode_batch(tokenizer, kept_text)
     kinds = [PLAIN] * len(kept_text)
-    samples = [[bos, *ids, eos] for ids in plain]
+    samples = [[*lead, *ids, eos] for ids in plain]
     if fim is None or fim.rate == 0:
         return Transformed(samples, kinds, skipped)
     ids = infill_ids(tokenizer)
@@ -147,10 +151,10 @@ def tokenize_documents(
     for j, spm in chosen:
         if spm:
             suffix, prefix_middle = next(pieces), next(pieces)
-            sample = [ids.bos, ids.prefix, ids.suffix, *suffix, ids.middle, *prefix_middle, ids.eot]
+            sample = [*lead, ids.prefix, ids.suffix, *suffix, ids.middle, *prefix_middle, ids.eot]
         else:
             prefix, suffix, middle = next(pieces), next(pieces), next(pieces)
-            sample = [ids.bos, ids.prefix, *prefix, ids.suffix, *suffix, ids.middle, *middle, ids.eot]
+            sample = [*lead, ids.prefix, *prefix, ids.suffix, *suffix, ids.middle, *middle, ids.eot]
         if len(sample) <= seq_len:
             samples[j], kinds[j] = sample, (SPM if spm else PSM)
         else:

@@ -5,9 +5,11 @@ Code Llama 7B/13B extend Llama 2's 32,000 pieces with 16 more (ids 32000-32015);
 pieces to any SentencePiece BPE model, so the tiny tokenizer used in tests carries them at the same offsets.
 
 Modules: `pieces` (the added pieces), `build` (SentencePiece and HF files, the tiny preset), `encoding` (Meta's
-encodings and prompts); the command is codellama_hf.cli.tokenizer.
+encodings and prompts), `bpe` (the FIM tokens on byte-level BPE bases such as Llama 3 and SmolLM2); the command is
+codellama_hf.cli.tokenizer.
 """
 
+from codellama_hf.tokenizer.bpe import BYTE_LEVEL, SENTENCEPIECE, add_fim_tokens, adds_bos, tokenizer_kind
 from codellama_hf.tokenizer.build import (
     STALE_TOKENIZER_FILES,
     TINY_VOCAB,
@@ -40,6 +42,7 @@ from codellama_hf.tokenizer.encoding import (
 )
 from codellama_hf.tokenizer.pieces import (
     BOS,
+    BPE_SENTINELS,
     EOS,
     EOT,
     INFILLING_PIECES,
@@ -52,6 +55,12 @@ from codellama_hf.tokenizer.pieces import (
 
 __all__ = [
     "BOS",
+    "BPE_SENTINELS",
+    "BYTE_LEVEL",
+    "SENTENCEPIECE",
+    "add_fim_tokens",
+    "adds_bos",
+    "tokenizer_kind",
     "EOS",
     "EOT",
     "INFILLING_PIECES",

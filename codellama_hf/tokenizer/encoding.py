@@ -1,5 +1,9 @@
 """Encoding the way Meta's code does: SentencePiece-exact ids, `encode_infilling` and the PSM/SPM prompts.
 
+Byte-level BPE bases (Llama 3-style, SmolLM2) with the FIM tokens of `tokenizer.bpe` use the same functions: their
+`encode` and `encode_infilling` are one plain byte-level encoding (no implicit space to undo), and the layouts are
+the same with the BPE sentinels (and BOS only where the tokenizer adds one).
+
 About `<FILL_ME>`: that is a feature of transformers' `CodeLlamaTokenizer` class, which our files deliberately do
 not select (it inserts an extra 29871 before the suffix, docs/stack-notes.md). With our files `<FILL_ME>` is plain
 text; build infilling prompts with `infilling_prompt()` or `codellama_hf.load(...).infill()`.
@@ -15,12 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
-from codellama_hf.tokenizer.pieces import INFILLING_PIECES, SENTINELS
+from codellama_hf.tokenizer.pieces import BPE_SENTINELS, INFILLING_PIECES, SENTINELS
 
 
 @dataclass(frozen=True)
 class InfillIds:
-    bos: int
+    bos: int | None  # None: the tokenizer adds no BOS (a byte-level BPE base such as SmolLM2)
     eos: int
     prefix: int
     suffix: int
@@ -28,27 +32,50 @@ class InfillIds:
     eot: int
 
 
+def _sentinels(tokenizer) -> tuple[str, ...] | None:
+    """The sentinel names this tokenizer has: Meta's pieces (SentencePiece) or the BPE FIM tokens, or None."""
+    for names in (SENTINELS, BPE_SENTINELS):
+        if all(tokenizer.convert_tokens_to_ids(p) not in (None, tokenizer.unk_token_id) for p in names):
+            return names
+    return None
+
+
 def supports_infilling(tokenizer) -> bool:
-    return all(tokenizer.convert_tokens_to_ids(piece) not in (None, tokenizer.unk_token_id) for piece in SENTINELS)
+    return _sentinels(tokenizer) is not None
 
 
 def infill_ids(tokenizer) -> InfillIds:
     """Ids of BOS/EOS and the four sentinels; a clear error for a tokenizer without infilling pieces."""
-    if not supports_infilling(tokenizer):
+    from codellama_hf.tokenizer.bpe import BYTE_LEVEL, adds_bos, tokenizer_kind
+
+    names = _sentinels(tokenizer)
+    if names is None:
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        if tokenizer_kind(tokenizer) == BYTE_LEVEL:
+            raise ValueError(
+                f"tokenizer {name!r} has no FIM tokens ({', '.join(BPE_SENTINELS)}): add them to this byte-level "
+                "BPE tokenizer with `codellama-hf tokenizer --add-fim <base> --out ...` (and grow the model's "
+                "embeddings: resize_token_embeddings: true) or disable FIM"
+            )
         raise ValueError(
             f"tokenizer {name!r} has no infilling pieces ({', '.join(SENTINELS)}): it is a Python/34B-style "
             "vocabulary. Use a tokenizer built with `codellama-hf tokenizer` (without --no-infilling) or disable FIM."
         )
-    ids = [tokenizer.convert_tokens_to_ids(p) for p in SENTINELS]
-    return InfillIds(tokenizer.bos_token_id, tokenizer.eos_token_id, *ids)
+    ids = [tokenizer.convert_tokens_to_ids(p) for p in names]
+    bos = tokenizer.bos_token_id if names == SENTINELS or adds_bos(tokenizer) else None
+    return InfillIds(bos, tokenizer.eos_token_id, *ids)
 
 
 class _Backends:
     """Two copies of the Rust tokenizer: Meta's `encode` (implicit leading space) and `encode_infilling` (none)."""
 
     def __init__(self, tokenizer):
+        from codellama_hf.tokenizer.bpe import BYTE_LEVEL, tokenizer_kind
+
         spec = json.loads(tokenizer.backend_tokenizer.to_str())
+        if tokenizer_kind(tokenizer) == BYTE_LEVEL:
+            self._byte_level(spec)
+            return
         normalizer = spec.get("normalizer") or {}
         steps = [step.get("type") for step in normalizer.get("normalizers", [normalizer])]
         if steps != ["Prepend", "Replace"] or spec.get("pre_tokenizer") is not None:
@@ -81,6 +108,20 @@ class _Backends:
         spec["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
         spec["decoder"] = {"type": "Sequence", "decoders": spec["decoder"]["decoders"][:-1]}  # no Strip
         self.unspaced = Tokenizer.from_str(json.dumps(spec))
+
+    def _byte_level(self, spec: dict) -> None:
+        """Byte-level BPE: one encoder for `encode` and `encode_infilling` (no implicit space); specials as bytes."""
+        self.special_ids = {t["id"] for t in spec["added_tokens"] if t.get("special")}
+        vocab = spec["model"]["vocab"]
+        specials = {t["content"] for t in spec["added_tokens"]}
+        # Characters per piece are at most its bytes, which the byte-level alphabet shows one per character.
+        self.max_piece_chars = max(len(p) for p in vocab if p not in specials)
+        self.char_lengths = np.zeros(len(vocab), dtype=np.int64)
+        self.unit_local = False  # slices are encoded whole (encode_slices' direct path)
+        spec["added_tokens"] = []
+        spec["post_processor"] = None
+        spec["truncation"] = spec["padding"] = None
+        self.spaced = self.unspaced = Tokenizer.from_str(json.dumps(spec))
 
 
 def _backends(tokenizer) -> _Backends:
@@ -208,11 +249,13 @@ def decode_infilling(tokenizer, ids: Iterable[int]) -> str:
 def infilling_prompt(tokenizer, prefix: str, suffix: str, *, suffix_first: bool = False) -> list[int]:
     """Meta's `infilling_prompt_tokens`.
 
-    PSM `<s> ▁<PRE> pre ▁<SUF>suf ▁<MID>` or SPM `<s> ▁<PRE> ▁<SUF>suf ▁<MID> pre`.
+    PSM `<s> ▁<PRE> pre ▁<SUF>suf ▁<MID>` or SPM `<s> ▁<PRE> ▁<SUF>suf ▁<MID> pre`; on a byte-level BPE base
+    `[BOS] <PRE> pre <SUF> suf <MID>` / `[BOS] <PRE> <SUF> suf <MID> pre` (tokenizer.bpe).
     """
     ids = infill_ids(tokenizer)
     suf = encode_infilling(tokenizer, suffix)
     pre = encode(tokenizer, prefix)
+    bos = [] if ids.bos is None else [ids.bos]
     if suffix_first:
-        return [ids.bos, ids.prefix, ids.suffix, *suf, ids.middle, *pre]
-    return [ids.bos, ids.prefix, *pre, ids.suffix, *suf, ids.middle]
+        return [*bos, ids.prefix, ids.suffix, *suf, ids.middle, *pre]
+    return [*bos, ids.prefix, *pre, ids.suffix, *suf, ids.middle]

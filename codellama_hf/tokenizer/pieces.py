@@ -18,3 +18,7 @@ INFILLING_PIECES = (
     *("▁" + "<EOT>" * n for n in range(2, 7)),
 )
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
+
+# Byte-level BPE bases (Llama 3-style, SmolLM2) get the four sentinels as added special tokens under Code Llama's
+# names without SentencePiece's "▁", appended after the base vocabulary in this order (tokenizer/bpe.py).
+BPE_SENTINELS = ("<PRE>", "<SUF>", "<MID>", "<EOT>")
