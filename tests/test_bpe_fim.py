@@ -85,7 +85,7 @@ def test_bpe_layout_has_no_space_trick_and_matches_the_base_encoding(fim_tokeniz
 def test_fim_training_samples_use_the_bpe_layout(fim_tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from codellama_hf.fim import PSM, SPM, FIMConfig, tokenize_documents
+    from codellama_hf.data.fim import PSM, SPM, FIMConfig, tokenize_documents
 
     tok = AutoTokenizer.from_pretrained(fim_tokenizer_dir)
     texts = [f"def f{i}(x):\n    return x * {i} + {i * i}\n" for i in range(40)]
@@ -179,3 +179,15 @@ def test_evaluation_infilling_task_sends_the_bpe_layout(
     expected = [49152, *pre, 49153, *suf, 49154] if infill_format == "psm" else [49152, 49153, *suf, 49154, *pre]
     assert model.calls[0][0].tolist() == expected
     assert result["task"] == f"humaneval-infill-single-{infill_format}"
+
+
+def test_a_fim_stage_on_a_bpe_base_without_the_tokens_is_refused_before_training(smollm2_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from codellama_hf.training.config import DataArguments
+    from codellama_hf.training.stages import fim_config
+
+    base = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    with pytest.raises(ValueError, match=r"fim_rate=0.9 needs .*codellama-hf tokenizer --add-fim <base>"):
+        fim_config(DataArguments(dataset_mixture="code", fim_rate=0.9), base, seed=0)
+    assert fim_config(DataArguments(dataset_mixture="code", fim_rate=0.0), base, seed=0) is None

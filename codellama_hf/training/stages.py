@@ -68,7 +68,8 @@ def fim_config(data_args: DataArguments, tokenizer, seed: int) -> FIMConfig | No
     if not supports_infilling(tokenizer):
         raise ValueError(
             f"fim_rate={data_args.fim_rate} needs a tokenizer with the infilling pieces (<PRE> <SUF> <MID> <EOT>); "
-            "build one with `codellama-hf tokenizer --llama2 ... --out ...` or set fim_rate: 0"
+            "build one with `codellama-hf tokenizer --llama2 ... --out ...` (Llama 2), add them to a byte-level BPE "
+            "base (Llama 3, SmolLM2) with `codellama-hf tokenizer --add-fim <base> --out ...`, or set fim_rate: 0"
         )
     return FIMConfig(rate=data_args.fim_rate, spm_rate=data_args.fim_spm_rate, seed=seed)
 

@@ -34,6 +34,13 @@ def test_python_configs_continue_a_code_stage_without_infilling(size):
     if size == "tiny":
         assert code["infilling_pieces"] is False and python["infilling_pieces"] is False
     else:  # Llama 2's tokenizer without the 16 pieces, and the paper's code-stage hyperparameters
+        from codellama_hf.training.config import parse_stage_config
+
+        path = CONFIGS / size / "code_nofim.yaml"
+        _, data_args, config = parse_stage_config(
+            "code", ["--config", str(path), "--plan_world_size", "64", "--plan_only"]
+        )
+        assert data_args.fim_rate == 0.0 and config.plan.total_tokens >= 500e9 and config.learning_rate == 3e-4
         assert "no-infilling" in code["tokenizer_name_or_path"]
         fim_code = _yaml(size, "code")
         same = {k: v for k, v in fim_code.items() if k not in {"output_dir", "tokenizer_name_or_path", "fim_rate"}}
