@@ -22,7 +22,7 @@ from codellama_hf.tokenizer import (
     supports_infilling,
     tokenizer_kind,
 )
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 PREFIX = 'def remove_non_ascii(s: str) -> str:\n    """ '
 SUFFIX = "\n    return result\n"
@@ -161,7 +161,7 @@ def test_evaluation_infilling_task_sends_the_bpe_layout(
     from codellama_hf.evaluation.benchmarks import get_benchmark
     from codellama_hf.evaluation.runner import ExecutionSettings, evaluate_execution
     from codellama_hf.generation import HFBackend
-    from tests.test_evaluation_generation import _constant_model
+    from tests.unit.test_evaluation_generation import _constant_model
 
     tok = AutoTokenizer.from_pretrained(fim_tokenizer_dir)
     model = _constant_model(tiny_model_factory, len(tok), 49155)  # answers <EOT> at once: an empty middle
