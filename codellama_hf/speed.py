@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import torch
 
@@ -41,6 +42,9 @@ def model_shape_before_loading(model_args):
     from codellama_hf.planner import ModelShape
 
     source = model_args.model_name_or_path
+    if source is None or (model_args.init_model_size is not None and not (Path(source) / "config.json").is_file()):
+        # a random-init run (the loader's rule): asking AutoConfig would only retry the Hub for a missing model
+        return None if model_args.init_model_size is None else ModelShape.from_size(model_args.init_model_size)
     try:
         return ModelShape.from_config(AutoConfig.from_pretrained(source))
     except (OSError, TypeError, ValueError):
