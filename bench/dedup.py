@@ -125,15 +125,7 @@ def ours(shards: Path, out: Path, workers: int) -> int:
     from codellama_hf.corpus import BuildConfig, DedupConfig, FilterConfig, build_corpus
     from codellama_hf.corpus.pipeline import ExecutorConfig
 
-    off = FilterConfig(
-        min_bytes=None,
-        max_bytes=None,
-        max_line_length=None,
-        max_mean_line_length=None,
-        min_alphanumeric=None,
-        generated_header_chars=None,
-        vendored_dirs=None,
-    )
+    off = FilterConfig.off()
     tasks = len(list(shards.glob("*.jsonl")))
     config = BuildConfig(
         sources=[str(shards / "*.jsonl")],  # shards: each task reads its own

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from trl import TrlParser
 
+from codellama_hf.evaluation.benchmarks import EXECUTION_TASKS
 from codellama_hf.evaluation.report import new_result, table, write_report, write_result
 from codellama_hf.evaluation.runner import (
     ExecutionSettings,
@@ -38,14 +39,7 @@ class EvaluateConfig:
     out: str = field(default="eval_results", metadata={"help": "results root; the model's folder goes inside"})
     tasks: list[str] = field(
         default_factory=lambda: [
-            "humaneval",
-            "mbpp",
-            "multiple-py",
-            "multiple-cpp",
-            "multiple-java",
-            "multiple-cs",
-            "humaneval-infill-single",
-            "humaneval-infill-multi",
+            *EXECUTION_TASKS,
             "key-retrieval",
             "perplexity",
         ]

@@ -211,15 +211,7 @@ def deduplicate(dataset, config: DedupConfig | None = None):
         )
         for row in dataset
     ]
-    filters = FilterConfig(
-        min_bytes=None,
-        max_bytes=None,
-        max_line_length=None,
-        max_mean_line_length=None,
-        min_alphanumeric=None,
-        generated_header_chars=None,
-        vendored_dirs=None,
-    )
+    filters = FilterConfig.off()
     with tempfile.TemporaryDirectory(prefix="codellama_hf-dedup-") as tmp:
         build = BuildConfig(
             sources=["<memory>"], out=str(Path(tmp) / "out"), validation_fraction=0.0, filters=filters, dedup=config

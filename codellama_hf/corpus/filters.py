@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import PurePosixPath
 
 # Directory names whose files are third-party copies, not the repository's own code.
@@ -95,6 +95,11 @@ class FilterConfig:
             raise ValueError(f"filter min_alphanumeric is a fraction in [0, 1], got {self.min_alphanumeric!r}")
         if self.vendored_dirs is not None and not isinstance(self.vendored_dirs, frozenset):
             object.__setattr__(self, "vendored_dirs", frozenset(self.vendored_dirs))
+
+    @classmethod
+    def off(cls) -> FilterConfig:
+        """Every quality rule switched off (dedup-only runs and benchmarks)."""
+        return cls(**{f.name: None for f in fields(cls)})
 
     def check_path(self, path: str, size: int | None = None) -> str | None:
         """Rules that need only the path (and size): decided before reading the file."""

@@ -187,7 +187,15 @@ def evaluate_execution(
             len(samples),
         )
     samples_path = write_jsonl(out_dir / f"{name}.samples.jsonl", samples)
-    scored = score(
+    scored = _score(benchmark, samples, execution)
+    write_jsonl(out_dir / f"{name}.results.jsonl", scored.samples)
+    write_result(out_dir, _record_scored(result, scored, samples_path.name))
+    return result
+
+
+def _score(benchmark, samples, execution: ExecutionSettings):
+    """Run and score the samples' programs under the run's execution settings."""
+    return score(
         benchmark,
         samples,
         allow_code_execution=execution.allow_code_execution,
@@ -195,9 +203,6 @@ def evaluate_execution(
         timeout_floor=execution.timeout_floor,
         timeout_factor=execution.timeout_factor,
     )
-    write_jsonl(out_dir / f"{name}.results.jsonl", scored.samples)
-    write_result(out_dir, _record_scored(result, scored, samples_path.name))
-    return result
 
 
 def score_samples(
@@ -220,14 +225,7 @@ def score_samples(
     if prompt_form not in benchmark.prompt_forms:
         raise ValueError(f"prompt form {prompt_form!r} does not apply to {task} ({', '.join(benchmark.prompt_forms)})")
     benchmark.problems = [apply_form(p, prompt_form) for p in benchmark.problems]
-    scored = score(
-        benchmark,
-        samples,
-        allow_code_execution=execution.allow_code_execution,
-        workers=execution.workers,
-        timeout_floor=execution.timeout_floor,
-        timeout_factor=execution.timeout_factor,
-    )
+    scored = _score(benchmark, samples, execution)
     out_dir = Path(out_dir) if out_dir else samples_path.parent
     result = new_result(task, f"samples:{samples_path}", config={"prompt": {"form": prompt_form, "style": None}})
     _record_scored(result, scored, samples_path.name)
