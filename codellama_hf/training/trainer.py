@@ -58,6 +58,17 @@ class StageTrainer(OptimizerGroupsMixin, Trainer):
         self._resume_dir = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
+    def _run_epoch(self, *args, **kwargs):
+        """Nothing is left to train after a resume from the run's final checkpoint.
+
+        The stream has no length, so the Trainer counts max_steps as one "epoch" and, resumed at global_step ==
+        max_steps, would start another pass and take a step past max_steps before it checks `should_training_stop`.
+        """
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return
+        return super()._run_epoch(*args, **kwargs)
+
     def get_train_dataloader(self):
         return self._loader(self.train_dataset) if self._streamed else super().get_train_dataloader()
 

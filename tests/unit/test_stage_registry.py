@@ -67,3 +67,15 @@ def test_a_registered_toy_stage_runs_two_steps(toy_stage, tmp_path):
 def test_unknown_stage_names_the_registered_ones():
     with pytest.raises(ValueError, match="unknown stage 'nope': registered stages are code, instruct, lcft"):
         get_stage("nope")
+
+
+def test_a_resume_from_the_final_checkpoint_trains_no_further_step(toy_stage, tmp_path):
+    """The stream has no length: resumed at max_steps, the Trainer would otherwise take one step past the end."""
+    out = run_stage("toy", argv=[])
+    weights = (out / "model.safetensors").read_bytes()
+    (out / "lineage.json").unlink()  # the final save did not finish: the rerun resumes from checkpoint-2
+    again = run_stage("toy", argv=["--resume_from_checkpoint", "latest"])
+    state = json.loads((again / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and json.loads((again / "lineage.json").read_text())["steps"] == 2
+    assert sorted(p.name for p in again.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert (again / "model.safetensors").read_bytes() == weights
