@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 SHAPES = '''"""Shapes."""
 
@@ -52,13 +51,3 @@ def repo(tmp_path) -> Path:
     (root / "__pycache__").mkdir()
     (root / "__pycache__" / "x.py").write_text("junk = 1\n")
     return root
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny_tokenizer):
-    from transformers import LlamaForCausalLM
-
-    from codellama_hf.models import llama_config
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(llama_config("tiny", vocab_size=len(tiny_tokenizer))).eval()

@@ -1,4 +1,4 @@
-"""Shared by the evaluation_generation tests: fixtures and helpers."""
+"""The tiny random Llama shared by the generation, evaluation and cross-file tests, as a model and as a folder."""
 
 from __future__ import annotations
 
@@ -14,3 +14,15 @@ def tiny_model(tiny_tokenizer):
 
     torch.manual_seed(0)
     return LlamaForCausalLM(llama_config("tiny", vocab_size=len(tiny_tokenizer))).eval()
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tiny_model, tiny_tokenizer_dir):
+    """`tiny_model` saved with the tiny tokenizer's files: a model folder the CLI can load."""
+    import shutil
+
+    folder = tmp_path / "tiny-model"
+    tiny_model.save_pretrained(folder)
+    for name in tiny_tokenizer_dir.iterdir():
+        shutil.copy(name, folder / name.name)
+    return folder

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -11,11 +10,8 @@ from tests.helpers import run_cli
 
 
 @pytest.mark.slow
-def test_cross_file_cli(tmp_path, repo, tiny_tokenizer_dir, tiny_model):
-    model_dir = tmp_path / "tiny-model"
-    tiny_model.save_pretrained(model_dir)
-    for name in tiny_tokenizer_dir.iterdir():
-        shutil.copy(name, model_dir / name.name)
+def test_cross_file_cli(tmp_path, repo, tiny_model_dir):
+    model_dir = tiny_model_dir
     out = tmp_path / "results"
     done = run_cli(
         "evaluate",

@@ -12,13 +12,8 @@ from tests.helpers import run_cli
 
 
 @pytest.mark.slow
-def test_evaluate_cli_end_to_end(tmp_path, tiny_tokenizer_dir, tiny_model):
-    import shutil
-
-    model_dir = tmp_path / "tiny-model"
-    tiny_model.save_pretrained(model_dir)
-    for name in tiny_tokenizer_dir.iterdir():
-        shutil.copy(name, model_dir / name.name)
+def test_evaluate_cli_end_to_end(tmp_path, tiny_model_dir):
+    model_dir = tiny_model_dir
     out = tmp_path / "results"
     done = run_cli(
         "evaluate",
