@@ -36,6 +36,9 @@ YAML format::
     balance: tokens             # default; or documents, bytes
 
 Weights must be positive and, with `reserved`, sum to 1 (within 1e-6).
+
+Every row keeps the `source` and `path` it was read with (codellama_hf.corpus's columns; "" for `extra` rows that
+lack them), so the data path can still group a mixture's files by repository (data/repository.py).
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ STOPPING_STRATEGIES = ("all_exhausted", "first_exhausted", "all_exhausted_withou
 BALANCES = ("tokens", "documents", "bytes")
 SIZE_SAMPLE = 2000
 TOLERANCE = 1e-6
+KEPT = ["text", "source", "path"]  # columns a component keeps; `component` is added
+COLUMNS = ["text", "component", "source", "path"]  # a mixture's columns (and `tokens` with balance "tokens")
 
 
 @dataclass(frozen=True)
@@ -197,11 +202,11 @@ def _component_dataset(
     if isinstance(ds, datasets.Dataset):
         if len(ds) == 0:
             raise ValueError(f"mixture component {component.name!r} has no documents in split {split!r}")
-        ds = ds.select_columns(["text"]).add_column("component", [component.name] * len(ds)).shuffle(seed=seed)
+        ds = ds.select_columns(KEPT).add_column("component", [component.name] * len(ds)).shuffle(seed=seed)
         if max_documents is not None and len(ds) > max_documents:
             ds = ds.select(range(max_documents))
         return ds.to_iterable_dataset() if streaming else ds
-    ds = ds.select_columns(["text"]).map(lambda _: {"component": component.name}).shuffle(seed=seed)
+    ds = ds.select_columns(KEPT).map(lambda _: {"component": component.name}).shuffle(seed=seed)
     return ds.take(max_documents) if max_documents is not None else ds
 
 
@@ -218,7 +223,8 @@ def load_mixture(
     balance: str | None = None,
     tokenizer=None,
 ):
-    """Sample a mixture's components at its probabilities: a Dataset (or IterableDataset) of `text`, `component`.
+    """Sample a mixture's components at its probabilities: a Dataset (or IterableDataset) of `text`, `component`,
+    `source` and `path`.
 
     `sources` maps component names to source specs (overriding the YAML or the embedded default); `extra` maps names
     to datasets with a `text` column, or to (dataset, weight), that fill the mixture's `reserved` share (split evenly
@@ -259,18 +265,21 @@ def load_mixture(
         data, weight = value if isinstance(value, tuple) else (value, mixture.reserved / len(extra))
         if "text" not in (data.column_names or []):
             raise ValueError(f"extra dataset {name!r} needs a 'text' column (has {data.column_names})")
-        data = data.select_columns(["text"])
+        missing = [c for c in KEPT if c not in data.column_names]
+        data = data.select_columns([c for c in KEPT if c in data.column_names])
         if isinstance(data, datasets.Dataset):
+            for column in missing:
+                data = data.add_column(column, [""] * len(data))
             data = data.add_column("component", [name] * len(data))
             data = data.to_iterable_dataset() if streaming else data
         else:
-            data = data.map(lambda _, n=name: {"component": n})
+            data = data.map(lambda _, n=name, m=tuple(missing): {"component": n} | dict.fromkeys(m, ""))
         parts.append(data)
         probabilities.append(weight)
     if abs(sum(probabilities) - 1) > TOLERANCE:
         raise ValueError(f"mixture {mixture.name!r} with extra data has weights summing to {sum(probabilities):g}")
-    features = datasets.Features({"text": datasets.Value("string"), "component": datasets.Value("string")})
-    parts = [p.cast(features) for p in parts]
+    features = datasets.Features({name: datasets.Value("string") for name in COLUMNS})
+    parts = [p.select_columns(COLUMNS).cast(features) for p in parts]
     if mixture.balance == "tokens" and len(parts) > 1:
         return _token_mixture(parts, probabilities, mixture.stopping_strategy, seed, _tokenizer(tokenizer))
     if mixture.balance == "bytes":
@@ -417,11 +426,7 @@ def _token_mixture(parts: list, weights: list[float], stopping_strategy: str, se
         return datasets.IterableDataset.from_generator(
             _stream_by_tokens,
             features=datasets.Features(
-                {
-                    "text": datasets.Value("string"),
-                    "component": datasets.Value("string"),
-                    "tokens": datasets.Value("int64"),
-                }
+                {**{name: datasets.Value("string") for name in COLUMNS}, "tokens": datasets.Value("int64")}
             ),
             gen_kwargs={
                 "parts": tuple(parts),  # a list would be split into shards by datasets
@@ -474,7 +479,7 @@ def _stream_by_tokens(parts, weights, stopping_strategy, tokenizer):
         if counter.added >= 10_000:
             counter.save()
         served[i] += tokens
-        yield {"text": row["text"], "component": row["component"], "tokens": tokens}
+        yield {**{name: row[name] for name in COLUMNS}, "tokens": tokens}
 
 
 def token_shares(mixed, rows: int | None = None) -> dict[str, float]:

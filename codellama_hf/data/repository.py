@@ -39,10 +39,13 @@ LONG_FILE = "file longer than the context (trained as a plain document)"
 
 
 def group_repositories(documents, *, text_column: str = "text", key_depth: int = 0):
-    """One row per repository from a corpus table with `source` and `path` columns (codellama_hf.corpus's output).
+    """One row per repository from a corpus table with `source` and `path` columns (codellama_hf.corpus's output,
+    read_sources' and load_mixture's rows).
 
     A repository is a `source` (plus the first `key_depth` folders of `path`, for a source folder holding several
-    repositories); its files are put in dependency order. A `component` column is kept (grouped within it)."""
+    repositories); its files are put in dependency order. A `component` column is kept (grouped within it). A file
+    seen twice (a mixture repeats a component that ran out) is kept once; rows without a path (a mixture's `extra`
+    data) are counted and left out."""
     import datasets
 
     missing = [c for c in (text_column, "source", "path") if c not in documents.column_names]
@@ -52,7 +55,7 @@ def group_repositories(documents, *, text_column: str = "text", key_depth: int =
             "corpus with codellama_hf.corpus, which keeps each document's source and path"
         )
     has_component = "component" in documents.column_names
-    groups: dict[tuple[str, str], list[SourceFile]] = defaultdict(list)
+    groups: dict[tuple[str, str], dict[str, SourceFile]] = defaultdict(dict)
     skipped = Counter()
     columns = [text_column, "source", "path"] + (["component"] if has_component else [])
     for batch in documents.select_columns(columns).iter(batch_size=1000):
@@ -60,17 +63,25 @@ def group_repositories(documents, *, text_column: str = "text", key_depth: int =
         for text, source, path, component in zip(
             batch[text_column], batch["source"], batch["path"], components, strict=True
         ):
-            if not isinstance(text, str) or not isinstance(path, str):
+            if not isinstance(text, str):
                 skipped["not text"] += 1
+                continue
+            if not isinstance(path, str) or not path:
+                skipped["no path"] += 1
                 continue
             parts = path.split("/")
             name = "/".join([str(source), *parts[:key_depth]])
-            groups[(component or "", name)].append(SourceFile("/".join(parts[key_depth:]) or path, text))
+            files = groups[(component or "", name)]
+            rel = "/".join(parts[key_depth:]) or path
+            if rel in files:  # a mixture that starts a component over repeats its files
+                skipped["repeated file"] += 1
+                continue
+            files[rel] = SourceFile(rel, text)
     if skipped:
         logger.warning("repository samples: files left out: %s", dict(skipped))
     rows = {COLUMN: [], "component": []}
     for (component, name), files in sorted(groups.items()):
-        repo = Repository(name, sorted(files, key=lambda f: f.path))
+        repo = Repository(name, [files[p] for p in sorted(files)])
         by_path = repo.by_path()
         order = dependency_order(by_path, dependencies(repo))
         rows[COLUMN].append({"name": name, "files": [{"path": p, "text": by_path[p].text} for p in order]})

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from codellama_hf.evaluation.long_context import window_nll
 from codellama_hf.repository import (
     Repository,
     defined_names,
@@ -190,7 +191,6 @@ def exact_match(completion: str, middle: str) -> bool:
 
 def middle_loss(model, tokenizer, prefix: str, middle: str, suffix: str, *, suffix_first: bool = False) -> float:
     """Mean NLL per token of enc_nospace(middle) + ▁<EOT> after Meta's infilling prompt (teacher forcing)."""
-    from codellama_hf.evaluation.long_context import _window_nll as window_nll
     from codellama_hf.tokenizer import encode_infilling, infill_ids, infilling_prompt
 
     ids = infill_ids(tokenizer)

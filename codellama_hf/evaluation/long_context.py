@@ -162,8 +162,12 @@ def key_retrieval(
     }
 
 
-def _window_nll(model, window: torch.Tensor, scored: int, chunk: int) -> float:
-    """Summed NLL of the last `scored` tokens of `window` (1 x L), computing logits `chunk` positions at a time."""
+def window_nll(model, window: torch.Tensor, scored: int, chunk: int) -> float:
+    """Summed NLL of the last `scored` tokens of `window` (1 x L), computing logits `chunk` positions at a time.
+
+    The one teacher-forced scorer of the evaluations: perplexity by length here, the middle loss of infilling
+    tasks (crossfile.middle_loss). Only the scored positions go through the output head, so a long window never
+    holds its full logits."""
     with torch.inference_mode():
         hidden = model.get_decoder()(input_ids=window, use_cache=False).last_hidden_state[0]
         head = model.get_output_embeddings()
@@ -208,12 +212,12 @@ def perplexity_by_length(
         for ids in tqdm(streams, desc=f"perplexity @ {length}", leave=False):
             tokens = torch.tensor([ids], device=device)
             end = min(length, len(ids))
-            nll += _window_nll(model, tokens[:, :end], end - 1, chunk)
+            nll += window_nll(model, tokens[:, :end], end - 1, chunk)
             count += end - 1
             while end < len(ids):
                 new_end = min(end + stride, len(ids))
                 window = tokens[:, max(0, new_end - length) : new_end]
-                nll += _window_nll(model, window, new_end - end, chunk)
+                nll += window_nll(model, window, new_end - end, chunk)
                 count += new_end - end
                 end = new_end
         result[length] = math.exp(nll / count)

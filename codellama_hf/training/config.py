@@ -136,8 +136,8 @@ class DataArguments:
         default=False,
         metadata={
             "help": "Code stages: concatenate each repository's files (dependency order, plain-text path headers) "
-            "into samples cut at file boundaries, FIM on the last file's span (data/repository.py). Needs "
-            "dataset_sources, whose documents keep their source and path."
+            "into samples cut at file boundaries, FIM on the last file's span (data/repository.py). Files are "
+            "grouped by the source and path that dataset_sources and mixtures keep."
         },
     )
     repository_key_depth: int = field(
@@ -172,11 +172,6 @@ class DataArguments:
             )
         if not isinstance(self.data_streams_per_process, int) or self.data_streams_per_process < 1:
             raise ValueError(f"data_streams_per_process={self.data_streams_per_process!r}: must be a positive integer")
-        if self.repository_samples and self.dataset_mixture is not None:
-            raise ValueError(
-                "repository_samples groups files by their source and path, which mixtures do not keep; use "
-                "--dataset_mixture none with dataset_sources"
-            )
         if self.mixture_sources is not None and self.dataset_mixture is None:
             raise ValueError("mixture_sources needs dataset_mixture")
 

@@ -21,6 +21,7 @@ from codellama_hf.corpus import (
     load_mixture,
     read_sources,
 )
+from codellama_hf.corpus.mixture import mixture_from_dict
 from tests.helpers import ROOT, run_cli
 from tests.helpers.corpus import CLEAN, PLANTED_SKIPS, STDLIB, _assert_one_version_each
 
@@ -85,6 +86,13 @@ def test_cli_build_writes_parquet_shards_the_loaders_read(tree, tmp_path, tiny_t
     _assert_one_version_each(texts, tree)
     assert len(validation)
     assert not set(train["path"]) & set(validation["path"])
+    # through a mixture the built corpus keeps each file's source and path (what repository samples group by)
+    mixture = mixture_from_dict(
+        {"balance": "documents", "components": {"code": {"weight": 1.0, "sources": [str(out)]}}}
+    )
+    mixed = load_mixture(mixture, seed=0)
+    rows = set(zip(mixed["source"], mixed["path"], strict=True))
+    assert rows and rows <= set(zip(train["source"], train["path"], strict=True))
     summary = json.loads((out / "corpus_summary.json").read_text())
     assert summary["skipped"] == PLANTED_SKIPS
     assert summary["dedup"]["exact_removed"] == 1 and summary["dedup"]["near_removed"] == 2
@@ -226,7 +234,13 @@ def test_table1_presets_realise_token_shares(preset, llama2_dir):
     from codellama_hf.corpus.mixture import token_shares
 
     mixed = load_mixture(preset, seed=1)
-    assert PRESETS[preset].balance == "tokens" and mixed.column_names == ["text", "component", "tokens"]
+    assert PRESETS[preset].balance == "tokens" and mixed.column_names == [
+        "text",
+        "component",
+        "source",
+        "path",
+        "tokens",
+    ]
     head = mixed.select(range(1500))
     tokenizer = AutoTokenizer.from_pretrained(str(llama2_dir))
     counts = [len(ids) for ids in tokenizer(list(head["text"]), add_special_tokens=False)["input_ids"]]

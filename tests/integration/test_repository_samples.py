@@ -54,5 +54,3 @@ def test_code_stage_with_repository_samples(tmp_path):
     lineage = json.loads((folder / "lineage.json").read_text())
     assert lineage["data"]["repository_samples"] == {"repositories": 2, "key_depth": 1}
     assert lineage["steps"] == 2
-    with pytest.raises(ValueError, match="repository_samples groups files"):
-        run_stage("code", argv=["--output_dir", str(tmp_path / "x"), "--repository_samples", "true"])

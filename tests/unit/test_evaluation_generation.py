@@ -12,10 +12,10 @@ import torch
 
 from codellama_hf.evaluation.long_context import (
     QUERY,
-    _window_nll,
     answer_value,
     key_retrieval_prompts,
     perplexity_by_length,
+    window_nll,
 )
 from codellama_hf.evaluation.runner import ExecutionSettings, GenerationSettings, evaluate_execution
 from codellama_hf.generation import HFBackend, generate, infill, truncate_at_stop
@@ -146,7 +146,7 @@ def test_perplexity_windowing(tiny_model, tiny_tokenizer):
     with torch.no_grad():
         loss = tiny_model(input_ids=ids, labels=ids).loss.item()
     length = ids.shape[1]
-    assert _window_nll(tiny_model, ids, length - 1, chunk=7) == pytest.approx(loss * (length - 1), rel=1e-5)
+    assert window_nll(tiny_model, ids, length - 1, chunk=7) == pytest.approx(loss * (length - 1), rel=1e-5)
     text = "import os\n" + "print(os.getcwd())\n" * 40
     result = perplexity_by_length(tiny_model, tiny_tokenizer, [text, "too short"], [8, 32], max_tokens_per_text=100)
     assert result["files"] == 1 and result["scored_tokens"] == 99  # every token but the first, at every length

@@ -138,3 +138,43 @@ def test_repositories_through_the_stream(codellama_tokenizer):
     rows = list(stream.rows())
     assert len(rows) == 6 and all(len(r["input_ids"]) == 160 for r in rows)
     assert stream.counts[LONG_FILE] >= 1
+
+
+def test_mixture_keeps_source_and_path_so_repositories_group(tmp_path):
+    """load_mixture's rows keep each file's source and path: repository samples work on a mixture."""
+    from codellama_hf.corpus import load_mixture, read_sources
+    from codellama_hf.corpus.embedded import is_validation
+
+    corpus = tmp_path / "repos"
+    for name in ("alpha", "beta"):
+        for i in range(6):
+            path = corpus / name / "pkg" / f"mod{i}.py"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"from pkg import mod{i - 1}\n\n\ndef f{i}():\n    return {i}\n" if i else "X = 0\n")
+    mixture = tmp_path / "mix.yaml"
+    mixture.write_text(f"components:\n  code: {{weight: 0.9, sources: ['{corpus}']}}\n  nl: 0.1\nbalance: documents\n")
+    mixed = load_mixture(mixture, seed=0)
+    assert mixed.column_names == ["text", "component", "source", "path"]
+    code = mixed.filter(lambda c: c == "code", input_columns=["component"])
+    read = read_sources([str(corpus)])
+    expected = {(s, p) for s, p in zip(read["source"], read["path"], strict=True) if not is_validation(0, s, p)}
+    assert set(zip(code["source"], code["path"], strict=True)) == expected
+    nl = mixed.filter(lambda c: c == "nl", input_columns=["component"])
+    assert all(s and p for s, p in zip(nl["source"], nl["path"], strict=True))  # the embedded corpus' own
+    table = group_repositories(code, key_depth=1)
+    names = [r["name"] for r in table[COLUMN]]
+    assert names == [f"{corpus}/alpha", f"{corpus}/beta"]
+    for row in table[COLUMN]:
+        paths = [f["path"] for f in row["files"]]
+        repo = row["name"].rsplit("/", 1)[1]
+        assert sorted(paths) == sorted(p.split("/", 1)[1] for _, p in expected if p.split("/", 1)[0] == repo)
+        assert len(paths) == len(set(paths))  # the repeats of an all_exhausted mixture collapse
+        numbers = [int(p[len("pkg/mod") : -3]) for p in paths]
+        # dependency order where the import resolves (mod{i} imports mod{i-1}), whatever was held out
+        assert numbers == sorted(numbers)
+    # rows of `extra` data have no path: filled with "" and left out of repositories, counted
+    dialogs = datasets.Dataset.from_dict({"text": ["[INST] q [/INST] a"] * 50})
+    rehearsal = load_mixture("instruct_rehearsal", extra={"instruct": dialogs}, seed=0, balance="documents")
+    instruct = rehearsal.filter(lambda c: c == "instruct", input_columns=["component"])
+    assert set(instruct["source"]) == {""} and set(instruct["path"]) == {""}
+    assert len(group_repositories(instruct)) == 0
