@@ -15,7 +15,7 @@ Korthikanti et al. 2022 (arXiv 2205.05198) adapted to Llama's SwiGLU block and F
 The logits of the 32k vocabulary are the other big term at 16k tokens: bf16 logits, their fp32 copy and the fp32
 gradient (10 bytes per token and vocabulary entry, ~4.9 GiB per 16k row), or, with a fused linear cross-entropy
 (Liger), one chunk of them. Sequence parallelism divides every per-token term by its size. The micro-batch is the
-largest that fits; gradient accumulation then makes up the stage's tokens per step (stages.batch_plan).
+largest that fits; gradient accumulation then makes up the stage's tokens per step (training/batch_plan.py).
 """
 
 from __future__ import annotations
@@ -271,7 +271,7 @@ class Plan:
 
 def _micro_batches(setup: Setup) -> list[int]:
     """Micro-batches that split the stage's rows per step evenly over the data-parallel replicas."""
-    from codellama_hf.training.config import batch_plan
+    from codellama_hf.training.batch_plan import batch_plan
 
     if setup.tokens_per_step % setup.seq_len:
         raise ValueError(f"tokens_per_step={setup.tokens_per_step:,} is not a whole number of {setup.seq_len:,} rows")

@@ -1,9 +1,11 @@
 """The corpus: read code and documentation sources, filter, deduplicate, and mix them the way Code Llama did.
 
-- sources.py: local folders, git checkouts and `datasets` sources -> rows of text, language, source, path, license;
+- sources.py: local folders, git checkouts and `datasets` sources -> rows of text, language, source, path, license
+  (the spec: source_spec.py; folders and git checkouts: files.py; `datasets` names, data files: dataset_sources.py);
 - filters.py: the quality filters of code corpora, counted per rule;
 - dedup.py: exact (content digest) and near (MinHash over code word 5-grams) signatures;
-- steps.py: the datatrove pipeline steps (readers, filters, signatures, duplicate clusters, split + counts);
+- read_steps.py, dedup_steps.py: the datatrove pipeline steps (readers, filters, split + counts; signatures,
+  duplicate clusters);
 - pipeline.py: the build's datatrove stages and their executors (local, Slurm, Ray);
 - embedded.py: the offline default corpus assembled from this machine's Python installation;
 - mixture.py: Table 1's mixtures as presets, user mixtures in YAML, sampled by interleaving;
@@ -15,7 +17,8 @@ from codellama_hf.corpus.dedup import DedupConfig, DedupStats
 from codellama_hf.corpus.embedded import KINDS, build_embedded, embedded_corpus
 from codellama_hf.corpus.filters import FilterConfig, SkipCounter
 from codellama_hf.corpus.mixture import PRESETS, Component, Mixture, get_mixture, load_mixture
-from codellama_hf.corpus.sources import SourceSpec, read_sources
+from codellama_hf.corpus.source_spec import SourceSpec
+from codellama_hf.corpus.sources import read_sources
 
 __all__ = [
     "KINDS",

@@ -1,8 +1,8 @@
 """`codellama-hf corpus build`: sources -> filters -> exact + near dedup -> parquet shards, as datatrove stages.
 
 The stages and executors are in pipeline.py (local by default, one task per core; Slurm or Ray from the same
-YAML), the steps in steps.py. Output layout, read by `read_sources` / `load_mixture` (a folder source) and by the
-streaming training data path::
+YAML), the steps in read_steps.py and dedup_steps.py. Output layout, read by `read_sources` / `load_mixture` (a
+folder source) and by the streaming training data path::
 
     out/
       train/NNN_NNNNN.parquet        columns text, language, source, path, license (strings; licence "" if unknown)
@@ -34,7 +34,7 @@ from pathlib import Path
 from codellama_hf.corpus.dedup import DedupConfig, DedupStats
 from codellama_hf.corpus.embedded import VALIDATION_FRACTION
 from codellama_hf.corpus.filters import FilterConfig
-from codellama_hf.corpus.sources import CORPUS_MARKER, SourceSpec, check_exists
+from codellama_hf.corpus.source_spec import CORPUS_MARKER, SourceSpec, check_exists
 from codellama_hf.io import read_yaml_mapping
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class CorpusSummary:
 
 def _prepare_sources(config: BuildConfig, run_dir: Path) -> list[dict]:
     """Source specs as plain mappings the stages can pickle; git URLs cloned once into the run folder."""
-    from codellama_hf.corpus.sources import _git_checkout
+    from codellama_hf.corpus.files import git_checkout
 
     specs = []
     for raw in config.sources:
@@ -136,7 +136,7 @@ def _prepare_sources(config: BuildConfig, run_dir: Path) -> list[dict]:
             dest = run_dir / "git" / f"{len(specs):03d}"
             if not dest.is_dir():
                 shutil.rmtree(dest.with_suffix(".tmp"), ignore_errors=True)
-                _git_checkout(spec, dest.with_suffix(".tmp"))
+                git_checkout(spec, dest.with_suffix(".tmp"))
                 os.replace(dest.with_suffix(".tmp"), dest)
             spec = replace(spec, git=None, path=str(dest), label=spec.display(), revision=None)
         specs.append(asdict(spec))
@@ -201,8 +201,8 @@ def deduplicate(dataset, config: DedupConfig | None = None):
     from datasets import Dataset, concatenate_datasets
 
     from codellama_hf.corpus.pipeline import make_executors
-    from codellama_hf.corpus.sources import features
-    from codellama_hf.corpus.steps import make_document
+    from codellama_hf.corpus.read_steps import make_document
+    from codellama_hf.corpus.source_spec import features
 
     config = config or DedupConfig()
     documents = [

@@ -34,8 +34,9 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from codellama_hf.corpus.dedup import DedupConfig
+from codellama_hf.corpus.files import language_of, list_files, read_document
 from codellama_hf.corpus.filters import PROSE_LANGUAGES, FilterConfig, SkipCounter, share
-from codellama_hf.corpus.sources import COLUMNS, features, language_of, list_files, read_document
+from codellama_hf.corpus.source_spec import COLUMNS, features
 from codellama_hf.io import atomic_dir
 
 log = logging.getLogger(__name__)

@@ -87,18 +87,15 @@ def stage_pipelines(config, run_dir: Path, *, documents=None) -> dict[str, tuple
     from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupFilter
     from datatrove.pipeline.writers import ParquetWriter
 
-    from codellama_hf.corpus.steps import (
-        EXACT_CONFIG,
-        DuplicateClusters,
+    from codellama_hf.corpus.dedup_steps import EXACT_CONFIG, DuplicateClusters, Signatures, near_config
+    from codellama_hf.corpus.read_steps import (
         LanguageFilter,
         LicenseFilter,
         QualityFilter,
         ShardReader,
-        Signatures,
         SourcesReader,
         SplitAndCount,
         flat_row,
-        near_config,
     )
 
     work = str(run_dir / "work")
@@ -284,7 +281,7 @@ def read_stage_stats(logging_dir: str | os.PathLike) -> list[dict]:
 def summarize(run_dir: Path, tokenizer: str | None) -> dict:
     """corpus_summary.json's content from the stages' stats."""
     from codellama_hf.corpus.filters import FILTERS
-    from codellama_hf.corpus.steps import SplitAndCount
+    from codellama_hf.corpus.read_steps import SplitAndCount
 
     stats = {name: read_stage_stats(run_dir / "logs" / name) for name in STAGES[:-1]}
     counter = SplitAndCount.name
@@ -329,7 +326,7 @@ def _finalize(run_dir: str, out: str, config: dict) -> None:
         for name, stage in summary.pop("stages").items():
             (tmp / "stats" / f"{name}.json").write_text(json.dumps(stage, indent=1))
         (tmp / "build_config.json").write_text(json.dumps(config, indent=1, sort_keys=True, default=str))
-        from codellama_hf.corpus.sources import CORPUS_MARKER
+        from codellama_hf.corpus.source_spec import CORPUS_MARKER
 
         (tmp / CORPUS_MARKER).write_text(json.dumps(summary, indent=2, sort_keys=True))
 

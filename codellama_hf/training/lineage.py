@@ -14,13 +14,13 @@ from transformers import Trainer
 
 import codellama_hf
 from codellama_hf.adapters import AdapterArguments, merge_and_save, write_adapter_metadata
-from codellama_hf.distributed import gather_full_state_for_final_save
 from codellama_hf.export.model_folder import complete_model_folder
 from codellama_hf.io import write_json
 from codellama_hf.models import rope_theta
 from codellama_hf.training.checkpoints import checkpoints
 from codellama_hf.training.distributed import main_print as _print
 from codellama_hf.training.distributed import process_state as _state
+from codellama_hf.training.precision import gather_full_state_for_final_save
 
 LINEAGE_FILE = "lineage.json"  # written last into a finished model folder: its presence marks completion
 

@@ -11,7 +11,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from codellama_hf.adapters import apply_adapters, model_loading_kwargs
 from codellama_hf.attention import resolve_attn_implementation
-from codellama_hf.distributed import uses_deepspeed, weights_dtype
 from codellama_hf.family import check_python_start
 from codellama_hf.io import torch_dtype
 from codellama_hf.models import assert_rope_theta, llama_config, set_rope_theta
@@ -19,6 +18,7 @@ from codellama_hf.training.config import ModelArguments, StageConfig
 from codellama_hf.training.distributed import main_print as _print
 from codellama_hf.training.distributed import process_state as _state
 from codellama_hf.training.lineage import read_lineage
+from codellama_hf.training.precision import uses_deepspeed, weights_dtype
 
 
 def _is_model_folder(path: str | None) -> bool:

@@ -20,7 +20,6 @@ from pathlib import Path
 from codellama_hf import speed
 from codellama_hf.attention import prepare_collator, resolve_attn_implementation
 from codellama_hf.data.stream import PackedStream, StreamSettings
-from codellama_hf.distributed import check_deepspeed_config
 from codellama_hf.models import effective_rope_theta
 from codellama_hf.tokenizer import infill_ids
 from codellama_hf.training.checkpoints import prepare_output_dir, resume_checkpoint
@@ -28,6 +27,7 @@ from codellama_hf.training.config import parse_stage_config, read_config_file, w
 from codellama_hf.training.distributed import main_print, process_state, setup_distributed
 from codellama_hf.training.lineage import LINEAGE_FILE, lineage_record, print_summary, save_final
 from codellama_hf.training.model import load_tokenizer_and_model
+from codellama_hf.training.precision import check_deepspeed_config
 from codellama_hf.training.stage import Stage, StageData, get_stage
 from codellama_hf.training.stages import data_seed
 from codellama_hf.training.trainer import StageTrainer, check_zero3_saves_weights

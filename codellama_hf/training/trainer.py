@@ -9,10 +9,10 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from codellama_hf.data.stream import POSITION_KEY, PackedStream, Position, stream_loader
-from codellama_hf.distributed import OptimizerGroupsMixin
 from codellama_hf.export.model_folder import complete_model_folder
 from codellama_hf.io import write_json
 from codellama_hf.training.checkpoints import SIGNATURE_FILE, read_data_state, write_data_state
+from codellama_hf.training.precision import OptimizerGroupsMixin
 
 
 class StageTrainer(OptimizerGroupsMixin, Trainer):

@@ -8,7 +8,8 @@ import torch
 from codellama_hf.data.packing import IGNORE_INDEX, PackedCollator
 from codellama_hf.parallel import check_sequence_parallel, shard_row
 from codellama_hf.training import run_stage
-from codellama_hf.training.config import batch_plan, config_path, parse_stage_config
+from codellama_hf.training.batch_plan import batch_plan
+from codellama_hf.training.config import config_path, parse_stage_config
 
 LCFT = config_path("lcft")
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from codellama_hf.training.config import PAPER_MIN_LR_RATE, batch_plan, config_path, parse_stage_config
+from codellama_hf.training.batch_plan import batch_plan
+from codellama_hf.training.config import PAPER_MIN_LR_RATE, config_path, parse_stage_config
 from tests.helpers import ROOT
 
 CODE_STAGES = ("code", "python", "lcft")  # the instruct configs are checked in test_instruct_sft.py

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from codellama_hf.distributed import (
+from codellama_hf.training.precision import (
     check_deepspeed_config,
     decay_parameter_names,
     gather_full_state_for_final_save,

@@ -1,4 +1,5 @@
-"""What every launch configuration must agree on, so a recipe trains the same way on one GPU, DDP, FSDP or ZeRO-3.
+"""Precision and optimizer settings every launch configuration must agree on, so a recipe trains the same way on
+one GPU, DDP, FSDP or ZeRO-3 (process setup itself is training/distributed.py).
 
 - Weights: the optimizer must update an fp32 master copy. DeepSpeed keeps one itself (bf16 compute, fp32 optimizer
   partitions); outside DeepSpeed the model is loaded in fp32 and bf16 runs under autocast (`weights_dtype`).
