@@ -7,6 +7,13 @@ int8. The next stage continues from a plain model folder, so `merge_and_save` fo
 the base is reloaded at full precision (merging into 4-bit weights would round the merged model to NF4), the
 theta and context length the stage trained with are applied, and W + (alpha/r) B A is written with the tokenizer.
 
+When the stage grew the vocabulary (Llama 2 -> Code Llama's 16 infilling pieces, a BPE base + 4 FIM tokens), the new
+rows of the input and output embeddings must be trained and saved too. By default only those rows are: peft's
+`trainable_token_indices` (TrainableTokensModel) keeps a copy of the rows it trains, the adapter file holds them
+(16 x 4096 x 2 matrices in bf16 = 256 KiB for 7B) instead of both whole matrices as `modules_to_save` (2 x 32016 x
+4096 in bf16 = 500 MiB), and merging writes them back with `index_copy`. Tied embeddings (SmolLM2) share one copy.
+`lora_modules_to_save: [embed_tokens, lm_head]` still trains the whole matrices when asked.
+
 An adapter only makes sense on the exact base it was trained on: a 7B-Python adapter loads without a shape error
 onto 7B base, and gives nonsense. `write_adapter_metadata` records a fingerprint of the base (sampled rows of the
 embedding and output matrices, which LoRA never changes) in codellama_adapter.json; `load_adapter` and
@@ -55,8 +62,9 @@ class AdapterArguments:
     lora_modules_to_save: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Modules trained in full beside the adapters, e.g. embed_tokens lm_head when the "
-            "vocabulary grew (Llama 2 -> Code Llama's infilling pieces)."
+            "help": "Modules trained in full beside the adapters. When the vocabulary grew (Llama 2 -> Code "
+            "Llama's infilling pieces) only the new embedding rows are trained and saved by default; "
+            "[embed_tokens, lm_head] trains the whole matrices instead."
         },
     )
     use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised scaling alpha/sqrt(r)."})
@@ -108,8 +116,8 @@ class AdapterArguments:
     def quantized(self) -> str | None:
         return "4bit" if self.load_in_4bit else "8bit" if self.load_in_8bit else None
 
-    def lora_config(self):
-        """peft.LoraConfig for these options (None without use_peft)."""
+    def lora_config(self, trainable_token_indices: dict[str, list[int]] | list[int] | None = None):
+        """peft.LoraConfig for these options (None without use_peft); rows to train given by apply_adapters."""
         if not self.use_peft:
             return None
         from peft import LoraConfig
@@ -121,6 +129,7 @@ class AdapterArguments:
             lora_dropout=self.lora_dropout,
             target_modules=self.lora_target_modules or "all-linear",
             modules_to_save=self.lora_modules_to_save,
+            trainable_token_indices=trainable_token_indices,
             use_rslora=self.use_rslora,
             bias="none",
         )
@@ -251,18 +260,70 @@ def fingerprint_mismatch(expected: dict, model) -> str | None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _check_grown_vocabulary(model, options: AdapterArguments) -> None:
-    """New embedding rows (Llama 2 -> Code Llama's infilling pieces) must be trained and saved with the adapter."""
+def _embedding_names(model) -> tuple[str, str | None]:
+    """Last name components of the input and output embedding modules (embed_tokens, lm_head for Llama)."""
+    embed, output = model.get_input_embeddings(), model.get_output_embeddings()
+    names = {id(module): name.rsplit(".", 1)[-1] for name, module in model.named_modules()}
+    return names[id(embed)], names.get(id(output)) if output is not None else None
+
+
+def grown_rows(model) -> list[int]:
+    """Embedding rows the model has beyond its saved checkpoint's vocabulary (empty when it did not grow)."""
     from transformers import AutoConfig
 
     saved = AutoConfig.from_pretrained(model.name_or_path).vocab_size
-    rows = model.get_input_embeddings().num_embeddings
-    needed = {"embed_tokens", "lm_head"} - set(options.lora_modules_to_save or [])
-    if rows != saved and needed:
+    rows = model.get_input_embeddings().num_embeddings  # the module attribute survives ZeRO-3 partitioning
+    return list(range(saved, rows))
+
+
+def _new_row_tokens(model, options: AdapterArguments) -> dict[str, list[int]] | None:
+    """peft `trainable_token_indices` for the rows the vocabulary grew by, or None (no growth / whole matrices).
+
+    The new rows must be trained and saved with the adapter, else they stay at their initial values and are lost
+    on reload. Tied embeddings (SmolLM2) are one matrix: peft ties lm_head to the embedding's trained rows.
+    """
+    new = grown_rows(model)
+    if not new:
+        return None
+    embed, output = _embedding_names(model)
+    whole = set(options.lora_modules_to_save or [])
+    tied = output is None or bool(getattr(model.config, "tie_word_embeddings", False))  # as peft decides
+    needed = {embed} if tied else {embed, output}
+    if needed <= whole:
+        return None  # the whole matrices train, as asked
+    if whole & needed:
         raise ValueError(
-            f"the vocabulary grew from {saved} to {rows} rows: LoRA alone would leave the new rows "
-            f"untrained and unsaved; add lora_modules_to_save: [embed_tokens, lm_head]"
+            f"the vocabulary grew from {new[0]} to {new[-1] + 1} rows and lora_modules_to_save trains "
+            f"{sorted(whole & needed)} in full but not {sorted(needed - whole)}: list both, or neither (then only "
+            "the new rows are trained, with peft's trainable_token_indices)"
         )
+    return {embed: new} if tied else {embed: new, output: new}
+
+
+def _check_zero3_tokens(tokens) -> None:
+    """peft gathers trainable rows under ZeRO-3 through a CUDA broadcast (TrainableTokensLayer); say so on CPU."""
+    import torch
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if tokens and is_deepspeed_zero3_enabled() and not torch.cuda.is_available():
+        raise ValueError(
+            "the new embedding rows are trained with peft's trainable_token_indices, which under DeepSpeed ZeRO-3 "
+            "needs CUDA (peft broadcasts the rows on a GPU); on CPU set lora_modules_to_save: [embed_tokens, "
+            "lm_head] to train the whole matrices, or train without ZeRO-3"
+        )
+
+
+def _save_without_whole_embeddings(peft_model) -> None:
+    """Make every save of this model (stage end, Trainer checkpoints) write the trained rows, not whole matrices.
+
+    peft's save_embedding_layers="auto" writes both full embedding matrices whenever the vocabulary differs from
+    the base checkpoint's, even when trainable_token_indices already holds the rows that changed. Loading grows the
+    base first (load_adapter) and the saved rows overwrite every new row, so the matrices are not needed.
+    """
+    import functools
+
+    save = peft_model.save_pretrained
+    peft_model.save_pretrained = functools.partial(save, save_embedding_layers=False)
 
 
 def apply_adapters(model, options: AdapterArguments, *, gradient_checkpointing: bool = False):
@@ -283,13 +344,16 @@ def apply_adapters(model, options: AdapterArguments, *, gradient_checkpointing: 
             f"{'as ' + quantized if quantized else 'unquantized'}: load it with "
             "model_loading_kwargs(options)"
         )
-    _check_grown_vocabulary(model, options)
+    tokens = _new_row_tokens(model, options)  # rows already initialised (mean embedding) by the stage
+    _check_zero3_tokens(tokens)
     fingerprint = base_fingerprint(model)
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
-    peft_model = get_peft_model(model, options.lora_config())
+    peft_model = get_peft_model(model, options.lora_config(tokens))
+    if tokens:
+        _save_without_whole_embeddings(peft_model)
     peft_model.codellama_base = {
         "base_model": model.name_or_path,
         "fingerprint": fingerprint,
@@ -297,11 +361,12 @@ def apply_adapters(model, options: AdapterArguments, *, gradient_checkpointing: 
     }
     trainable, total = peft_model.get_nb_trainable_parameters()
     logger.info(
-        "LoRA r=%d alpha=%g on %s%s: %s of %s parameters trainable",
+        "LoRA r=%d alpha=%g on %s%s%s: %s of %s parameters trainable",
         options.lora_r,
         options.lora_alpha,
         peft_model.peft_config["default"].target_modules,
         f", {quantized} base" if quantized else "",
+        f", new rows {next(iter(tokens.values()))[0]}+ of {sorted(tokens)}" if tokens else "",
         f"{trainable:,}",
         f"{total:,}",
     )
@@ -331,9 +396,23 @@ def write_adapter_metadata(model, folder: str | os.PathLike) -> Path:
             "target_modules": sorted(peft_config.target_modules),
             "use_rslora": peft_config.use_rslora,
             "modules_to_save": sorted(peft_config.modules_to_save or []),
+            "trained_rows": trained_rows(peft_config),
         },
     }
     return write_json(Path(folder) / METADATA_FILE, metadata)
+
+
+def trained_rows(peft_config) -> dict[str, list[int]]:
+    """{module: [first, last]} of the embedding rows trained with trainable_token_indices (empty when none)."""
+    indices = getattr(peft_config, "trainable_token_indices", None) or {}
+    if isinstance(indices, list):
+        indices = {"embed_tokens": indices}
+    return {name: [min(ids), max(ids)] for name, ids in sorted(indices.items()) if ids}
+
+
+def adapter_size(folder: str | os.PathLike) -> int:
+    """Bytes of the adapter's weights on disk (adapter_model.safetensors / .bin)."""
+    return sum(p.stat().st_size for p in Path(folder).glob("adapter_model*") if p.is_file())
 
 
 def save_adapter(model, folder: str | os.PathLike, tokenizer=None) -> Path:
@@ -403,7 +482,8 @@ def check_base(model, folder: str | os.PathLike, metadata: dict | None, base_nam
 
 
 def _grow_vocabulary(model, metadata: dict | None) -> None:
-    """Stages that grew the vocabulary train the new rows as modules_to_save: give the base the same size."""
+    """Stages that grew the vocabulary saved the new rows (trainable tokens or whole matrices): give the base the
+    same size first. The values of the grown rows do not matter: the adapter's rows replace every one of them."""
     vocab = trained_config_overrides(metadata).get("vocab_size")
     if vocab and vocab != model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(vocab, mean_resizing=False)
@@ -477,6 +557,7 @@ def merge_and_save(
                 "base_model": base,
                 "quantization": (metadata or {}).get("quantization"),
                 "lora": (metadata or {}).get("lora"),
+                "size_bytes": adapter_size(adapter_dir),
             }
             (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
     logger.info("merged adapter %s into %s -> %s", adapter_dir, base, output_dir)

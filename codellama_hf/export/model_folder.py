@@ -115,6 +115,8 @@ def complete_model_folder(
     if source is None and tokenizer is not None:
         source = sentencepiece_file(tokenizer)
     if source is None:
+        if _byte_level_tokenizer(folder, tokenizer) is not None:
+            return _complete_byte_level_folder(folder, _byte_level_tokenizer(folder, tokenizer))
         raise MissingSentencePiece(explain_missing_sentencepiece(folder))
     proto = load_sp_model(source)
     _check_same_vocabulary(proto, folder, tokenizer, source)
@@ -136,6 +138,43 @@ def complete_model_folder(
             del generation["use_cache"]
         write_json(generation_path, {**generation, **stop_ids(proto)}, sort_keys=True)
     write_tokenizer_files(proto, folder, chat_template=chat_template)
+    return folder
+
+
+def _byte_level_tokenizer(folder: Path, tokenizer):
+    """The folder's tokenizer when it is byte-level BPE (Llama 3-style, SmolLM2: no SentencePiece model), else None."""
+    from codellama_hf.tokenizer.bpe import BYTE_LEVEL, tokenizer_kind
+
+    if tokenizer is None and (folder / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer is None or getattr(tokenizer, "backend_tokenizer", None) is None:
+        return None
+    return tokenizer if tokenizer_kind(tokenizer) == BYTE_LEVEL else None
+
+
+def _complete_byte_level_folder(folder: Path, tokenizer) -> Path:
+    """A byte-level BPE base has no tokenizer.model: tokenizer.json is the vocabulary (llama.cpp's converter reads
+    it for BPE models). Both rope keys, and generation stops at EOS and, once it has the FIM tokens, at <EOT>."""
+    from codellama_hf.models import write_config_with_both_rope_keys
+    from codellama_hf.tokenizer import BPE_SENTINELS
+
+    if not (folder / "tokenizer.json").is_file():
+        tokenizer.save_pretrained(folder)
+    if (folder / "config.json").is_file():
+        write_config_with_both_rope_keys(folder)
+        vocab = tokenizer.get_vocab()
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        eos += [vocab[BPE_SENTINELS[3]]] if BPE_SENTINELS[3] in vocab else []
+        generation_path = folder / GENERATION_CONFIG
+        generation = read_json_object(generation_path) if generation_path.is_file() else {}
+        if generation.get("use_cache") is False:  # as for SentencePiece folders: generating wants the cache
+            del generation["use_cache"]
+        stops = {"eos_token_id": eos[0] if len(eos) == 1 else eos} if eos else {}
+        if tokenizer.bos_token_id is not None:
+            stops["bos_token_id"] = tokenizer.bos_token_id
+        write_json(generation_path, {**generation, **stops}, sort_keys=True)
     return folder
 
 

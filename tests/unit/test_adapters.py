@@ -11,6 +11,7 @@ import torch
 from codellama_hf.adapters import (
     METADATA_FILE,
     AdapterArguments,
+    adapter_size,
     apply_adapters,
     load_adapter,
     merge_and_save,
@@ -205,25 +206,144 @@ def test_an_adapter_refuses_another_base(base_dirs, tmp_path):
         apply_adapters(other, AdapterArguments(use_peft=True))
 
 
-def test_a_grown_vocabulary_is_trained_saved_and_merged(base_dirs, tmp_path):
-    """Llama 2 -> Code Llama adds infilling rows: they must be modules_to_save, and merging restores them."""
+def _grown(folder, rows: int = 4032):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base_dirs[0])
-    model.resize_token_embeddings(4032, mean_resizing=True)
-    with pytest.raises(ValueError, match="vocabulary grew from 4016 to 4032 rows.*lora_modules_to_save"):
-        apply_adapters(model, AdapterArguments(use_peft=True))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    model.resize_token_embeddings(rows, mean_resizing=True)  # as the stage does before wrapping (training/model.py)
+    return model
+
+
+def _check_merged(merged_dir: Path, base_dir: Path, peft_model, new: slice, *, tied: bool) -> None:
+    """Old rows and every other weight are the base's (plus LoRA deltas), new rows the trained ones, same logits."""
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    base = _tensors(base_dir)
+    embed = peft_model.base_model.model.model.embed_tokens.token_adapter
+    trained = embed.trainable_tokens_delta["default"].detach()
+    assert torch.equal(merged.model.embed_tokens.weight[new], trained)
+    assert torch.equal(merged.model.embed_tokens.weight[: new.start], base["model.embed_tokens.weight"])
+    if tied:
+        assert merged.lm_head.weight.data_ptr() == merged.model.embed_tokens.weight.data_ptr()
+    else:
+        head = peft_model.base_model.model.lm_head.token_adapter.trainable_tokens_delta["default"].detach()
+        assert torch.equal(merged.lm_head.weight[new], head)
+        assert torch.equal(merged.lm_head.weight[: new.start], base["lm_head.weight"])
+    tokens = torch.tensor([[1, new.start, new.stop - 1, 77, new.start + 3, 5]])  # new rows included
+    with torch.no_grad():
+        torch.testing.assert_close(
+            merged(tokens).logits, peft_model.eval()(input_ids=tokens).logits, atol=1e-5, rtol=0
+        )
+
+
+def test_a_grown_vocabulary_trains_and_saves_only_the_new_rows(base_dirs, tmp_path):
+    """Llama 2 -> Code Llama adds infilling rows: peft trainable tokens train them, the adapter holds only them,
+    and the merged model equals the adapted one (untied embeddings: embed_tokens and lm_head rows)."""
+    from safetensors import safe_open
+
+    model = _grown(base_dirs[0])
+    initial = model.get_input_embeddings().weight[4016:].detach().clone()  # mean-initialised rows
+    head_initial = model.get_output_embeddings().weight[4016:].detach().clone()
+    peft_model = apply_adapters(model, AdapterArguments(use_peft=True, lora_r=4, lora_dropout=0.0))
+    extra = {n: p.shape for n, p in peft_model.named_parameters() if p.requires_grad and "lora_" not in n}
+    assert sorted(extra.values()) == [(16, 128), (16, 128)] and all("trainable_tokens" in n for n in extra)
+    adapter = peft_model.base_model.model.model.embed_tokens.token_adapter
+    assert torch.equal(adapter.trainable_tokens_delta["default"].detach(), initial)  # starts at the stage's init
+    assert torch.equal(
+        peft_model.base_model.model.lm_head.token_adapter.trainable_tokens_delta["default"].detach(), head_initial
+    )
+    _train(peft_model, steps=2)
+    assert not torch.equal(adapter.trainable_tokens_delta["default"].detach(), initial)  # the new rows learn
+    assert torch.equal(  # the old rows stay the base's
+        adapter.base_layer.weight[:4016],
+        _tensors(base_dirs[0])["model.embed_tokens.weight"],
+    )
+
+    adapter_dir = save_adapter(peft_model, tmp_path / "adapter")
+    with safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as saved:
+        rows = {k: tuple(saved.get_slice(k).get_shape()) for k in saved.keys() if "lora_" not in k}
+    assert rows == {
+        "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta": (16, 128),
+        "base_model.model.lm_head.token_adapter.trainable_tokens_delta": (16, 128),
+    }
+    metadata = json.loads((adapter_dir / METADATA_FILE).read_text())
+    assert metadata["lora"]["trained_rows"] == {"embed_tokens": [4016, 4031], "lm_head": [4016, 4031]}
+    assert metadata["lora"]["modules_to_save"] == [] and metadata["base_config"]["vocab_size"] == 4032
+
+    # The same stage with whole matrices, as before: the adapter file carries 2 x 4032 x 128 fp32 values more.
+    whole = apply_adapters(
+        _grown(base_dirs[0]),
+        AdapterArguments(use_peft=True, lora_r=4, lora_dropout=0.0, lora_modules_to_save=["embed_tokens", "lm_head"]),
+    )
+    whole_dir = save_adapter(whole, tmp_path / "whole")
+    small, big = adapter_size(adapter_dir), adapter_size(whole_dir)
+    assert big - small > 2 * (4032 - 16) * 128 * 4 and small < big / 3
+
+    (adapter_dir / "lineage.json").write_text(json.dumps({"format": 1, "stage": "code", "base_model": {}}))
+    merged_dir = merge_and_save(adapter_dir, tmp_path / "merged")
+    _check_merged(merged_dir, base_dirs[0], peft_model, slice(4016, 4032), tied=False)
+    lineage = json.loads((merged_dir / "lineage.json").read_text())
+    assert lineage["adapter"]["size_bytes"] == small == (adapter_dir / "adapter_model.safetensors").stat().st_size
+    assert lineage["adapter"]["lora"]["trained_rows"]["lm_head"] == [4016, 4031]
+
+
+def test_tied_embeddings_train_one_copy_of_the_new_rows(tied_base_dir, tmp_path):
+    """SmolLM2-style tied input/output embeddings: one trained copy of the rows, the output layer follows it."""
+    peft_model = apply_adapters(
+        _grown(tied_base_dir, 4020), AdapterArguments(use_peft=True, lora_r=4, lora_dropout=0.0)
+    )
+    extra = [n for n, p in peft_model.named_parameters() if p.requires_grad and "lora_" not in n]
+    assert extra == ["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta.default"]
+    _train(peft_model, steps=2)
+    adapter_dir = save_adapter(peft_model, tmp_path / "adapter")
+    assert json.loads((adapter_dir / METADATA_FILE).read_text())["lora"]["trained_rows"] == {
+        "embed_tokens": [4016, 4019]
+    }
+    _check_merged(
+        merge_and_save(adapter_dir, tmp_path / "merged"), tied_base_dir, peft_model, slice(4016, 4020), tied=True
+    )
+
+
+def test_whole_matrices_stay_an_explicit_option_and_half_of_them_is_refused(base_dirs, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = _grown(base_dirs[0])
+    with pytest.raises(
+        ValueError, match=r"grew from 4016 to 4032 rows .*\['embed_tokens'\] in full but not \['lm_head'\]"
+    ):
+        apply_adapters(model, AdapterArguments(use_peft=True, lora_modules_to_save=["embed_tokens"]))
     options = AdapterArguments(
         use_peft=True, lora_r=4, lora_dropout=0.0, lora_modules_to_save=["embed_tokens", "lm_head"]
     )
     peft_model = apply_adapters(model, options)
+    assert peft_model.peft_config["default"].trainable_token_indices is None
     _train(peft_model, steps=1)
     merged = AutoModelForCausalLM.from_pretrained(
         merge_and_save(save_adapter(peft_model, tmp_path / "a"), tmp_path / "merged")
     ).eval()
-    assert merged.get_input_embeddings().num_embeddings == 4032
-    tokens = torch.tensor([[1, 4020, 4031, 77]])  # new rows included
+    tokens = torch.tensor([[1, 4020, 4031, 77]])
     with torch.no_grad():
         torch.testing.assert_close(
-            merged(tokens).logits, peft_model.eval()(input_ids=tokens).logits, atol=1e-4, rtol=0
+            merged(tokens).logits, peft_model.eval()(input_ids=tokens).logits, atol=1e-5, rtol=0
         )
+
+
+def test_qlora_on_a_grown_vocabulary_trains_the_new_rows_beside_the_4bit_base(base_dirs, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    options = AdapterArguments(use_peft=True, load_in_4bit=True, lora_r=4, lora_dropout=0.0)
+    model = AutoModelForCausalLM.from_pretrained(
+        base_dirs[0], dtype=torch.float32, **model_loading_kwargs(options, torch.float32)
+    )
+    model.resize_token_embeddings(4032, mean_resizing=True)
+    peft_model = apply_adapters(model, options)
+    assert type(peft_model.base_model.model.model.layers[0].mlp.up_proj.base_layer).__name__ == "Linear4bit"
+    head = peft_model.base_model.model.lm_head.token_adapter.trainable_tokens_delta["default"]
+    before = head.detach().clone()
+    losses = _train(peft_model, steps=3)
+    assert losses[-1] < losses[0] and not torch.equal(head.detach(), before)
+    adapter_dir = save_adapter(peft_model, tmp_path / "adapter")
+    merged = AutoModelForCausalLM.from_pretrained(merge_and_save(adapter_dir, tmp_path / "merged"))
+    assert torch.equal(merged.lm_head.weight[4016:], head.detach())  # merged at full precision, rows exact
