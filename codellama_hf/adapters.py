@@ -397,6 +397,7 @@ def write_adapter_metadata(model, folder: str | os.PathLike) -> Path:
             "use_rslora": peft_config.use_rslora,
             "modules_to_save": sorted(peft_config.modules_to_save or []),
             "trained_rows": trained_rows(peft_config),
+            "tied_embeddings": bool(config.get("tie_word_embeddings")),
         },
     }
     return write_json(Path(folder) / METADATA_FILE, metadata)

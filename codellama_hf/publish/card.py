@@ -90,6 +90,45 @@ def _method(stage: dict) -> str:
     return f"LoRA r={lora.get('r')}, alpha {lora.get('alpha')}{quantized}"
 
 
+def _trained_rows(lora: dict) -> str:
+    """Which embedding rows the adapter trained beside LoRA: new rows only, whole matrices, or none."""
+    rows = lora.get("trained_rows") or {}
+    if rows:
+        spans = sorted({tuple(span) for span in rows.values()})
+        where = ", ".join(sorted(rows)) + (" (tied with the output layer)" if lora.get("tied_embeddings") else "")
+        return "; ".join(f"rows {a:,}-{b:,} ({b - a + 1} new)" for a, b in spans) + f" of {where}"
+    whole = lora.get("modules_to_save") or []
+    return f"all rows of {', '.join(whole)}" if whole else "none (no embedding rows)"
+
+
+def _adapter_rows(facts: ModelFacts) -> list[tuple]:
+    """Per LoRA stage: what the adapter holds and its size on disk (adapter_model.safetensors, from merge_and_save)."""
+    rows = []
+    for s in facts.stages:
+        adapter = s.get("adapter")
+        if not adapter:
+            continue
+        lora = adapter.get("lora") or {}
+        size = adapter.get("size_bytes")
+        rows.append(
+            (
+                s["stage"],
+                _method(s),
+                ", ".join(lora.get("target_modules") or []) or "-",
+                _trained_rows(lora),
+                f"{_int(size)} bytes ({_short_bytes(size)})" if size is not None else "not recorded",
+            )
+        )
+    return rows
+
+
+def _short_bytes(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
 def _architecture(facts: ModelFacts) -> list[tuple]:
     c = facts.config
     return [
@@ -292,6 +331,7 @@ def render_card(facts: ModelFacts, results: list[dict], options: CardOptions):
         developer=options.developer or "the publisher of this repository",
         architecture=_architecture(facts),
         stage_rows=_stage_rows(facts, options),
+        adapter_rows=_adapter_rows(facts),
         first_finished=facts.stages[0].get("finished", "?"),
         last_finished=facts.lineage.get("finished", "?"),
         hardware_rows=_hardware_rows(facts),

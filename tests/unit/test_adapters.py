@@ -287,6 +287,13 @@ def test_a_grown_vocabulary_trains_and_saves_only_the_new_rows(base_dirs, tmp_pa
     lineage = json.loads((merged_dir / "lineage.json").read_text())
     assert lineage["adapter"]["size_bytes"] == small == (adapter_dir / "adapter_model.safetensors").stat().st_size
     assert lineage["adapter"]["lora"]["trained_rows"]["lm_head"] == [4016, 4031]
+    from codellama_hf.publish.card import CardOptions, render_card
+    from codellama_hf.publish.facts import read_facts
+
+    card = render_card(read_facts(merged_dir), [], CardOptions()).text
+    row = next(line for line in card.splitlines() if line.startswith("| code | LoRA"))
+    assert f"| rows 4,016-4,031 (16 new) of embed_tokens, lm_head | {small:,} bytes (" in row
+    assert "adapter size on disk" in card
 
 
 def test_tied_embeddings_train_one_copy_of_the_new_rows(tied_base_dir, tmp_path):
