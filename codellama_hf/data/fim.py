@@ -89,16 +89,19 @@ def tokenize_documents(
     seq_len: int,
     fim: FIMConfig | None,
     epoch: int = 0,
+    candidates: Sequence[bool] | None = None,
 ) -> Transformed:
     """Tokenize a batch of documents into training samples, applying FIM where the paper's rule says so.
 
     Empty, whitespace-only and undecodable documents are skipped and counted. Every document is encoded once, in a
     batch through the Rust tokenizer; FIM re-encodes only the words cut by split points, so the transform costs
-    little more than plain tokenization (bench/data_pipeline.py).
+    little more than plain tokenization (bench/data_pipeline.py). `candidates` (one flag per document; None: all)
+    limits FIM to some documents, e.g. the instruct stage's code rehearsal (data/sft.py); the others stay plain.
     """
     skipped: Counter = Counter()
     kept_text: list[str] = []
     kept_ident: list[bytes] = []
+    kept_candidate: list[bool] = []
     for i, text in enumerate(texts):
         if isinstance(text, (bytes, bytearray)):
             try:
@@ -119,6 +122,7 @@ def tokenize_documents(
             continue
         kept_text.append(text)
         kept_ident.append(raw if identities is None else str(identities[i]).encode("utf-8"))
+        kept_candidate.append(True if candidates is None else bool(candidates[i]))
     if skipped:
         logger.info("skipped documents: %s", dict(skipped))
 
@@ -137,7 +141,7 @@ def tokenize_documents(
     # uncut are candidates. Their pieces are re-encoded only at the split points (tokenizer.encode_slices).
     chosen, slices = [], []
     for j, text in enumerate(kept_text):
-        if len(plain[j]) + 2 > seq_len:
+        if len(plain[j]) + 2 > seq_len or not kept_candidate[j]:
             continue
         d = decide(fim, kept_ident[j], epoch, len(text))
         if not d.apply:

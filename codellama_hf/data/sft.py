@@ -5,6 +5,19 @@ exactly as Meta's `chat_completion` (chat.py) with labels on the assistant's ans
 other components of the `instruct_rehearsal` mixture: code 6%, natural language 2%, paper §2.5) are plain
 documents with the loss on every token. Both go through `stream.PackedStream` like every stage's data, so the
 instruct stage streams, shards and resumes exactly as the others do.
+
+The code rehearsal documents (components in CODE_REHEARSAL) take fill-in-the-middle at `instruct_fim_rate`, with
+the code stage's rule and keys (fim.py: same split, PSM/SPM share, decisions by seed, document and epoch): Meta's
+7B/13B Instruct models still infill (model card), so their instruct data keeps rehearsing the objective. Dialogs
+and natural language are never transformed. A row of 16 tokens with a dialog (`q` question, `a` answer learned),
+a FIM-transformed code document in PSM order (`s` <s>; `P` `S` `M` `E` the ▁<PRE> ▁<SUF> ▁<MID> ▁<EOT>
+sentinels; `p` prefix, `x` suffix, `m` middle) and padding `.`:
+
+    input_ids     q q q a a a s P p S x M m E . .
+    position_ids  0 1 2 3 4 5 0 1 2 3 4 5 6 7 0 1
+    labels        - - - a a a - P p S x M m E - -      (- is -100)
+
+The FIM document learns every token after its first, sentinels included, exactly as in the code stage.
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from codellama_hf.chat import encode_dialogs, exchanges
+from codellama_hf.data.fim import FIMConfig
 from codellama_hf.data.packing import Example
 from codellama_hf.data.stream import DocumentEncoder
 from codellama_hf.selfinstruct.prompts import solution_message
@@ -25,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 INSTRUCT = "instruct"  # the mixture component the dialogs fill: the mixture's `reserved` share
 STDLIB = "stdlib"  # instruct source keyword: offline demo dialogs from the Python standard library
+# Mixture components whose documents are code (the presets' names, corpus/mixture.py): the FIM candidates
+CODE_REHEARSAL = ("code", "python")
 
 
 def stdlib_dialogs(max_dialogs: int = 2000):
@@ -151,17 +167,18 @@ def encode_dialog_texts(texts: Sequence[str], tokenizer, seq_len: int) -> tuple[
 
 
 class DialogMixtureEncoder:
-    """Rows of the instruct table -> examples: dialogs (component `instruct`) and rehearsal documents (others)."""
+    """Rows of the instruct table -> examples: dialogs (component `instruct`) and rehearsal documents (others); the
+    code rehearsal documents are FIM-transformed at `fim`'s rate (module docstring)."""
 
-    def __init__(self, tokenizer, seq_len: int):
+    def __init__(self, tokenizer, seq_len: int, fim: FIMConfig | None = None):
         self.tokenizer, self.seq_len = tokenizer, seq_len
-        self.documents = DocumentEncoder(tokenizer, seq_len, fim=None)
+        self.documents = DocumentEncoder(tokenizer, seq_len, fim=fim, fim_components=CODE_REHEARSAL)
 
     def __call__(self, texts: Sequence, components: Sequence | None, epoch: int) -> tuple[list[Example], Counter]:
         components = components or [INSTRUCT] * len(texts)
         dialog_at = [i for i, c in enumerate(components) if c == INSTRUCT]
         document_at = [i for i, c in enumerate(components) if c != INSTRUCT]
         dialogs, counts = encode_dialog_texts([texts[i] for i in dialog_at], self.tokenizer, self.seq_len)
-        documents, more = self.documents([texts[i] for i in document_at], None, epoch)
+        documents, more = self.documents([texts[i] for i in document_at], [components[i] for i in document_at], epoch)
         counts.update(more)
         return dialogs + documents, counts

@@ -72,13 +72,20 @@ class Position:
 
 
 class DocumentEncoder:
-    """Texts -> examples: `<s> text </s>` or a FIM sample per document (fim.py), the loss on every token."""
+    """Texts -> examples: `<s> text </s>` or a FIM sample per document (fim.py), the loss on every token.
+    With `fim_components`, only documents of those mixture components are FIM candidates."""
 
-    def __init__(self, tokenizer, seq_len: int, fim: FIMConfig | None):
+    def __init__(self, tokenizer, seq_len: int, fim: FIMConfig | None, fim_components: Sequence[str] | None = None):
         self.tokenizer, self.seq_len, self.fim = tokenizer, seq_len, fim
+        self.fim_components = None if fim_components is None else frozenset(fim_components)
 
     def __call__(self, texts: Sequence, components: Sequence | None, epoch: int) -> tuple[list[Example], Counter]:
-        done = tokenize_documents(texts, None, self.tokenizer, seq_len=self.seq_len, fim=self.fim, epoch=epoch)
+        candidates = None
+        if self.fim is not None and self.fim_components is not None:
+            candidates = [c in self.fim_components for c in components] if components else [False] * len(texts)
+        done = tokenize_documents(
+            texts, None, self.tokenizer, seq_len=self.seq_len, fim=self.fim, epoch=epoch, candidates=candidates
+        )
         counts = Counter(KIND_NAMES[k] for k in done.kinds)
         counts.update({f"skipped: {reason}": n for reason, n in done.skipped.items()})
         return [Example.document(ids) for ids in done.input_ids], counts

@@ -196,8 +196,11 @@ def _data_stages(facts: ModelFacts) -> list[dict]:
         summary += "".join(f"; {x}" for x in extras if x) + "."
         fim = data.get("fim")
         if fim:
+            which = "documents"
+            if fim.get("components") is not None:  # the instruct stage: code rehearsal only, never the dialogs
+                which = f"code rehearsal documents ({', '.join(fim['components'])}; dialogs never)"
             summary += (
-                f" Fill-in-the-middle on a share {fim['rate']:g} of the documents, of which a share "
+                f" Fill-in-the-middle on a share {fim['rate']:g} of the {which}, of which a share "
                 f"{fim['spm_rate']:g} in SPM order (the rest PSM)."
             )
         else:

@@ -133,6 +133,16 @@ class DataArguments:
     fim_spm_rate: float = field(
         default=0.5, metadata={"help": "Share of FIM examples in suffix-prefix-middle order (paper: 0.5)."}
     )
+    instruct_fim_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Instruct stage: share of the code rehearsal documents turned into FIM examples (PSM/SPM split "
+            "by fim_spm_rate); dialogs and natural language never are. Unset: 0.9, the code stage's rate (paper "
+            "§2.3), when the tokenizer has the infilling pieces (7B/13B Code Llama, whose Instruct models infill "
+            "per Meta's model card), so instruct tuning keeps rehearsing infilling; else 0. A rate above 0 for a "
+            "tokenizer without the pieces (34B, Python, 32,000 pieces) is an error."
+        },
+    )
     repository_samples: bool = field(
         default=False,
         metadata={
@@ -160,9 +170,9 @@ class DataArguments:
     def __post_init__(self):
         if isinstance(self.dataset_mixture, str) and self.dataset_mixture.lower() == "none":
             self.dataset_mixture = None
-        for name in ("fim_rate", "fim_spm_rate"):
+        for name in ("fim_rate", "fim_spm_rate", "instruct_fim_rate"):
             value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
+            if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}={value}: must be between 0 and 1")
         if self.dataset_mixture is None and not self.dataset_sources:
             raise ValueError("no training data: set dataset_mixture (a preset or mixture file) or dataset_sources")

@@ -3,7 +3,8 @@
 code, python and lcft (and pretrain) read documents (a Table 1 mixture or plain sources, codellama_hf.corpus) and
 train on every token, FIM-transformed at `fim_rate` (0.9 in the Code Llama paper, Rozière et al. 2023, §2.3); instruct
 reads dialogs filling the `reserved` share of the instruct_rehearsal mixture (code 6%, natural language 2%) with the
-loss on the assistant's answers, and saves its tokenizer with the chat template.
+loss on the assistant's answers, FIM on the code rehearsal at `instruct_fim_rate` (data/sft.py), and saves its
+tokenizer with the chat template.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from codellama_hf.chat import CHAT_TEMPLATE
 from codellama_hf.data.fim import FIMConfig
-from codellama_hf.data.sft import INSTRUCT, DialogMixtureEncoder, load_dialogs
+from codellama_hf.data.sft import CODE_REHEARSAL, INSTRUCT, DialogMixtureEncoder, load_dialogs
 from codellama_hf.data.stream import DocumentEncoder
 from codellama_hf.training.config import DataArguments, config_path
 from codellama_hf.training.distributed import process_state
@@ -63,6 +64,11 @@ def _checked(documents, data_args: DataArguments):
 def fim_config(data_args: DataArguments, tokenizer, seed: int) -> FIMConfig | None:
     from codellama_hf.tokenizer import supports_infilling
 
+    if data_args.instruct_fim_rate is not None:
+        raise ValueError(
+            f"instruct_fim_rate={data_args.instruct_fim_rate} applies to the instruct stage only (its code "
+            "rehearsal); this stage's FIM rate is fim_rate"
+        )
     if data_args.fim_rate == 0:
         return None
     if not supports_infilling(tokenizer):
@@ -122,7 +128,10 @@ def instruct_mixture(data_args: DataArguments):
     from codellama_hf.corpus import get_mixture
 
     if data_args.fim_rate:
-        raise ValueError(f"fim_rate={data_args.fim_rate}: the instruct stage trains on dialogs without FIM; set 0")
+        raise ValueError(
+            f"fim_rate={data_args.fim_rate}: the instruct stage never FIM-transforms its dialogs; set fim_rate: 0 "
+            "(instruct_fim_rate sets FIM on the code rehearsal documents)"
+        )
     if data_args.dataset_mixture is None:  # dialogs only, no rehearsal
         return "none (dialogs only)", {INSTRUCT: 1.0}, {}, data_args.dataset_sources
     mixture = get_mixture(data_args.dataset_mixture)
@@ -147,12 +156,43 @@ def instruct_mixture(data_args: DataArguments):
     return mixture.name, {INSTRUCT: mixture.reserved, **mixture.weights}, sources, instruct_sources
 
 
+INSTRUCT_FIM_RATE = 0.9  # unset instruct_fim_rate on a tokenizer with the infilling pieces: the code stage's rate
+
+
+def instruct_fim_config(data_args: DataArguments, tokenizer, seed: int) -> FIMConfig | None:
+    """FIM for the instruct stage's code rehearsal: `instruct_fim_rate`, or by default 0.9 where the tokenizer has
+    the infilling pieces and none where it lacks them (34B, Python: Llama 2's 32,000 pieces, paper §2.3)."""
+    from codellama_hf.tokenizer import supports_infilling
+
+    rate, infilling = data_args.instruct_fim_rate, supports_infilling(tokenizer)
+    if rate is None:
+        rate = INSTRUCT_FIM_RATE if infilling else 0.0
+    if rate == 0:
+        return None
+    if not infilling:
+        raise ValueError(
+            f"instruct_fim_rate={rate} needs a tokenizer with the infilling pieces (<PRE> <SUF> <MID> <EOT>); this "
+            f"one has none ({len(tokenizer)} tokens: a 34B or Python model, which do not infill). Set "
+            "instruct_fim_rate: 0, or start from a model that infills (7B/13B Code Llama)"
+        )
+    return FIMConfig(rate=rate, spm_rate=data_args.fim_spm_rate, seed=seed)
+
+
 def instruct_documents(data_args: DataArguments, config, tokenizer) -> StageData:
     """Dialogs (component `instruct`) and rehearsal documents in one table, mixed by corpus.load_mixture."""
     from codellama_hf.corpus import load_mixture
 
     name, weights, sources, instruct_sources = instruct_mixture(data_args)
     seed = data_seed(config)
+    fim = instruct_fim_config(data_args, tokenizer, seed)  # before any data is read: a wrong setting fails fast
+    fim_components = [c for c in CODE_REHEARSAL if c in weights]
+    if fim and not fim_components:
+        if data_args.instruct_fim_rate:
+            raise ValueError(
+                f"instruct_fim_rate={data_args.instruct_fim_rate}: FIM applies to code rehearsal documents (mixture "
+                f"components {', '.join(CODE_REHEARSAL)}), and {name} has none; set instruct_fim_rate: 0"
+            )
+        fim = None  # the default rate, with nothing to apply it to
     with process_state().main_process_first():
         dialogs = load_dialogs(instruct_sources, data_args.dataset_split)
         if data_args.dataset_mixture is None:
@@ -173,10 +213,12 @@ def instruct_documents(data_args: DataArguments, config, tokenizer) -> StageData
         "mixture_sources": sources,
         "split": data_args.dataset_split,
         "seq_len": config.seq_len,
-        "fim": None,
+        # the rate actually used (the default resolved) and what it applies to: never the dialogs
+        "fim": {**asdict(fim), "components": fim_components} if fim else None,
+        "instruct_fim_rate": fim.rate if fim else 0.0,
         "documents": len(documents),
     }
-    return StageData(documents, DialogMixtureEncoder(tokenizer, config.seq_len), info, None)
+    return StageData(documents, DialogMixtureEncoder(tokenizer, config.seq_len, fim), info, fim)
 
 
 def _preset(name: str) -> Path:

@@ -58,6 +58,8 @@ def test_tiny_instruct_run_learns_and_saves_the_chat_template(tmp_path):
     lineage = json.loads((out / "lineage.json").read_text())
     assert lineage["stage"] == "instruct" and lineage["plan"]["tokens_per_step"] == 1024
     assert lineage["data"]["mixture_weights"] == {"instruct": 0.92, "code": 0.06, "nl": 0.02}
+    # the tiny recipe's FIM on the code rehearsal (instruct_fim_rate), recorded with what it applies to
+    assert lineage["data"]["fim"] == {"rate": 0.9, "spm_rate": 0.5, "seed": 42, "components": ["code"]}
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.chat_template == chat.CHAT_TEMPLATE
     dialog = GOOD[1] + [{"role": "user", "content": "And a copy?"}]

@@ -10,25 +10,9 @@ from hypothesis import strategies as st
 from codellama_hf import tokenizer as T
 from codellama_hf.data.fim import PLAIN, PSM, SPM, TOO_LONG, FIMConfig, decide, tokenize_documents
 from codellama_hf.data.stream import DocumentEncoder, PackedStream, StreamSettings, stream_loader
-from tests.helpers.tokenizer import code_documents
+from tests.helpers.tokenizer import code_documents, decode_fim
 
 ALWAYS = FIMConfig(rate=1.0)
-
-
-def decode_fim(tok, sample, kind):
-    """Put a FIM sample back in document order, decoding each part the way it was encoded.
-
-    (A PSM sample with an empty prefix has the same sentinel layout as an SPM sample, so the kind is needed.)
-    """
-    ids = T.infill_ids(tok)
-    assert sample[:2] == [ids.bos, ids.prefix] and sample[-1] == ids.eot
-    suf, mid = sample.index(ids.suffix), sample.index(ids.middle)
-    suffix = T.decode_infilling(tok, sample[suf + 1 : mid])
-    if kind == SPM:  # <s> PRE SUF suffix MID enc(prefix + middle) EOT
-        assert suf == 2
-        return tok.decode(sample[mid + 1 : -1]) + suffix
-    # <s> PRE enc(prefix) SUF suffix MID middle EOT; Meta's `encode` adds one leading space, decode removes it
-    return tok.decode(sample[2:suf]) + T.decode_infilling(tok, sample[mid + 1 : -1]) + suffix
 
 
 def test_psm_prompt_is_a_strict_prefix_and_spm_agrees_through_mid(codellama_tokenizer):

@@ -94,7 +94,10 @@ def test_packed_rows_carry_labels_only_on_answers(tmp_path, codellama_tokenizer)
 
 def test_dialogs_only_without_rehearsal(tmp_path, tiny_tokenizer):
     dialogs = write_dialogs(tmp_path / "dialogs.jsonl")
-    recipe = {k: v for k, v in yaml.safe_load(TINY.read_text()).items() if k != "mixture_sources"}
+    recipe = yaml.safe_load(TINY.read_text())
+    recipe = {
+        k: v for k, v in recipe.items() if k not in ("mixture_sources", "instruct_fim_rate")
+    }  # no code rehearsal
     recipe.update(dataset_mixture="none", dataset_sources=[str(dialogs)], data_streams_per_process=1)
     (tmp_path / "dialogs_only.yaml").write_text(yaml.safe_dump(recipe))
     _, data_args, config = stage_config(tmp_path, config_file=tmp_path / "dialogs_only.yaml")
@@ -111,7 +114,7 @@ def test_dialogs_only_without_rehearsal(tmp_path, tiny_tokenizer):
     [
         ({"mixture_sources": "{}"}, ValueError, "no 'instruct' entry"),
         ({"dataset_mixture": "code"}, ValueError, "reserves no share"),
-        ({"fim_rate": "0.9"}, ValueError, "without FIM"),
+        ({"fim_rate": "0.9"}, ValueError, "never FIM-transforms its dialogs"),
         ({"mixture_sources": '{"instruct": ["stdlib"], "python": ["x"]}'}, ValueError, "'python'"),
         ({"mixture_sources": '{"instruct": ["DOES/NOT/EXIST"]}'}, FileNotFoundError, "DOES/NOT/EXIST"),
         ({"mixture_sources": '{"instruct": ["DIALOGS_NO_MESSAGES"]}'}, ValueError, "needs a 'messages' column"),
