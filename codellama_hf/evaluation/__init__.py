@@ -1,8 +1,8 @@
 """Evaluation: a sandbox for model-written code, pass@k, the paper's benchmarks, long context, reports.
 
 Modules: sandbox (run_programs, Program, Result, Sandbox, Limits), passk, benchmarks (HumanEval, infilling, MBPP,
-MultiPL-E via get_benchmark), scoring (score a samples JSONL), long_context, runner, report, cli (`codellama-hf
-evaluate`). Generation itself lives in codellama_hf.generation.
+MultiPL-E via get_benchmark), scoring (score a samples JSONL), long_context, runner, report, options (the settings of
+`codellama-hf evaluate` and recipes/evaluate.py). Generation itself lives in codellama_hf.generation.
 """
 
 from codellama_hf.evaluation.benchmarks import Benchmark, Problem, get_benchmark

@@ -6,7 +6,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from codellama_hf.evaluation.benchmarks import get_benchmark
@@ -50,10 +50,20 @@ class GenerationSettings:
 
 @dataclass
 class ExecutionSettings:
-    allow_code_execution: bool = False
-    workers: int = 2
-    timeout_floor: float | None = None  # None: the benchmark's own floor
-    timeout_factor: float = 4.0
+    """How model-written programs run (evaluation/sandbox.py); nothing runs without `allow_code_execution`."""
+
+    allow_code_execution: bool = field(
+        default=False,
+        metadata={"help": "required: run model-written code in the sandbox (codellama_hf/evaluation/sandbox.py)"},
+    )
+    workers: int = field(default=2, metadata={"help": "parallel sandbox workers"})
+    timeout_floor: float | None = field(
+        default=None,
+        metadata={"help": "per-program timeout floor in seconds (default: the benchmark's, 3 s for Python)"},
+    )
+    timeout_factor: float = field(
+        default=4.0, metadata={"help": "timeout = max(floor, factor x reference runtime), as evalplus"}
+    )
 
 
 def model_folder_name(model_id: str) -> str:

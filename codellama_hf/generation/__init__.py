@@ -11,7 +11,6 @@ Prompts, stop handling and decoding of completions live in generation/base.py an
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 from codellama_hf.generation.base import (
@@ -53,9 +52,7 @@ __all__ = [
     "Decoding",
     "HFBackend",
     "Raw",
-    "add_backend_options",
     "attention_implementation",
-    "backend_from_args",
     "generate",
     "get_backend",
     "infill",
@@ -98,36 +95,6 @@ def get_backend(
             raise ValueError("--backend openai needs --url, the server's base URL (e.g. http://127.0.0.1:8000/v1)")
         return OpenAIBackend.connect(url, model=served_model, tokenizer=tokenizer or model, concurrency=concurrency)
     raise ValueError(f"unknown generation back end {kind!r}; choose one of {', '.join(BACKENDS)}")
-
-
-def add_backend_options(parser: argparse.ArgumentParser) -> None:
-    """--backend, --url, --served-model, --concurrency: the same flags wherever a command generates."""
-    group = parser.add_argument_group("generation back end")
-    group.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="hf",
-        help="hf: transformers in this process (default); vllm: vLLM in this process; openai: an OpenAI-compatible "
-        "server such as `vllm serve MODEL` (--url), prompted with the token ids of --model's tokenizer",
-    )
-    group.add_argument("--url", default=None, help="openai back end: base URL, e.g. http://127.0.0.1:8000/v1")
-    group.add_argument("--served-model", default=None, help="openai back end: model name (default: the first listed)")
-    group.add_argument("--concurrency", type=int, default=8, help="openai back end: requests in flight (default 8)")
-
-
-def backend_from_args(args: argparse.Namespace, model: str | None = None) -> Backend:
-    """The back end that add_backend_options' flags (plus --model, --dtype, --device, --batch-size) describe."""
-    return get_backend(
-        args.backend,
-        model if model is not None else getattr(args, "model", None),
-        url=args.url,
-        served_model=args.served_model,
-        dtype=getattr(args, "dtype", "auto"),
-        device=getattr(args, "device", None),
-        batch_size=getattr(args, "batch_size", 8),
-        concurrency=args.concurrency,
-        seed=getattr(args, "seed", 0),
-    )
 
 
 def generate(

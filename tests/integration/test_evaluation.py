@@ -10,7 +10,7 @@ from codellama_hf.evaluation.benchmarks import get_benchmark
 from codellama_hf.evaluation.multipl_e import MultiPLE
 from codellama_hf.evaluation.report import SCHEMA
 from codellama_hf.evaluation.scoring import score
-from tests.helpers import run_cli
+from tests.helpers import load_recipe, run_cli
 from tests.helpers.evaluation import _write_jsonl
 
 
@@ -53,3 +53,31 @@ def test_multipl_e_runs_or_reports_skipped(language):
         return
     assert [s["passed"] for s in scored.samples] == [True, False], scored.samples
     assert scored.metrics == {"pass@1": 0.5}
+
+
+@pytest.mark.slow
+def test_evaluate_recipe_and_cli_write_the_same_results(tmp_path, tiny_model_dir, capsys):
+    """One setting set, two entry points: the same infilling result (sandbox included) and the same perplexity."""
+    import json
+
+    from codellama_hf.cli import main
+
+    recipe = load_recipe("evaluate")
+    text = tmp_path / "code.py"
+    text.write_text("def add(a, b):\n    return a + b\n" * 4)
+    model = ["--model", str(tiny_model_dir), "--batch_size", "2"]
+    generation = ["--limit", "1", "--max_new_tokens", "2"]
+    ppl = ["--ppl_lengths", "16", "--ppl_files", str(text)]
+    config = tmp_path / "evaluate.yaml"  # the recipe's settings file: only what differs from the defaults
+    config.write_text("tasks: [humaneval-infill-single, perplexity]\nallow_code_execution: true\n")
+    recipe.main(["--config", str(config), *model, *generation, *ppl, "--out", str(tmp_path / "recipe")])
+    cli = [*model, "--out", str(tmp_path / "cli")]
+    assert main(["evaluate", "humaneval-infill-single", *cli, *generation, "--allow-code-execution"]) == 0
+    assert main(["evaluate", "perplexity", *cli, *ppl]) == 0
+    for name in ("humaneval-infill-single-psm", "perplexity"):
+        recipe_result, cli_result = (
+            json.loads((tmp_path / side / "tiny-model" / f"{name}.json").read_text()) for side in ("recipe", "cli")
+        )
+        assert recipe_result["metrics"] == cli_result["metrics"] and recipe_result["config"] == cli_result["config"]
+        assert recipe_result["num_problems"] == cli_result["num_problems"] == 1
+    assert "report:" in capsys.readouterr().out
