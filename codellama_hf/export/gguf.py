@@ -4,6 +4,8 @@ What goes in, and why it is not left to llama.cpp's own heuristics:
 
 - The vocabulary comes from `tokenizer.model` (pieces, scores, SentencePiece piece types), never from
   tokenizer.json: llama.cpp tokenizes code SentencePiece-exactly only from such a vocabulary (docs/stack-notes.md).
+  A byte-level BPE base (SmolLM2, Llama 3-style) has no tokenizer.model: its tokenizer.json is written as llama.cpp
+  writes GPT-2-style vocabularies, with its FIM tokens' ids (export.gguf_bpe).
 - Rope theta (1e6 for Code Llama, 1e4 for Llama 2) and the context length come from config.json.
 - The infilling ids are written under llama.cpp's FIM keys (`tokenizer.ggml.fim_pre_token_id` = ▁<PRE>, suffix,
   middle) and ▁<EOT> as `tokenizer.ggml.eot_token_id`, so llama.cpp's /infill needs no guessing from token text.
@@ -51,6 +53,7 @@ class LlamaHyper:
     context: int
     rms_eps: float
     theta: float
+    tied: bool = False  # one matrix for input and output embeddings (SmolLM2): llama.cpp reuses token_embd
 
     @classmethod
     def from_config(cls, config: dict, path: Path) -> LlamaHyper:
@@ -66,8 +69,6 @@ class LlamaHyper:
         theta = rope.get("rope_theta", config.get("rope_theta"))
         if theta is None:
             raise ValueError(f"{path}: no rope theta (rope_parameters.rope_theta or rope_theta)")
-        if config.get("tie_word_embeddings"):
-            raise ValueError(f"{path}: tied embeddings are not a Code Llama layout (lm_head must be its own matrix)")
         heads = config["num_attention_heads"]
         return cls(
             layers=config["num_hidden_layers"],
@@ -80,6 +81,7 @@ class LlamaHyper:
             context=config.get("max_position_embeddings", 4096),
             rms_eps=config.get("rms_norm_eps", 1e-5),
             theta=float(theta),
+            tied=bool(config.get("tie_word_embeddings")),
         )
 
 
@@ -175,7 +177,7 @@ def infilling_ids(proto) -> dict[str, int] | None:
     return {"prefix": ids[PREFIX], "suffix": ids[SUFFIX], "middle": ids[MIDDLE], "eot": ids[EOT]}
 
 
-def _chat_template(folder: Path) -> str | None:
+def chat_template(folder: Path) -> str | None:
     config = folder / "tokenizer_config.json"
     if config.is_file():
         template = json.loads(config.read_text()).get("chat_template")
@@ -193,10 +195,11 @@ def export_gguf(
     name: str | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write `model_dir` (an HF Llama folder with tokenizer.model) as a GGUF file of type f16, bf16 or q8_0."""
+    """Write `model_dir` (an HF Llama folder with tokenizer.model, or with a byte-level BPE tokenizer.json) as a
+    GGUF file of type f16, bf16 or q8_0."""
     import gguf
 
-    from codellama_hf.export.model_folder import explain_missing_sentencepiece
+    from codellama_hf.export.model_folder import byte_level_tokenizer, explain_missing_sentencepiece
     from codellama_hf.io import atomic_file, refuse_existing
     from codellama_hf.tokenizer import load_sp_model
 
@@ -206,10 +209,14 @@ def export_gguf(
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such model folder")
     hyper = LlamaHyper.from_config(read_json_object(folder / "config.json", "the model config"), folder)
-    if not (folder / "tokenizer.model").is_file():
-        raise FileNotFoundError(explain_missing_sentencepiece(folder))
-    proto = load_sp_model(folder / "tokenizer.model")
-    if len(proto.pieces) > hyper.vocab:
+    proto = bpe = None
+    if (folder / "tokenizer.model").is_file():
+        proto = load_sp_model(folder / "tokenizer.model")
+    else:
+        bpe = byte_level_tokenizer(folder)
+        if bpe is None:
+            raise FileNotFoundError(explain_missing_sentencepiece(folder))
+    if proto is not None and len(proto.pieces) > hyper.vocab:
         raise ValueError(
             f"{folder}: tokenizer.model has {len(proto.pieces)} pieces but the model only {hyper.vocab} embedding rows"
         )
@@ -220,7 +227,7 @@ def export_gguf(
     with atomic_file(out_file) as tmp:  # a failure leaves no file, not even a partial one
         writer = gguf.GGUFWriter(tmp, "llama")
         try:
-            _write_metadata(writer, folder, hyper, proto, kind, name)
+            _write_metadata(writer, folder, hyper, proto or bpe, kind, name)
             plan = []
             for hf_name, gguf_name in names:
                 shape = weights.shape(hf_name)
@@ -256,14 +263,18 @@ def _tensor_names(weights: _Weights, hyper: LlamaHyper, folder: Path) -> list[tu
         (out.append((hf_name, gguf_name)) if gguf_name else unknown.append(hf_name))
     if unknown:
         raise ValueError(f"{folder}: tensors with no llama.cpp name (not a plain Llama model?): {unknown[:5]}")
-    expected = 2 + 1 + 9 * hyper.layers  # embeddings, lm_head, final norm, 9 per block
+    # embeddings, lm_head (absent when tied), final norm, 9 per block
+    expected = 2 + 9 * hyper.layers + (not hyper.tied or any(g == "output.weight" for _, g in out))
     if len(out) != expected:
         raise ValueError(f"{folder}: {len(out)} weight tensors, expected {expected} for {hyper.layers} Llama layers")
     return out
 
 
-def _write_metadata(writer, folder: Path, hyper: LlamaHyper, proto, kind: str, name: str | None) -> None:
+def _write_metadata(writer, folder: Path, hyper: LlamaHyper, vocabulary, kind: str, name: str | None) -> None:
+    """Model keys, then the tokenizer: `vocabulary` is a SentencePiece ModelProto or a byte-level BPE tokenizer."""
     import gguf
+
+    from codellama_hf.export.gguf_bpe import write_bpe_tokenizer
 
     file_type = {
         "f16": gguf.LlamaFileType.MOSTLY_F16,
@@ -284,6 +295,13 @@ def _write_metadata(writer, folder: Path, hyper: LlamaHyper, proto, kind: str, n
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
+    template = chat_template(folder)
+    if template is not None:
+        writer.add_chat_template(template)
+    if not hasattr(vocabulary, "pieces"):
+        write_bpe_tokenizer(writer, folder, vocabulary, hyper.vocab)
+        return
+    proto = vocabulary
     pieces, scores, token_types = _vocabulary(proto, hyper.vocab)
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
@@ -303,6 +321,3 @@ def _write_metadata(writer, folder: Path, hyper: LlamaHyper, proto, kind: str, n
         writer.add_uint32(gguf.Keys.Tokenizer.FIM_SUF_ID, fim["suffix"])
         writer.add_uint32(gguf.Keys.Tokenizer.FIM_MID_ID, fim["middle"])
         writer.add_eot_token_id(fim["eot"])
-    template = _chat_template(folder)
-    if template is not None:
-        writer.add_chat_template(template)

@@ -115,8 +115,9 @@ def complete_model_folder(
     if source is None and tokenizer is not None:
         source = sentencepiece_file(tokenizer)
     if source is None:
-        if _byte_level_tokenizer(folder, tokenizer) is not None:
-            return _complete_byte_level_folder(folder, _byte_level_tokenizer(folder, tokenizer))
+        bpe = byte_level_tokenizer(folder, tokenizer)
+        if bpe is not None:
+            return _complete_byte_level_folder(folder, bpe)
         raise MissingSentencePiece(explain_missing_sentencepiece(folder))
     proto = load_sp_model(source)
     _check_same_vocabulary(proto, folder, tokenizer, source)
@@ -141,7 +142,7 @@ def complete_model_folder(
     return folder
 
 
-def _byte_level_tokenizer(folder: Path, tokenizer):
+def byte_level_tokenizer(folder: Path, tokenizer=None):
     """The folder's tokenizer when it is byte-level BPE (Llama 3-style, SmolLM2: no SentencePiece model), else None."""
     from codellama_hf.tokenizer.bpe import BYTE_LEVEL, tokenizer_kind
 

@@ -10,6 +10,13 @@ Three kinds, read from the model folder:
   ▁<PRE>, and after ▁<SUF> the same extra 29871 that llama.cpp's /infill puts before the suffix (export.gguf).
 - completion (Python / 34B vocabulary): the prompt as is.
 
+A byte-level BPE base (SmolLM2, Llama 3-style; no tokenizer.model) has its own kinds, the FIM tokens first:
+
+- infill_bpe (the <PRE> <SUF> <MID> <EOT> tokens codellama_hf.tokenizer.bpe adds): `<PRE>{prefix}<SUF>{suffix}<MID>`,
+  the toolkit's PSM layout for BPE (no SentencePiece space: byte-level BPE adds none), stopping at <EOT> and EOS.
+- chatml (a chat template speaking <|im_start|>, as SmolLM2-Instruct's): ChatML turns, stopping at <|im_end|>.
+- completion otherwise; any other chat template is refused rather than rendered in a format the model never saw.
+
 The sentinels are written with their exact piece text ("▁<PRE>", U+2581), so the runner matches them as special
 tokens; the same text without "▁" would be tokenized as ordinary characters.
 """
@@ -34,13 +41,27 @@ INFILL_TEMPLATE = (
     "{{- if .Suffix }}\u2581<PRE>{{ .Prompt }}\u2581<SUF>{{ .Suffix }}\u2581<MID>{{- else }}{{ .Prompt }}{{- end }}"
 )
 COMPLETION_TEMPLATE = "{{ .Prompt }}"
+BPE_INFILL_TEMPLATE = "{{- if .Suffix }}<PRE>{{ .Prompt }}<SUF>{{ .Suffix }}<MID>{{- else }}{{ .Prompt }}{{- end }}"
+CHATML_TEMPLATE = (
+    "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+    "<|im_start|>assistant\n"
+)
 
 STOPS = {
     "instruct": ["[INST]", "[/INST]", "</s>"],
     "infill": ["<EOT>", "</s>"],
     "completion": ["</s>"],
+    "infill_bpe": ["<EOT>"],
+    "chatml": ["<|im_end|>"],
 }
-TEMPLATES = {"instruct": INSTRUCT_TEMPLATE, "infill": INFILL_TEMPLATE, "completion": COMPLETION_TEMPLATE}
+TEMPLATES = {
+    "instruct": INSTRUCT_TEMPLATE,
+    "infill": INFILL_TEMPLATE,
+    "completion": COMPLETION_TEMPLATE,
+    "infill_bpe": BPE_INFILL_TEMPLATE,
+    "chatml": CHATML_TEMPLATE,
+}
 
 
 def model_kind(folder: str | os.PathLike) -> str:
@@ -51,9 +72,41 @@ def model_kind(folder: str | os.PathLike) -> str:
     folder = Path(folder)
     config_path = folder / "tokenizer_config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    if not (folder / "tokenizer.model").is_file() and (folder / "tokenizer.json").is_file():
+        return _bpe_kind(folder)
     if config.get("chat_template") or (folder / "chat_template.jinja").is_file():
         return "instruct"
     return "infill" if infilling_ids(load_sp_model(folder / "tokenizer.model")) else "completion"
+
+
+def _bpe_kind(folder: Path) -> str:
+    from codellama_hf.export.gguf import chat_template
+    from codellama_hf.export.gguf_bpe import bpe_fim_ids
+    from codellama_hf.export.model_folder import byte_level_tokenizer
+
+    tokenizer = byte_level_tokenizer(folder)
+    if tokenizer is None:
+        raise ValueError(f"{folder}: neither tokenizer.model (SentencePiece) nor a byte-level BPE tokenizer.json")
+    if bpe_fim_ids(tokenizer) is not None:
+        return "infill_bpe"
+    template = chat_template(folder)
+    if template is None:
+        return "completion"
+    if "<|im_start|>" in template:
+        return "chatml"
+    raise ValueError(
+        f"{folder}: its chat template is neither Code Llama's nor ChatML; write the Ollama TEMPLATE by hand"
+    )
+
+
+def _extra_stops(folder: Path, kind: str) -> list[str]:
+    """EOS of a BPE base (SmolLM2 <|im_end|>, Llama 3 <|end_of_text|>) also ends an infill."""
+    if kind != "infill_bpe":
+        return []
+    from transformers import AutoTokenizer
+
+    eos = AutoTokenizer.from_pretrained(folder).eos_token
+    return [eos] if eos and eos not in STOPS[kind] else []
 
 
 def _quote(text: str) -> str:
@@ -62,7 +115,7 @@ def _quote(text: str) -> str:
     return f'"""{text}"""'
 
 
-def modelfile_text(gguf_name: str, kind: str, *, context: int) -> str:
+def modelfile_text(gguf_name: str, kind: str, *, context: int, extra_stops: tuple[str, ...] = ()) -> str:
     """The Modelfile for a GGUF in the same folder."""
     if kind not in TEMPLATES:
         raise ValueError(f"unknown model kind {kind!r}; choose one of {sorted(TEMPLATES)}")
@@ -71,7 +124,7 @@ def modelfile_text(gguf_name: str, kind: str, *, context: int) -> str:
         f"FROM ./{gguf_name}",
         f"TEMPLATE {_quote(TEMPLATES[kind])}",
         f"PARAMETER num_ctx {min(context, 16384)}",
-        *(f'PARAMETER stop "{stop}"' for stop in STOPS[kind]),
+        *(f'PARAMETER stop "{stop}"' for stop in (*STOPS[kind], *extra_stops)),
     ]
     return "\n".join(lines) + "\n"
 
@@ -84,5 +137,9 @@ def write_modelfile(model_dir: str | os.PathLike, gguf_file: str | os.PathLike, 
     path = gguf_file.parent / "Modelfile"
     refuse_existing(path, overwrite)
     config = read_json_object(Path(model_dir) / "config.json", "the model config")
-    text = modelfile_text(gguf_file.name, model_kind(model_dir), context=config.get("max_position_embeddings", 4096))
+    kind = model_kind(model_dir)
+    context = config.get("max_position_embeddings", 4096)
+    text = modelfile_text(
+        gguf_file.name, kind, context=context, extra_stops=tuple(_extra_stops(Path(model_dir), kind))
+    )
     return write_text(path, text)
