@@ -71,6 +71,13 @@ def main(argv: list[str] | None = None) -> None:
     report = write_report(model.folder)
     print(table(load_results(model.folder)))
     print(f"report: {report}")
+    if suite.baseline:  # e.g. infilling before and after the instruct stage
+        from codellama_hf.evaluation.compare import compare_results, comparison_report
+        from codellama_hf.io import write_text
+
+        rows = compare_results(suite.baseline, model.folder)
+        path = write_text(model.folder / "comparison.md", comparison_report(rows, suite.baseline, model.folder))
+        print(f"{path.read_text()}comparison: {path}")
 
 
 if __name__ == "__main__":

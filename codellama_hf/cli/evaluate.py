@@ -8,6 +8,7 @@
     codellama-hf evaluate cross-file --model DIR [--repositories PKG_DIR ...]    # with vs without repo context
     codellama-hf evaluate score humaneval --samples samples.jsonl --allow-code-execution
     codellama-hf evaluate report eval_results/MODEL
+    codellama-hf evaluate compare eval_results/LCFT eval_results/INSTRUCT    # infilling before / after a stage
 
 Results go to OUT/<model name>/<task>.json (+ samples and per-sample outcomes as JSONL, report.md, PNG plots).
 Every flag is a field of the settings recipes/evaluate.py parses (codellama_hf/evaluation/options.py), so each has
@@ -80,6 +81,16 @@ def register(subparsers) -> None:
     report = tasks.add_parser("report", help="report.md + PNG plots from a model's results folder")
     report.add_argument("folder", type=Path)
     report.set_defaults(func=_run_report, options=[])
+    compare = tasks.add_parser(
+        "compare", help="two models' results side by side with 95%% intervals (e.g. infilling before/after instruct)"
+    )
+    compare.add_argument("before", type=Path, help="results folder of the first model (OUT/<model name>)")
+    compare.add_argument("after", type=Path, help="results folder of the second model")
+    compare.add_argument(
+        "--tasks", nargs="+", default=None, help="tasks to compare (default: the infilling tasks both folders hold)"
+    )
+    compare.add_argument("--out", type=Path, default=None, help="also write the comparison as Markdown here")
+    compare.set_defaults(func=_run_compare, options=[])
 
 
 def _parsed(args: argparse.Namespace) -> list:
@@ -167,4 +178,15 @@ def _run_report(args: argparse.Namespace) -> int:
     path = write_report(args.folder)
     print(table(load_results(args.folder)))
     print(f"report: {path}")
+    return 0
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from codellama_hf.evaluation.compare import compare_results, comparison_report, comparison_table
+    from codellama_hf.io import write_text
+
+    rows = compare_results(args.before, args.after, args.tasks)
+    print(comparison_table(rows))
+    if args.out:
+        print(f"comparison: {write_text(args.out, comparison_report(rows, args.before, args.after))}")
     return 0

@@ -206,12 +206,23 @@ class SuiteOptions:
         metadata={"help": f"any of {', '.join([*EXECUTION_TASKS, *LONG_CONTEXT_TASKS])}"},
     )
 
+    baseline: str | None = field(
+        default=None,
+        metadata={
+            "help": "results folder of a model to compare with (e.g. eval_results/lcft, the model before instruct "
+            "tuning): the run ends with the infilling change and its 95%% interval in comparison.md "
+            "(evaluation/compare.py)"
+        },
+    )
+
     def __post_init__(self):
         unknown = [t for t in self.tasks if t not in (*EXECUTION_TASKS, *LONG_CONTEXT_TASKS)]
         if unknown:
             raise ValueError(
                 f"unknown evaluation task(s) {unknown}; choose from {[*EXECUTION_TASKS, *LONG_CONTEXT_TASKS]}"
             )
+        if self.baseline is not None and not Path(self.baseline).is_dir():  # before the run, not after it
+            raise ValueError(f"baseline={self.baseline}: no such results folder (an earlier run's OUT/<model name>)")
 
 
 def run_execution(
