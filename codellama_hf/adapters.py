@@ -276,7 +276,7 @@ def grown_rows(model) -> list[int]:
     return list(range(saved, rows))
 
 
-def _new_row_tokens(model, options: AdapterArguments) -> dict[str, list[int]] | None:
+def new_row_tokens(model, options: AdapterArguments) -> dict[str, list[int]] | None:
     """peft `trainable_token_indices` for the rows the vocabulary grew by, or None (no growth / whole matrices).
 
     The new rows must be trained and saved with the adapter, else they stay at their initial values and are lost
@@ -344,7 +344,7 @@ def apply_adapters(model, options: AdapterArguments, *, gradient_checkpointing: 
             f"{'as ' + quantized if quantized else 'unquantized'}: load it with "
             "model_loading_kwargs(options)"
         )
-    tokens = _new_row_tokens(model, options)  # rows already initialised (mean embedding) by the stage
+    tokens = new_row_tokens(model, options)  # rows already initialised (mean embedding) by the stage
     _check_zero3_tokens(tokens)
     fingerprint = base_fingerprint(model)
     if quantized:

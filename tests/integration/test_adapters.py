@@ -70,3 +70,55 @@ def test_a_stage_recipe_trains_qlora_and_saves_adapter_and_merged_model(base_dir
     q_merged = merged.model.layers[0].self_attn.q_proj.weight
     assert not torch.equal(q_merged, base.model.layers[0].self_attn.q_proj.weight)  # the update is in the weights
     assert torch.equal(merged.model.embed_tokens.weight, base.model.embed_tokens.weight)  # LoRA left them alone
+
+
+@pytest.mark.slow
+def test_a_code_stage_growing_the_vocabulary_saves_small_adapters_and_merges(tmp_path, tiny_tokenizer_dir):
+    """recipes/code.py with use_peft on a 4,000-row base and the 4,016-token tokenizer (Llama 2 -> Code Llama):
+    the final adapter and every checkpoint hold only the 16 new rows beside LoRA, and the merged model has them."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    from codellama_hf.models import llama_config
+    from tests.helpers import ROOT
+
+    torch.manual_seed(0)
+    base_dir = tmp_path / "base"
+    LlamaForCausalLM(llama_config("tiny", vocab_size=4000)).save_pretrained(base_dir)
+    out = tmp_path / "code-lora"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "recipes" / "code.py"),
+            *("--model_name_or_path", str(base_dir), "--tokenizer_name_or_path", str(tiny_tokenizer_dir)),
+            *("--resize_token_embeddings", "true", "--use_peft", "true", "--lora_r", "4"),
+            *("--output_dir", str(out), "--seq_len", "128", "--tokens_per_step", "256"),
+            *("--max_steps", "2", "--save_steps", "1", "--report_to", "none"),
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for folder in (out / "adapter", out / "checkpoint-1", out / "checkpoint-2"):
+        with safe_open(str(folder / "adapter_model.safetensors"), "pt") as saved:
+            shapes = {k: saved.get_slice(k).get_shape() for k in saved.keys() if "lora_" not in k}
+        assert sorted(shapes) == [
+            "base_model.model.lm_head.token_adapter.trainable_tokens_delta",
+            "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta",
+        ]
+        assert all(shape == [16, 128] for shape in shapes.values())
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["adapter"]["lora"]["trained_rows"] == {"embed_tokens": [4000, 4015], "lm_head": [4000, 4015]}
+    assert lineage["adapter"]["size_bytes"] == (out / "adapter" / "adapter_model.safetensors").stat().st_size
+    merged, base = AutoModelForCausalLM.from_pretrained(out), AutoModelForCausalLM.from_pretrained(base_dir)
+    assert merged.get_input_embeddings().num_embeddings == 4016
+    assert torch.equal(merged.model.embed_tokens.weight[:4000], base.model.embed_tokens.weight)
+    with safe_open(str(out / "adapter" / "adapter_model.safetensors"), "pt") as saved:
+        head = saved.get_tensor("base_model.model.lm_head.token_adapter.trainable_tokens_delta")
+    assert torch.equal(merged.lm_head.weight[4000:], head.to(merged.lm_head.weight.dtype))  # the trained rows
