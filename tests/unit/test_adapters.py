@@ -354,3 +354,21 @@ def test_qlora_on_a_grown_vocabulary_trains_the_new_rows_beside_the_4bit_base(ba
     adapter_dir = save_adapter(peft_model, tmp_path / "adapter")
     merged = AutoModelForCausalLM.from_pretrained(merge_and_save(adapter_dir, tmp_path / "merged"))
     assert torch.equal(merged.lm_head.weight[4016:], head.detach())  # merged at full precision, rows exact
+
+
+def test_new_rows_under_zero3_without_cuda_get_a_clear_error(base_dirs):
+    """peft gathers trainable rows under ZeRO-3 with a CUDA broadcast: on CPU the stage says what to do instead."""
+    from transformers.integrations import HfDeepSpeedConfig, is_deepspeed_zero3_enabled
+
+    model = _grown(base_dirs[0])
+    keep = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
+    try:
+        assert is_deepspeed_zero3_enabled()
+        with pytest.raises(ValueError, match=r"under DeepSpeed ZeRO-3 needs CUDA.*lora_modules_to_save"):
+            apply_adapters(model, AdapterArguments(use_peft=True, lora_r=4))
+    finally:
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        del keep
+        unset_hf_deepspeed_config()
+    assert not is_deepspeed_zero3_enabled()
