@@ -329,6 +329,8 @@ def render_card(facts: ModelFacts, results: list[dict], options: CardOptions):
         ],
         model_ref=options.repo_id or str(facts.folder),
         infilling=facts.infilling,
+        fim_tokens=", ".join(f"`{piece}` = {i}" for piece, i in facts.fim_ids.items()),
+        bpe_fim=bool(facts.fim_ids) and "<PRE>" in facts.fim_ids,
         infill_example=f"{prefix!r}, {suffix!r}",
         chat=facts.chat,
         developer=options.developer or "the publisher of this repository",

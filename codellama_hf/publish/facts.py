@@ -13,11 +13,11 @@ import math
 import os
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from codellama_hf.io import read_json_object
-from codellama_hf.tokenizer import SENTINELS
+from codellama_hf.tokenizer import BPE_SENTINELS, SENTINELS
 
 LINEAGE_FILE = "lineage.json"
 PAPER = "https://arxiv.org/abs/2308.12950"
@@ -56,16 +56,23 @@ def safetensors_summary(folder: Path) -> tuple[int, str]:
     return count, max(by_dtype, key=by_dtype.get)
 
 
-def _tokenizer_facts(folder: Path, vocab_rows: int) -> tuple[bool, bool]:
-    """(infilling pieces present within the embedding rows, chat template present)."""
+def _tokenizer_facts(folder: Path, vocab_rows: int) -> tuple[dict, bool]:
+    """({sentinel: id} of the infilling pieces within the embedding rows, or {}; chat template present).
+
+    Code Llama's SentencePiece pieces (▁<PRE> 32007 ...) or, on a byte-level BPE base, the FIM tokens
+    `codellama-hf tokenizer --add-fim` appends (<PRE> <SUF> <MID> <EOT>; SmolLM2 49152-49155)."""
     spec = read_json_object(folder / "tokenizer.json", "the tokenizer")
     ids = dict(spec.get("model", {}).get("vocab", {}))
     ids.update({t["content"]: t["id"] for t in spec.get("added_tokens", [])})
-    infilling = all(piece in ids and ids[piece] < vocab_rows for piece in SENTINELS)
+    fim = {}
+    for names in (SENTINELS, BPE_SENTINELS):
+        if all(piece in ids and ids[piece] < vocab_rows for piece in names):
+            fim = {piece: ids[piece] for piece in names}
+            break
     config_path = folder / "tokenizer_config.json"
     tokenizer_config = read_json_object(config_path, "the tokenizer") if config_path.is_file() else {}
     chat = bool(tokenizer_config.get("chat_template")) or (folder / "chat_template.jinja").is_file()
-    return infilling, chat
+    return fim, chat
 
 
 def lineage_chain(lineage: dict, path: Path) -> list[dict]:
@@ -92,6 +99,7 @@ class ModelFacts:
     infilling: bool
     chat: bool
     stages: list[dict]
+    fim_ids: dict = field(default_factory=dict)  # sentinel -> id, empty without infilling
 
     @property
     def lineage(self) -> dict:
@@ -119,9 +127,9 @@ def read_facts(folder: str | os.PathLike) -> ModelFacts:
         )
     config = read_json_object(folder / "config.json", "the model config")
     parameters, dtype = safetensors_summary(folder)
-    infilling, chat = _tokenizer_facts(folder, config.get("vocab_size", 0))
+    fim_ids, chat = _tokenizer_facts(folder, config.get("vocab_size", 0))
     stages = lineage_chain(read_json_object(lineage_path, "the model lineage"), lineage_path)
-    return ModelFacts(folder, config, parameters, dtype, infilling, chat, stages)
+    return ModelFacts(folder, config, parameters, dtype, bool(fim_ids), chat, stages, fim_ids)
 
 
 def read_results(folders) -> list[dict]:

@@ -112,3 +112,19 @@ def test_an_unknown_bpe_pre_tokenizer_is_refused_before_writing(tmp_path):
         export_gguf(folder, tmp_path / "odd.gguf")
     assert not (tmp_path / "odd.gguf").exists() and not list(tmp_path.glob("*.gguf*"))
     assert json.loads((folder / "config.json").read_text())["vocab_size"] == rows + 1
+
+
+def test_the_card_of_a_bpe_fim_model_states_its_fim_ids(smollm2_fim_model, tmp_path):
+    from codellama_hf.publish.card import CardOptions, render_card
+    from codellama_hf.publish.facts import read_facts
+
+    folder = tmp_path / "model"
+    shutil.copytree(smollm2_fim_model, folder)
+    (folder / "lineage.json").write_text(json.dumps({"format": 1, "stage": "code", "base_model": {}}))
+    facts = read_facts(folder)
+    assert facts.infilling and facts.fim_ids == {"<PRE>": 49152, "<SUF>": 49153, "<MID>": 49154, "<EOT>": 49155}
+    card = render_card(facts, [], CardOptions()).text
+    assert "- [x] Infilling." in card and "\u2581<PRE>" not in card
+    assert "The FIM tokens: `<PRE>` = 49152, `<SUF>` = 49153, `<MID>` = 49154, `<EOT>` = 49155" in card
+    generation = json.loads((folder / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == [2, 49155]  # complete_model_folder: EOS and <EOT> end generation
