@@ -372,3 +372,39 @@ def test_new_rows_under_zero3_without_cuda_get_a_clear_error(base_dirs):
         del keep
         unset_hf_deepspeed_config()
     assert not is_deepspeed_zero3_enabled()
+
+
+def test_a_bpe_base_gaining_the_fim_tokens_saves_four_rows_and_merges(tmp_path):
+    """SmolLM2's tokenizer + `--add-fim` (49,152 -> 49,156) on a tiny tied-embedding model: the adapter holds the
+    4 new rows once, and the merged folder is completed from tokenizer.json (no tokenizer.model on a BPE base)."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    from codellama_hf.assets import smollm2_dir
+    from codellama_hf.models import llama_config
+    from codellama_hf.tokenizer.bpe import add_fim_tokens_to_folder
+
+    base_dir = tmp_path / "base"
+    torch.manual_seed(0)
+    config = llama_config("tiny", vocab_size=49152, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    LlamaForCausalLM(config).save_pretrained(base_dir)
+    AutoTokenizer.from_pretrained(smollm2_dir()).save_pretrained(base_dir)
+    fim_dir, ids = add_fim_tokens_to_folder(base_dir, tmp_path / "fim-tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(fim_dir)
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    peft_model = apply_adapters(model, AdapterArguments(use_peft=True, lora_r=4, lora_dropout=0.0))
+    _train(peft_model, steps=1)
+    adapter_dir = save_adapter(peft_model, tmp_path / "adapter", tokenizer)
+    with safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as saved:
+        rows = {k: saved.get_slice(k).get_shape() for k in saved.keys() if "lora_" not in k}
+    assert rows == {"base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta": [4, 128]}
+    metadata = json.loads((adapter_dir / METADATA_FILE).read_text())["lora"]
+    assert metadata["trained_rows"] == {"embed_tokens": [49152, 49155]} and metadata["tied_embeddings"] is True
+
+    merged_dir = merge_and_save(adapter_dir, tmp_path / "merged")
+    _check_merged(merged_dir, base_dir, peft_model, slice(ids[0], ids[-1] + 1), tied=True)
+    assert AutoTokenizer.from_pretrained(merged_dir).convert_tokens_to_ids("<MID>") == 49154
+    generation = json.loads((merged_dir / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == [2, 49155]
