@@ -117,6 +117,7 @@ def smollm2_dir() -> Path:
     """
     target = cache_dir() / "smollm2-135m-instruct"
     if (target / "model.safetensors").is_file():
+        _drop_gguf_quantization(target / "config.json")
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
@@ -127,10 +128,23 @@ def smollm2_dir() -> Path:
         raise RuntimeError(f"{source / SMOLLM2_GGUF} has md5 {got}, expected {SMOLLM2_GGUF_MD5}; delete it and retry")
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
     quantised = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    model = LlamaForCausalLM(quantised.config)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):  # the weights saved are plain fp32, not GGUF-quantised
+        del config.quantization_config
+    model = LlamaForCausalLM(config)
     model.load_state_dict(quantised.state_dict())
     model.generation_config = quantised.generation_config
     with atomic_dir(target, shared=True) as staged:
         model.save_pretrained(staged)
         tokenizer.save_pretrained(staged)
     return target
+
+
+def _drop_gguf_quantization(config_path: Path) -> None:
+    """Repair a folder saved before the fix above: its config still named the GGUF quantisation, so the Trainer
+    refused to fine-tune the (plain fp32) weights as "purely quantized"."""
+    from codellama_hf.io import read_json_object, write_json
+
+    config = read_json_object(config_path, "the SmolLM2 config")
+    if config.pop("quantization_config", None) is not None:
+        write_json(config_path, config)

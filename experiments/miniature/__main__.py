@@ -16,7 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         default="tiny",
         choices=sorted(PRESETS),
-        help="tiny: the report's run (~20 min on 2 cores); smoke: a few steps of everything",
+        help="tiny: the report's run (~20 min on 2 cores); smoke: a few steps of everything; smollm2: the recipe "
+        "on the real SmolLM2-135M base (~30 min on 2 idle cores); gpu: the same, sized for ~15 min on one GPU; "
+        "smollm2-smoke: a few steps of that",
     )
     parser.add_argument("--out", type=Path, required=True, help="run folder (rerun the same command to continue)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every stage and sampling (default 0)")

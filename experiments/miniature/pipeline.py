@@ -193,6 +193,10 @@ def reproduce(out: str | os.PathLike, *, preset: str = "tiny", seed: int = 0, hu
             f"{run.out} holds a run with other settings ({saved}); use another --out or the same --preset and --seed"
         )
     write_json(saved, settings)
+    if run.preset.base != "tiny":  # a real pretrained base instead of the tiny "Llama 2" (real_base.py)
+        from .real_base import reproduce_real
+
+        return reproduce_real(run)
     started = time.monotonic()
     from codellama_hf.convert import hf_to_meta, meta_to_hf
     from codellama_hf.tokenizer import build_tiny_tokenizer

@@ -1,4 +1,6 @@
-"""Run lengths of the miniature: `tiny` (the report's run) and `smoke` (a few steps of everything, for tests)."""
+"""Run lengths of the miniature: `tiny` (the report's run) and `smoke` (a few steps of everything, for tests) on a
+model trained from scratch; `smollm2` (CPU), `gpu` (one GPU) and `smollm2-smoke` (tests) continue a real pretrained
+base, SmolLM2-135M-Instruct (experiments/miniature/real_base.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ class Stage:
     seq_len: int
     tokens_per_step: int
     learning_rate: float
+    saves: int = 2  # checkpoints per stage (a 135M model's checkpoint with AdamW state is ~1.6 GB)
+    micro_batch: int = 2
 
     def argv(self) -> list[str]:
         return [
@@ -28,13 +32,13 @@ class Stage:
             "--learning_rate",
             str(self.learning_rate),
             "--per_device_train_batch_size",
-            str(min(2, self.tokens_per_step // self.seq_len)),
+            str(min(self.micro_batch, self.tokens_per_step // self.seq_len)),
             "--warmup_steps",
             str(max(1, self.max_steps // 10)),
             "--logging_steps",
             str(max(1, self.max_steps // 20)),
             "--save_steps",
-            str(max(1, self.max_steps // 2)),
+            str(max(1, self.max_steps // self.saves)),
             "--save_total_limit",
             "1",
         ]
@@ -50,6 +54,13 @@ class Preset:
     infill_max_new_tokens: int = 24
     instruct_problems: int = 8
     code_files: int | None = None  # training files cut into blocks for the code stage (None: all)
+    # Real-base presets only (real_base.py): the base, HumanEval problems for pass@1, HumanEval single-line
+    # infilling examples for exact match, and bf16 autocast (the CPU's avx512_bf16 matmuls are ~2.5x fp32's)
+    base: str = "tiny"
+    humaneval_problems: int = 0
+    humaneval_max_new_tokens: int = 192
+    eval_batch_size: int = 8
+    bf16: bool = False
 
 
 PRESETS = {
@@ -82,5 +93,67 @@ PRESETS = {
         infill_max_new_tokens=8,
         instruct_problems=3,
         code_files=50,
+    ),
+    # SmolLM2-135M-Instruct continued through code (FIM and no-FIM twins), Python, LCFT and instruct with every
+    # weight trained (bf16 autocast). Sized for ~30 min on an idle 2-core CPU: training is ~0.8 GFLOP per token and
+    # the evaluation's prompts (HumanEval, infilling, long windows) cost as much again, so budgets are small.
+    "smollm2": Preset(
+        stages={
+            "code": Stage(16, 256, 1024, 1e-4, saves=1),
+            "python": Stage(6, 256, 1024, 5e-5, saves=1),
+            "lcft": Stage(4, 1024, 1024, 5e-5, saves=1, micro_batch=1),
+            "instruct": Stage(6, 512, 1024, 5e-5, saves=1),
+        },
+        eval_documents=4,
+        eval_tokens_per_file=1025,
+        lcft_lengths=(256, 512, 1024),
+        infill_examples=20,
+        infill_max_new_tokens=32,
+        instruct_problems=8,
+        code_files=400,
+        base="smollm2",
+        humaneval_problems=20,
+        humaneval_max_new_tokens=160,
+        bf16=True,
+    ),
+    # The same path sized for about 15 minutes on one H200 (bf16, ~0.5M tokens per code arm): not run here (no GPU)
+    "gpu": Preset(
+        stages={
+            "code": Stage(120, 2048, 65536, 1e-4, saves=1, micro_batch=16),
+            "python": Stage(40, 2048, 65536, 5e-5, saves=1, micro_batch=16),
+            "lcft": Stage(20, 8192, 65536, 5e-5, saves=1, micro_batch=4),
+            "instruct": Stage(30, 2048, 32768, 5e-5, saves=1, micro_batch=16),
+        },
+        eval_documents=40,
+        eval_tokens_per_file=8193,
+        lcft_lengths=(2048, 4096, 8192),
+        infill_examples=300,
+        infill_max_new_tokens=64,
+        instruct_problems=8,
+        base="smollm2",
+        humaneval_problems=164,
+        humaneval_max_new_tokens=512,
+        eval_batch_size=32,
+        bf16=True,
+    ),
+    # The real-base path with a few steps of everything: the test's end-to-end run
+    "smollm2-smoke": Preset(
+        stages={
+            "code": Stage(1, 64, 64, 1e-4, saves=1, micro_batch=1),
+            "python": Stage(1, 64, 64, 5e-5, saves=1, micro_batch=1),
+            "lcft": Stage(1, 128, 128, 5e-5, saves=1, micro_batch=1),
+            "instruct": Stage(1, 128, 128, 5e-5, saves=1, micro_batch=1),
+        },
+        eval_documents=1,
+        eval_tokens_per_file=129,
+        lcft_lengths=(64, 128),
+        infill_examples=1,
+        infill_max_new_tokens=4,
+        instruct_problems=2,
+        code_files=10,
+        base="smollm2",
+        humaneval_problems=1,
+        humaneval_max_new_tokens=8,
+        bf16=True,
     ),
 }
