@@ -18,12 +18,9 @@ from .presets import PYTHON_BRANCH
 from .run import Run
 
 
-def _load(path: Path, run: Run):
-    """fp32 on the CPU for the tiny models; the real-base presets measure in bf16 (on a GPU when there is one)."""
+def _load(path: Path):
     from codellama_hf.generation import load_model
 
-    if run.preset.bf16:
-        return load_model(str(path), dtype="bfloat16")
     return load_model(str(path), dtype="float32", device="cpu")
 
 
@@ -38,7 +35,7 @@ def validation_loss(run: Run, model_dir: Path, kind: str) -> dict:
     from codellama_hf.evaluation.long_context import perplexity_by_length
 
     length = run.preset.stages["code"].seq_len
-    model, tokenizer = _load(model_dir, run)
+    model, tokenizer = _load(model_dir)
     result = perplexity_by_length(
         model,
         tokenizer,
@@ -61,7 +58,7 @@ def validation_loss(run: Run, model_dir: Path, kind: str) -> dict:
 def perplexity_by_context(run: Run, model_dir: Path) -> dict:
     from codellama_hf.evaluation.long_context import perplexity_by_length
 
-    model, tokenizer = _load(model_dir, run)
+    model, tokenizer = _load(model_dir)
     texts = _validation_texts("code", run.preset.eval_documents)
     result = perplexity_by_length(
         model, tokenizer, texts, run.preset.lcft_lengths, max_tokens_per_text=run.preset.eval_tokens_per_file
@@ -94,7 +91,7 @@ def infilling_exact_match(run: Run, model_dir: Path, examples: list[dict]) -> di
     """Greedy infilling in both formats; a hit when the first generated line equals the removed line."""
     from codellama_hf.generation import infill
 
-    model, tokenizer = _load(model_dir, run)
+    model, tokenizer = _load(model_dir)
     scores = {}
     for name, suffix_first in (("psm", False), ("spm", True)):
         middles = infill(

@@ -47,7 +47,7 @@ class Stage:
 @dataclass(frozen=True)
 class Preset:
     stages: dict[str, Stage]
-    eval_documents: int  # validation files per corpus for the loss measurements
+    eval_documents: int  # validation files per corpus for the loss measurements (real base: files long enough)
     eval_tokens_per_file: int  # each file cut to this many tokens
     lcft_lengths: tuple[int, ...]  # 1x, 2x, 4x the code stage's seq_len
     infill_examples: int
@@ -99,32 +99,32 @@ PRESETS = {
     # the evaluation's prompts (HumanEval, infilling, long windows) cost as much again, so budgets are small.
     "smollm2": Preset(
         stages={
-            "code": Stage(16, 256, 1024, 1e-4, saves=1),
-            "python": Stage(6, 256, 1024, 5e-5, saves=1),
-            "lcft": Stage(4, 1024, 1024, 5e-5, saves=1, micro_batch=1),
-            "instruct": Stage(6, 512, 1024, 5e-5, saves=1),
+            "code": Stage(12, 256, 1024, 2e-4, saves=1),
+            "python": Stage(4, 256, 1024, 5e-5, saves=1),
+            "lcft": Stage(3, 1024, 1024, 5e-5, saves=1, micro_batch=1),
+            "instruct": Stage(4, 512, 1024, 5e-5, saves=1),
         },
-        eval_documents=4,
+        eval_documents=3,
         eval_tokens_per_file=1025,
-        lcft_lengths=(256, 512, 1024),
-        infill_examples=20,
-        infill_max_new_tokens=32,
+        lcft_lengths=(256, 1024),
+        infill_examples=16,
+        infill_max_new_tokens=24,
         instruct_problems=8,
         code_files=400,
         base="smollm2",
-        humaneval_problems=20,
-        humaneval_max_new_tokens=160,
+        humaneval_problems=16,
+        humaneval_max_new_tokens=128,
         bf16=True,
     ),
-    # The same path sized for about 15 minutes on one H200 (bf16, ~0.5M tokens per code arm): not run here (no GPU)
+    # The same path sized for about 15 minutes on one H200 (bf16, ~8M tokens per code arm): not run here (no GPU)
     "gpu": Preset(
         stages={
-            "code": Stage(120, 2048, 65536, 1e-4, saves=1, micro_batch=16),
+            "code": Stage(120, 2048, 65536, 2e-4, saves=1, micro_batch=16),
             "python": Stage(40, 2048, 65536, 5e-5, saves=1, micro_batch=16),
             "lcft": Stage(20, 8192, 65536, 5e-5, saves=1, micro_batch=4),
             "instruct": Stage(30, 2048, 32768, 5e-5, saves=1, micro_batch=16),
         },
-        eval_documents=40,
+        eval_documents=8,
         eval_tokens_per_file=8193,
         lcft_lengths=(2048, 4096, 8192),
         infill_examples=300,

@@ -29,7 +29,6 @@ from pathlib import Path
 
 from codellama_hf.io import write_json, write_text
 
-from .measure import perplexity_by_context, validation_loss
 from .run import Run, console
 
 NO_FIM = "code-nofim"
@@ -151,6 +150,42 @@ def _backend(run: Run, model_dir: Path, tokenizer_dir: Path | None = None):
     return HFBackend(model, tokenizer, batch_size=run.preset.eval_batch_size)
 
 
+def _code_files(kind: str, count: int, tokenizer, min_tokens: int) -> list[str]:
+    """The first `count` held-out validation files of the embedded corpus with at least `min_tokens` tokens."""
+    from codellama_hf.corpus import embedded_corpus
+
+    texts = []
+    for text in embedded_corpus(kind, "validation")["text"]:
+        if len(tokenizer(text)["input_ids"]) >= min_tokens:
+            texts.append(text)
+            if len(texts) == count:
+                break
+    return texts
+
+
+def perplexity(run: Run, model_dir: Path, lengths, kind: str = "code", max_tokens: int | None = None) -> dict:
+    """Perplexity at each context length over the same scored tokens of the same files (long_context.py); each file
+    cut to max(lengths) + 1 tokens (or `max_tokens`), so longer contexts cost no more tokens than they must."""
+    from codellama_hf.evaluation.long_context import perplexity_by_length
+    from codellama_hf.generation import load_model
+
+    model, tokenizer = load_model(str(model_dir), dtype=_dtype(run))
+    need = max(lengths) + 1
+    texts = _code_files(kind, run.preset.eval_documents, tokenizer, need)
+    result = perplexity_by_length(model, tokenizer, texts, lengths, max_tokens_per_text=max_tokens or need)
+    return {"model": model_dir.name, "corpus": f"{kind} (validation)", **result}
+
+
+def validation_loss(run: Run, model_dir: Path, kind: str) -> dict:
+    """Left-to-right loss (mean NLL per token) on held-out files at the code stage's training length."""
+    import math
+
+    length = run.preset.stages["code"].seq_len
+    result = perplexity(run, model_dir, [length], kind)
+    ppl = result["perplexity"][str(length)]
+    return {**result, "context": length, "loss": math.log(ppl)}
+
+
 def infill_task_ids(run: Run) -> list[str]:
     """A seeded subset of HumanEval single-line infilling (1,033 lines of 164 solutions), in benchmark order."""
     from codellama_hf.evaluation.benchmarks import get_benchmark
@@ -177,7 +212,9 @@ def infilling(run: Run, model_dir: Path, tokenizer_dir: Path | None = None) -> d
             backend,
             model_dir.name,
             folder,
-            generation=GenerationSettings(max_new_tokens=run.preset.infill_max_new_tokens, batch_size=8),
+            generation=GenerationSettings(
+                max_new_tokens=run.preset.infill_max_new_tokens, batch_size=run.preset.eval_batch_size
+            ),
             execution=ExecutionSettings(allow_code_execution=True),
             infill_format=fmt,
             task_ids=ids,
@@ -205,7 +242,9 @@ def humaneval(run: Run, model_dir: Path, style: str) -> dict:
         backend,
         model_dir.name,
         run.path("eval", "samples", f"humaneval-{model_dir.name}-{style}"),
-        generation=GenerationSettings(max_new_tokens=run.preset.humaneval_max_new_tokens, batch_size=8),
+        generation=GenerationSettings(
+            max_new_tokens=run.preset.humaneval_max_new_tokens, batch_size=run.preset.eval_batch_size
+        ),
         execution=ExecutionSettings(allow_code_execution=True),
         limit=run.preset.humaneval_problems,
         prompt_style=style,
@@ -231,8 +270,8 @@ def evaluate_real(run: Run, base: Path) -> None:
         "loss_code_nofim": lambda: validation_loss(run, models[NO_FIM], "code"),
         "loss_python_code": lambda: validation_loss(run, models[NO_FIM], "python"),  # the python stage's start
         "loss_python_python": lambda: validation_loss(run, models["python"], "python"),
-        "ppl_code": lambda: perplexity_by_context(run, models["code"]),
-        "ppl_lcft": lambda: perplexity_by_context(run, models["lcft"]),
+        "ppl_code": lambda: perplexity(run, models["code"], run.preset.lcft_lengths),
+        "ppl_lcft": lambda: perplexity(run, models["lcft"], run.preset.lcft_lengths),
         "infill_fim": lambda: infilling(run, models["code"]),
         "infill_nofim": lambda: infilling(run, models[NO_FIM], fim_tokenizer),
         "humaneval_base_completion": lambda: humaneval(run, base, "completion"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from codellama_hf.training.config import batch_plan
+from codellama_hf.training.batch_plan import batch_plan
 from experiments.miniature.presets import PRESETS
 from experiments.miniature.real_base import wilson
 
