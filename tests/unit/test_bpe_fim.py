@@ -22,7 +22,7 @@ from codellama_hf.tokenizer import (
     supports_infilling,
     tokenizer_kind,
 )
-from tests.helpers import run_cli
+from tests.helpers import cli
 
 PREFIX = 'def remove_non_ascii(s: str) -> str:\n    """ '
 SUFFIX = "\n    return result\n"
@@ -38,7 +38,7 @@ def smollm2_tokenizer_dir():
 @pytest.fixture(scope="module")
 def fim_tokenizer_dir(smollm2_tokenizer_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bpe") / "smollm2-fim"
-    done = run_cli("tokenizer", "--add-fim", str(smollm2_tokenizer_dir), "--out", str(out))
+    done = cli("tokenizer", "--add-fim", str(smollm2_tokenizer_dir), "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert "<PRE>=49152, <SUF>=49153, <MID>=49154, <EOT>=49155" in done.stdout
     return out
@@ -145,7 +145,7 @@ def test_tokenizers_that_cannot_take_the_fim_tokens_are_refused(fim_tokenizer_di
     with pytest.raises(ValueError, match=r"cannot take the FIM tokens: it is neither byte-level BPE"):
         add_fim_tokens(other)
     other.save_pretrained(tmp_path / "wordpiece")
-    done = run_cli("tokenizer", "--add-fim", str(tmp_path / "wordpiece"), "--out", str(tmp_path / "out"))
+    done = cli("tokenizer", "--add-fim", str(tmp_path / "wordpiece"), "--out", str(tmp_path / "out"))
     assert done.returncode != 0 and "cannot take the FIM tokens" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
     assert BPE_SENTINELS == ("<PRE>", "<SUF>", "<MID>", "<EOT>")

@@ -15,7 +15,7 @@ from codellama_hf.evaluation.passk import estimate_pass_at_k, pass_at_k
 from codellama_hf.evaluation.report import load_results, table, write_report
 from codellama_hf.evaluation.runner import ExecutionSettings, score_samples
 from codellama_hf.evaluation.scoring import read_samples, score
-from tests.helpers import run_cli
+from tests.helpers import cli
 from tests.helpers.evaluation import _write_jsonl
 
 ALLOW = ExecutionSettings(allow_code_execution=True)
@@ -138,7 +138,7 @@ def test_bad_samples_give_clear_errors(tmp_path):
         get_benchmark("humaneval-plus")
     # Through the CLI: one line naming the file and line, exit status 2, no traceback.
     bad.write_text("[1, 2]\n")
-    done = run_cli("evaluate", "score", "humaneval", "--samples", str(bad), "--allow-code-execution")
+    done = cli("evaluate", "score", "humaneval", "--samples", str(bad), "--allow-code-execution")
     assert done.returncode == 2 and "bad.jsonl:1" in done.stderr and "Traceback" not in done.stderr
 
 

@@ -15,7 +15,7 @@ import torch
 
 from codellama_hf.export.gguf import export_gguf
 from codellama_hf.export.ollama import model_kind, modelfile_text
-from tests.helpers import run_cli
+from tests.helpers import cli
 
 GOLDEN_PREFIX = 'def remove_non_ascii(s: str) -> str:\n    """ '
 
@@ -99,7 +99,11 @@ def test_gguf_round_trip(kind, models, tmp_path):
                 got, want.to(getattr(torch, {"f16": "float16", "bf16": "bfloat16"}[kind])).float()
             )
 
-    # transformers reads the GGUF back (dequantizing and undoing the permutation): the same model
+    # transformers reads the GGUF back (dequantizing and undoing the permutation): the same model. The layout is the
+    # same for every type and the tensors of each were checked above, so one read-back (the quantized type) will do:
+    # each reading parses the 32,016-piece vocabulary twice, the slowest part of this test
+    if kind != "q8_0":
+        return
     from transformers import AutoModelForCausalLM
 
     ids = torch.tensor([[1, 32007, 822, 3349, 29918, 5464, 13, 1678, 9995, 29871, 32008, 13, 1678, 736, 32009]])
@@ -107,7 +111,7 @@ def test_gguf_round_trip(kind, models, tmp_path):
     assert loaded.config.rope_parameters["rope_theta"] == 1e6
     with torch.no_grad():
         diff = (loaded(ids).logits - _hf_logits(folder, ids)).abs().max().item()
-    assert diff < {"f16": 2e-3, "bf16": 2e-2, "q8_0": 2e-2}[kind], diff
+    assert diff < 2e-2, diff
 
 
 def test_a_python_style_vocabulary_gets_no_fim_keys(models, tmp_path):
@@ -180,8 +184,8 @@ def test_bad_input_is_a_clear_error_and_leaves_no_file(models, tmp_path, monkeyp
     with pytest.raises(OSError, match="No space"):
         export_gguf(models["infill"], out)
     assert len(calls) == 3 and list(out.parent.iterdir()) == []
-    cli = run_cli("export", "gguf", str(gpt2), "--out", str(out))
-    assert cli.returncode == 2 and "only Llama-architecture" in cli.stderr and not out.exists()
+    refused = cli("export", "gguf", str(gpt2), "--out", str(out))
+    assert refused.returncode == 2 and "only Llama-architecture" in refused.stderr and not out.exists()
 
 
 GOLDEN_SUFFIX = "\n    return result\n"

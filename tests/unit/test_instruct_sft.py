@@ -60,7 +60,13 @@ def _rows(data_args, config, tokenizer, batches=None):
 
 def test_packed_rows_carry_labels_only_on_answers(tmp_path, codellama_tokenizer):
     dialogs = write_dialogs(tmp_path / "dialogs.jsonl")
-    sources = json.dumps({"instruct": [str(dialogs)]})
+    # small rehearsal sources: with the embedded corpus, "all_exhausted" repeats the few dialogs millions of times
+    code, nl = tmp_path / "code", tmp_path / "nl"
+    for folder, suffix, text in ((code, "py", "def f{i}(x):\n    return x + {i}\n"), (nl, "md", "Note {i}: words.\n")):
+        folder.mkdir()
+        for i in range(6):
+            (folder / f"doc{i}.{suffix}").write_text(text.format(i=i) * (i + 2))
+    sources = json.dumps({"instruct": [str(dialogs)], "code": [str(code)], "nl": [str(nl)]})
     _, data_args, config = stage_config(tmp_path, "--mixture_sources", sources, "--max_steps", "16")
     data, stream, packed = _rows(data_args, config, codellama_tokenizer)
     assert len(packed) == config.plan.max_steps * config.plan.sequences_per_step == 64  # one process

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from codellama_hf import tokenizer as T
-from tests.helpers import run_cli
+from tests.helpers import cli
 from tests.helpers.golden import GOLDEN_PREFIX, GOLDEN_PSM, GOLDEN_SUFFIX
 from tests.helpers.tokenizer import code_documents
 
@@ -158,19 +158,19 @@ def test_tiny_tokenizer_is_reproducible_and_carries_the_pieces(tiny_tokenizer_di
 
 def test_cli_builds_tokenizer_and_reports_bad_input(llama2_dir, tmp_path):
     out = tmp_path / "cl"
-    done = run_cli("tokenizer", "--llama2", str(llama2_dir / "tokenizer.model"), "--out", str(out))
+    done = cli("tokenizer", "--llama2", str(llama2_dir / "tokenizer.model"), "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert "32016 pieces" in done.stdout
     assert AutoTokenizer.from_pretrained(out).convert_tokens_to_ids("▁<EOT>") == 32010
 
-    again = run_cli("tokenizer", "--llama2", str(llama2_dir / "tokenizer.model"), "--out", str(out))
+    again = cli("tokenizer", "--llama2", str(llama2_dir / "tokenizer.model"), "--out", str(out))
     assert again.returncode == 2 and "already exists" in again.stderr
 
     junk = tmp_path / "junk.model"
     junk.write_bytes(b"\x00\xffnot a model")
-    bad = run_cli("tokenizer", "--llama2", str(junk), "--out", str(tmp_path / "x"))
+    bad = cli("tokenizer", "--llama2", str(junk), "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "junk.model" in bad.stderr
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.*"))
 
-    twice = run_cli("tokenizer", "--llama2", str(out / "tokenizer.model"), "--out", str(tmp_path / "y"))
+    twice = cli("tokenizer", "--llama2", str(out / "tokenizer.model"), "--out", str(tmp_path / "y"))
     assert twice.returncode == 2 and "already extended" in twice.stderr
