@@ -4,7 +4,9 @@ For each base, the same LoRA (r, all linear layers of the decoder) is set up by 
 twice, on a model whose embeddings grew by the infilling pieces: once by default (only the new rows are trained and
 saved) and once with `lora_modules_to_save: [embed_tokens, lm_head]` (whole matrices, the old way). The bytes are
 those of the tensors peft saves (`get_peft_model_state_dict`, as `save_pretrained` writes them without the grown
-matrices), in bf16; the safetensors header (a few KB) is not counted. Large bases are built on the meta device, so
+matrices), in bf16; the safetensors header (a few KB) is not counted. "before" is what the same whole-matrix
+adapter weighed before the toolkit turned off peft's save_embedding_layers="auto" for grown vocabularies (which
+adds each matrix twice more: the frozen original and the base weight). Large bases are built on the meta device, so
 nothing is allocated; the tiny base is also saved for real and its file measured.
 
     python bench/adapter_size.py [--r 16]
@@ -48,7 +50,10 @@ def _config(size, vocab, overrides):
     return llama_config(size or "tiny", vocab_size=vocab, **overrides)
 
 
-def adapter_bytes(size, saved: int, grown: int, overrides: dict, r: int, *, whole: bool, meta: bool) -> int:
+def adapter_bytes(
+    size, saved: int, grown: int, overrides: dict, r: int, *, whole: bool, meta: bool, before: bool = False
+) -> int:
+    """Bytes of the adapter; before=True: as saved before this change (peft's save_embedding_layers="auto")."""
     import torch
     from peft import get_peft_model, get_peft_model_state_dict
     from transformers import AutoModelForCausalLM
@@ -69,13 +74,14 @@ def adapter_bytes(size, saved: int, grown: int, overrides: dict, r: int, *, whol
         )
         # apply_adapters' own steps, less the base fingerprint (it reads weights, which meta tensors do not have)
         peft_model = get_peft_model(model, options.lora_config(new_row_tokens(model, options)))
-        state = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
+        embedding_layers = "auto" if before else False
+        state = get_peft_model_state_dict(peft_model, save_embedding_layers=embedding_layers)
         computed = sum(t.numel() * 2 for t in state.values())  # bf16
         if meta:
             return computed
         from codellama_hf.adapters import adapter_size
 
-        peft_model.save_pretrained(Path(tmp) / "adapter", save_embedding_layers=False)
+        peft_model.save_pretrained(Path(tmp) / "adapter", save_embedding_layers=embedding_layers)
         return adapter_size(Path(tmp) / "adapter")
 
 
@@ -87,11 +93,21 @@ def main() -> None:
     for name, (size, saved, grown, overrides) in BASES.items():
         meta = size != "tiny"
         new = adapter_bytes(size, saved, grown, overrides, args.r, whole=False, meta=meta)
-        old = adapter_bytes(size, saved, grown, overrides, args.r, whole=True, meta=meta)
-        rows.append({"base": name, "new_rows_bytes": new, "whole_matrices_bytes": old, "measured": not meta})
+        whole = adapter_bytes(size, saved, grown, overrides, args.r, whole=True, meta=meta)
+        before = adapter_bytes(size, saved, grown, overrides, args.r, whole=True, meta=meta, before=True)
+        rows.append(
+            {
+                "base": name,
+                "new_rows_bytes": new,
+                "whole_matrices_bytes": whole,
+                "before_bytes": before,
+                "measured": not meta,
+            }
+        )
         print(
-            f"{name:32s} new rows only {new:>13,} B ({new / 2**20:8.1f} MiB)   whole matrices {old:>13,} B "
-            f"({old / 2**20:8.1f} MiB)   ratio {old / new:6.1f}x   {'file on disk' if not meta else 'computed'}"
+            f"{name:29s} new rows {new:>13,} B ({new / 2**20:7.1f} MiB) | whole matrices {whole:>13,} B "
+            f"({whole / 2**20:7.1f} MiB) | before {before:>13,} B ({before / 2**20:7.1f} MiB) = "
+            f"{before / new:5.1f}x new rows | {'file on disk' if not meta else 'computed'}"
         )
     print(json.dumps({"r": args.r, "dtype": "bfloat16", "rows": rows}))
 

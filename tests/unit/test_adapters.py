@@ -278,6 +278,12 @@ def test_a_grown_vocabulary_trains_and_saves_only_the_new_rows(base_dirs, tmp_pa
         AdapterArguments(use_peft=True, lora_r=4, lora_dropout=0.0, lora_modules_to_save=["embed_tokens", "lm_head"]),
     )
     whole_dir = save_adapter(whole, tmp_path / "whole")
+    with safe_open(str(whole_dir / "adapter_model.safetensors"), "pt") as saved:
+        matrices = sorted(k for k in saved.keys() if "lora_" not in k)
+    assert matrices == [  # the trained copies only, not peft's "auto" extra original + base weight of each
+        "base_model.model.lm_head.weight",
+        "base_model.model.model.embed_tokens.weight",
+    ]
     small, big = adapter_size(adapter_dir), adapter_size(whole_dir)
     assert big - small > 2 * (4032 - 16) * 128 * 4 and small < big / 3
 
