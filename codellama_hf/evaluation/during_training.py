@@ -5,7 +5,7 @@ refact measured it by hand). Every `every_steps` optimizer steps and at the end,
 configurable set on the current weights:
 
 - `infilling`: cross-file infilling tasks (evaluation/crossfile.py), exact match and middle loss, with and without
-  the repository context;
+  the repository context (nothing, not a failure, for a tokenizer without the infilling pieces);
 - `perplexity`: perplexity by context length (evaluation/long_context.py) on a few files;
 - `humaneval`: pass@1 of the first N HumanEval problems, greedy, scored in the sandbox, only with
   `allow_code_execution` (else reported as skipped).
@@ -18,7 +18,8 @@ itself. Sandbox scoring runs on the main process only (it has no collectives).
 
 An evaluation that raises is counted (`quick_eval/failures`) and logged; training goes on. Results are logged
 through the Trainer (TensorBoard and the other reporters), kept in `history`, and written atomically to
-`<output_dir>/quick_evaluations.json`, which the stage's lineage.json carries for model cards.
+`<output_dir>/quick_evaluations.json`, which the stage's lineage.json carries for model cards; a run resumed from a
+checkpoint keeps the evaluations made before it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import math
 import os
 import traceback
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -65,6 +66,28 @@ class QuickEvalConfig:
             raise ValueError(f"unknown quick evaluations {unknown}; choose from {', '.join(EVALUATIONS)}")
         if self.every_steps < 0:
             raise ValueError(f"every_steps={self.every_steps}: must be >= 0 (0: only at the end)")
+        for name in ("repositories", "perplexity_files", "perplexity_lengths"):
+            setattr(self, name, tuple(getattr(self, name)))
+
+    @classmethod
+    def from_options(cls, options: dict | str | None, **settings) -> QuickEvalConfig:
+        """`settings` (the recipe's quick_eval_* fields) plus `options` (a mapping, or its JSON), checked."""
+        import json
+
+        if isinstance(options, str):
+            try:
+                options = json.loads(options)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"quick_eval_options={options!r}: not JSON ({err})") from None
+        options = dict(options or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"quick_eval_options: unknown fields {unknown}; known: {sorted(known)}")
+        clash = sorted(set(options) & set(settings))
+        if clash:
+            raise ValueError(f"quick_eval_options sets {clash}, which have their own quick_eval_* options")
+        return cls(**settings, **options)
 
 
 def _synced() -> bool:
@@ -116,9 +139,11 @@ class QuickEvaluations:
 
     def _infilling(self, model) -> dict:
         from codellama_hf.evaluation.crossfile import build_tasks, default_repositories, exact_match, middle_loss
-        from codellama_hf.tokenizer import decode_infilling, infill_ids, infilling_prompt
+        from codellama_hf.tokenizer import decode_infilling, infill_ids, infilling_prompt, supports_infilling
 
         c, tok = self.config, self.tokenizer
+        if not supports_infilling(tok):  # a stage without the pieces (Llama 2, the Python branch): nothing to ask
+            return {}
         if self._tasks is None:
             roots = [Path(r) for r in c.repositories] or default_repositories()[:2]
             self._tasks, _ = build_tasks(
@@ -233,6 +258,13 @@ class QuickEvalCallback(TrainerCallback):
 
     def summary(self) -> dict:
         return {"config": asdict(self.config), "history": self.history, "failures": dict(self.failures)}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        """A resumed run keeps the evaluations written before its checkpoint (the curve stays whole)."""
+        if state.global_step and not self.history and args.output_dir:
+            earlier = read_quick_evaluations(args.output_dir) or {}
+            self.history = [h for h in earlier.get("history", []) if h["step"] <= state.global_step]
+            self.failures.update(earlier.get("failures", {}))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         every = self.config.every_steps

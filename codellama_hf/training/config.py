@@ -246,6 +246,13 @@ class StageConfig(TrainingArguments):
     quick_eval_allow_code_execution: bool = field(
         default=False, metadata={"help": "Let the humaneval quick evaluation run model-written code in the sandbox."}
     )
+    quick_eval_options: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "More QuickEvalConfig fields as a mapping (JSON on the command line), e.g. {infilling_tasks: 2, "
+            "perplexity_lengths: [64, 256], max_new_tokens: 16}: a cheaper set for small runs."
+        },
+    )
     sequence_parallel_size: int = field(
         default=1,
         metadata={

@@ -98,7 +98,8 @@ def quick_eval_callback(config, tokenizer):
         return None
     from codellama_hf.evaluation.during_training import QuickEvalCallback, QuickEvalConfig
 
-    settings = QuickEvalConfig(
+    settings = QuickEvalConfig.from_options(
+        config.quick_eval_options,
         every_steps=config.quick_eval_steps,
         evaluations=tuple(config.quick_eval),
         repositories=tuple(config.quick_eval_repositories or ()),

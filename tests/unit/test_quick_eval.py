@@ -156,3 +156,49 @@ def test_humaneval_subset_runs_in_the_sandbox_only_when_allowed(tiny_tokenizer):
     metrics, failures = QuickEvaluations(tiny_tokenizer, QuickEvalConfig(**settings, allow_code_execution=True))(model)
     assert not failures and metrics == {"humaneval_pass@1": 0.0}  # a random model's 4 tokens pass nothing
     assert QuickEvaluations(tiny_tokenizer, QuickEvalConfig(**settings))(model) == ({}, {})
+
+
+def test_options_from_the_recipe_are_checked():
+    config = QuickEvalConfig.from_options(
+        '{"infilling_tasks": 2, "perplexity_lengths": [64]}', every_steps=5, evaluations=("perplexity",)
+    )
+    assert (config.infilling_tasks, config.perplexity_lengths, config.every_steps) == (2, (64,), 5)
+    assert QuickEvalConfig.from_options(None, every_steps=1).infilling_tasks == QuickEvalConfig().infilling_tasks
+    with pytest.raises(ValueError, match=r"unknown fields \['infiling_tasks'\]"):
+        QuickEvalConfig.from_options({"infiling_tasks": 2})
+    with pytest.raises(ValueError, match=r"sets \['every_steps'\]"):
+        QuickEvalConfig.from_options({"every_steps": 2}, every_steps=1)
+    with pytest.raises(ValueError, match="not JSON"):
+        QuickEvalConfig.from_options("{infilling_tasks: 2}")
+
+
+def test_infilling_is_skipped_not_failed_without_the_pieces(repo, llama2_dir):
+    """Llama 2's tokenizer (the Python branch's) has no infilling pieces: nothing to evaluate, nothing failed."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from codellama_hf.models import llama_config
+
+    tokenizer = AutoTokenizer.from_pretrained(llama2_dir)
+    model = LlamaForCausalLM(llama_config("tiny", vocab_size=len(tokenizer))).eval()
+    config = QuickEvalConfig(evaluations=("infilling",), repositories=(str(repo),))
+    assert QuickEvaluations(tokenizer, config)(model) == ({}, {})
+
+
+def test_a_resumed_run_keeps_the_evaluations_before_its_checkpoint(tmp_path, tiny_tokenizer):
+    from transformers import TrainerControl, TrainerState
+
+    from codellama_hf.io import write_json
+
+    earlier = {
+        "config": {},
+        "history": [{"step": s, "metrics": {"perplexity@16": 10.0 - s}, "failures": {}} for s in (2, 4, 6)],
+        "failures": {"infilling": 1},
+    }
+    write_json(tmp_path / RESULTS_FILE, earlier)
+    callback = QuickEvalCallback(tiny_tokenizer, QuickEvalConfig(every_steps=2))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    callback.on_train_begin(args, TrainerState(global_step=4), TrainerControl())
+    assert [h["step"] for h in callback.history] == [2, 4] and callback.failures == {"infilling": 1}
+    fresh = QuickEvalCallback(tiny_tokenizer, QuickEvalConfig(every_steps=2))
+    fresh.on_train_begin(args, TrainerState(global_step=0), TrainerControl())
+    assert fresh.history == []  # a run from the start begins a new curve
