@@ -4,7 +4,8 @@ base, SmolLM2-135M-Instruct (experiments/miniature/real_base.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 
 PRETRAIN = "pretrain"
 PYTHON_BRANCH = "code-python-branch"  # code stage without FIM or infilling pieces, continued by python
@@ -45,6 +46,20 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class QuickEval:
+    """Quick evaluations during every stage (evaluation/during_training.py), drawn as curves in the report."""
+
+    points: int  # per stage: every max_steps // points steps, the last at the end
+    evaluations: tuple[str, ...] = ("infilling", "perplexity")
+    options: dict = field(default_factory=dict)  # more QuickEvalConfig fields (a cheaper set for small runs)
+
+    def argv(self, max_steps: int) -> list[str]:
+        every = max(1, max_steps // self.points)
+        argv = ["--quick_eval", *self.evaluations, "--quick_eval_steps", str(every)]
+        return argv + (["--quick_eval_options", json.dumps(self.options)] if self.options else [])
+
+
+@dataclass(frozen=True)
 class Preset:
     stages: dict[str, Stage]
     eval_documents: int  # validation files per corpus for the loss measurements (real base: files long enough)
@@ -54,6 +69,7 @@ class Preset:
     infill_max_new_tokens: int = 24
     instruct_problems: int = 8
     code_files: int | None = None  # training files cut into blocks for the code stage (None: all)
+    quick_eval: QuickEval | None = None  # evaluation curves during each stage (None: none)
     # Real-base presets only (real_base.py): the base, HumanEval problems for pass@1, HumanEval single-line
     # infilling examples for exact match, and bf16 autocast (the CPU's avx512_bf16 matmuls are ~2.5x fp32's)
     base: str = "tiny"

@@ -21,6 +21,59 @@ def _read(run: Run, name: str) -> dict:
     return json.loads(run.path("eval", f"{name}.json").read_text())
 
 
+def quick_eval_curves(run: Run) -> dict:
+    """Each stage's quick evaluations as series over its steps, from the quick_evaluations.json the stage's
+    QuickEvalCallback wrote (stages run without them are left out)."""
+    from codellama_hf.evaluation.during_training import read_quick_evaluations
+
+    curves = {}
+    for name in LOSS_CURVE_MODELS:
+        found = read_quick_evaluations(run.model(name))
+        if not found or not found["history"]:
+            continue
+        history = found["history"]
+        metrics = sorted({k for h in history for k in h["metrics"]})
+        curves[name] = {
+            "steps": [h["step"] for h in history],
+            "metrics": {k: [h["metrics"].get(k) for h in history] for k in metrics},
+            "failures": found["failures"],
+        }
+    return curves
+
+
+def plot_quick_eval_curves(curves: dict, path: Path) -> bool:
+    """Infilling exact match, middle loss and perplexity against the step, one line per stage; False if none."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not curves:
+        return False
+    lengths = sorted(
+        {int(k.split("@")[1]) for c in curves.values() for k in c["metrics"] if k.startswith("perplexity@")}
+    )
+    panels = [
+        ("infill_exact_match_with_context", "infill_exact_match_without_context", "cross-file infilling exact match"),
+        ("infill_middle_loss_with_context", "infill_middle_loss_without_context", "middle loss (nats/token)"),
+        *((f"perplexity@{n}", None, f"perplexity at {n} tokens") for n in lengths),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for ax, (solid, dashed, title) in zip(axes[0], panels, strict=True):
+        for i, (name, curve) in enumerate(curves.items()):
+            for key, style in ((solid, "-"), (dashed, "--")):
+                values = curve["metrics"].get(key) if key else None
+                if values and any(v is not None for v in values):
+                    label = name if style == "-" else None
+                    ax.plot(curve["steps"], values, style, marker=".", color=f"C{i}", label=label)
+        ax.set(title=title, xlabel="step within the stage")
+    axes[0][0].legend(fontsize=7, title="solid: with repository\ndashed: file alone", title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
 def claims(run: Run) -> dict:
     """Each claim's numbers and verdict, from the cached measurements."""
     fim, nofim = _read(run, "loss_code_fim"), _read(run, "loss_code_nofim")
@@ -74,6 +127,7 @@ def claims(run: Run) -> dict:
             "held": py_python["loss"] < py_code["loss"],
         },
         "5_loss_curves": curves,
+        "6_quick_eval_curves": quick_eval_curves(run),
     }
 
 
@@ -130,6 +184,8 @@ def _plots(run: Run, numbers: dict, folder: Path) -> dict[str, str]:
     fig.savefig(folder / "claims.png", dpi=90)
     plt.close(fig)
     files["claims"] = "claims.png"
+    if plot_quick_eval_curves(numbers["6_quick_eval_curves"], folder / "quick_eval_curves.png"):
+        files["quick_eval"] = "quick_eval_curves.png"
     return files
 
 
@@ -160,6 +216,7 @@ def write_report(run: Run) -> None:
         c2=numbers["2_fim_gives_infilling"],
         c3=c3,
         c4=numbers["4_python_stage_lowers_python_loss"],
+        quick=numbers["6_quick_eval_curves"],
         lengths=sorted(c3["perplexity_code"], key=int),
         plots=plots,
         selfinstruct=selfinstruct,
