@@ -20,7 +20,10 @@ chunks by packing, and chunks are never transformed.
 
 Every random choice comes from a counter-based generator keyed by (seed, document identity, epoch): BLAKE2b of those
 three values. The same document gets the same decision in any worker, any process count, any order and after a
-resume. The identity is the document's text unless an id column is given.
+resume. The identity is the document's text unless identities are given: the streaming path (stream.py) passes the
+document's row in its table, so that copies of one text within a pass (a token-balanced mixture repeats a small
+component until the large one is used up, corpus/mixture.py) get splits of their own, and every pass over the
+table (the epoch) draws new ones.
 """
 
 from __future__ import annotations

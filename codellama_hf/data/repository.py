@@ -162,7 +162,8 @@ class RepositoryEncoder:
             return plain, TOO_LONG
         return sample, SPM if d.spm else PSM
 
-    def __call__(self, repositories: Sequence, components: Sequence | None, epoch: int):
+    def __call__(self, repositories: Sequence, components: Sequence | None, epoch: int, rows=None):
+        """The stream's Encoder; a repository's identity is its name (unique in the table), so `rows` go unused."""
         examples, counts = [], Counter()
         for repository in repositories:
             samples, _, found = self.samples(repository, epoch)

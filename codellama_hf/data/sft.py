@@ -174,11 +174,16 @@ class DialogMixtureEncoder:
         self.tokenizer, self.seq_len = tokenizer, seq_len
         self.documents = DocumentEncoder(tokenizer, seq_len, fim=fim, fim_components=CODE_REHEARSAL)
 
-    def __call__(self, texts: Sequence, components: Sequence | None, epoch: int) -> tuple[list[Example], Counter]:
+    def __call__(
+        self, texts: Sequence, components: Sequence | None, epoch: int, rows: Sequence[int] | None = None
+    ) -> tuple[list[Example], Counter]:
         components = components or [INSTRUCT] * len(texts)
         dialog_at = [i for i, c in enumerate(components) if c == INSTRUCT]
         document_at = [i for i, c in enumerate(components) if c != INSTRUCT]
         dialogs, counts = encode_dialog_texts([texts[i] for i in dialog_at], self.tokenizer, self.seq_len)
-        documents, more = self.documents([texts[i] for i in document_at], [components[i] for i in document_at], epoch)
+        document_rows = None if rows is None else [rows[i] for i in document_at]
+        documents, more = self.documents(
+            [texts[i] for i in document_at], [components[i] for i in document_at], epoch, document_rows
+        )
         counts.update(more)
         return dialogs + documents, counts

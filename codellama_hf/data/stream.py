@@ -38,6 +38,7 @@ import torch
 
 from codellama_hf.data.fim import KIND_NAMES, FIMConfig, tokenize_documents
 from codellama_hf.data.packing import Example, PackedCollator, pack_examples
+from codellama_hf.tokenizer import prepare_encoders
 
 logger = logging.getLogger(__name__)
 
@@ -73,25 +74,36 @@ class Position:
 
 class DocumentEncoder:
     """Texts -> examples: `<s> text </s>` or a FIM sample per document (fim.py), the loss on every token.
-    With `fim_components`, only documents of those mixture components are FIM candidates."""
+    With `fim_components`, only documents of those mixture components are FIM candidates.
+
+    `rows` (the documents' rows in the table, which the stream passes) are the documents' identities for the FIM
+    decisions; without them the text is. The Rust encoders are built here, once, so that DataLoader workers
+    inherit them rather than rebuild them when they start.
+    """
 
     def __init__(self, tokenizer, seq_len: int, fim: FIMConfig | None, fim_components: Sequence[str] | None = None):
         self.tokenizer, self.seq_len, self.fim = tokenizer, seq_len, fim
         self.fim_components = None if fim_components is None else frozenset(fim_components)
+        if hasattr(tokenizer, "backend_tokenizer"):
+            prepare_encoders(tokenizer)
 
-    def __call__(self, texts: Sequence, components: Sequence | None, epoch: int) -> tuple[list[Example], Counter]:
+    def __call__(
+        self, texts: Sequence, components: Sequence | None, epoch: int, rows: Sequence[int] | None = None
+    ) -> tuple[list[Example], Counter]:
         candidates = None
         if self.fim is not None and self.fim_components is not None:
             candidates = [c in self.fim_components for c in components] if components else [False] * len(texts)
         done = tokenize_documents(
-            texts, None, self.tokenizer, seq_len=self.seq_len, fim=self.fim, epoch=epoch, candidates=candidates
+            texts, rows, self.tokenizer, seq_len=self.seq_len, fim=self.fim, epoch=epoch, candidates=candidates
         )
         counts = Counter(KIND_NAMES[k] for k in done.kinds)
         counts.update({f"skipped: {reason}": n for reason, n in done.skipped.items()})
         return [Example.document(ids) for ids in done.input_ids], counts
 
 
-Encoder = Callable[[Sequence, Sequence | None, int], tuple[list[Example], Counter]]
+# (texts, components or None, epoch, rows) -> examples and counts; `rows` are the documents' rows in the table: their
+# identity for the FIM decisions, so two copies of one text (a mixture repeating a small component) split apart
+Encoder = Callable[[Sequence, Sequence | None, int, Sequence[int]], tuple[list[Example], Counter]]
 
 
 def chunk_size(documents: int, shards: int, chunk_documents: int) -> int:
@@ -127,7 +139,7 @@ class _Shard:
         part = s.documents[start:end]
         texts = [part[s.text_column][i] for i in order]
         components = [part["component"][i] for i in order] if "component" in part else None
-        examples, counts = s.encoder(texts, components, epoch)
+        examples, counts = s.encoder(texts, components, epoch, (order + start).tolist())
         s.counts.update(counts)
         rows = pack_examples(examples, s.settings.seq_len, s.pad_id)
         shuffle = np.random.default_rng([s.settings.seed, epoch, 2, int(chunk)]).permutation(len(rows))

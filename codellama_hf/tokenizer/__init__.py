@@ -38,6 +38,7 @@ from codellama_hf.tokenizer.encoding import (
     infill_ids,
     infilling_prompt,
     max_piece_chars,
+    prepare_encoders,
     supports_infilling,
 )
 from codellama_hf.tokenizer.pieces import (
@@ -88,6 +89,7 @@ __all__ = [
     "infilling_prompt",
     "load_sp_model",
     "max_piece_chars",
+    "prepare_encoders",
     "save_tokenizer",
     "sentencepiece_file",
     "supports_infilling",

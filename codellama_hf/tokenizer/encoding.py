@@ -132,6 +132,15 @@ def _backends(tokenizer) -> _Backends:
     return cached
 
 
+def prepare_encoders(tokenizer) -> None:
+    """Build the cached Rust encoders now (about a second for a 32k vocabulary) rather than at the first encode.
+
+    Call it before DataLoader workers start: forked workers inherit the built encoders instead of each rebuilding
+    them, which would add the build to every worker's start-up (bench/data_pipeline.py reports start-up).
+    """
+    _backends(tokenizer)
+
+
 def encode_batch(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     """Meta's `encode(s, bos=False, eos=False)`: SentencePiece with its implicit leading space."""
     return [e.ids for e in _backends(tokenizer).spaced.encode_batch_fast(list(texts), add_special_tokens=False)]

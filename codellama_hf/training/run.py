@@ -17,6 +17,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from codellama_hf import speed
 from codellama_hf.attention import prepare_collator, resolve_attn_implementation
 from codellama_hf.data.stream import PackedStream, StreamSettings
@@ -61,16 +63,59 @@ def build_stream(stage: Stage, data_args, config, tokenizer, *, rank: int) -> tu
     return data, stream
 
 
-def documents_digest(documents, column: str = "text", samples: int = 256) -> str:
-    """A cheap identity of the document table: SHA-256 of its size and of `samples` evenly spaced documents (a
-    changed, added or removed source file changes the size or, most likely, a sampled document; a full hash would
-    read the whole corpus). datasets' own fingerprints are random for unhashable transforms, so not used here."""
-    digest = hashlib.sha256(str(len(documents)).encode())
-    if len(documents):
-        picks = sorted({round(i * (len(documents) - 1) / max(1, samples - 1)) for i in range(samples)})
-        for text in documents.select(picks)[column]:
-            digest.update(hashlib.sha256(str(text).encode("utf-8", "surrogatepass")).digest())
-    return digest.hexdigest()[:32]
+FULL_HASH_BYTES = 8 << 30  # tables up to this much Arrow data are hashed whole (xxh3: well under a second per GiB)
+EDGE_BYTES = 1 << 20
+
+
+def documents_digest(documents, column: str = "text", *, full_hash_bytes: int = FULL_HASH_BYTES) -> str:
+    """The identity of the document table that a resume must find again: a source that changed is refused.
+
+    Up to `full_hash_bytes` of Arrow data (every corpus this machine trains on in hours), xxh3-128 of every
+    document's length and bytes in table order: any edited, added, removed or reordered document changes it, at
+    memory speed. Larger tables (the paper's stages read terabytes; hashing them would add minutes to every launch
+    and resume) are memory-mapped files in the datasets cache, which corpus/sources.py keys by every source file's
+    size and mtime, so a changed source gives other files: the digest then covers each file's name, size and first
+    and last MiB, plus 256 evenly spaced documents. The trade-off: an edit in place of a cache file that keeps its
+    size and both ends goes unnoticed there. datasets' own fingerprints are random for unhashable transforms, so
+    they are not used.
+    """
+    import pyarrow as pa
+    import xxhash
+
+    digest = xxhash.xxh3_128(f"{len(documents)}\0{column}".encode())
+    if documents.data.nbytes <= full_hash_bytes or not documents.cache_files:
+        for batch in documents.select_columns([column]).with_format("arrow").iter(batch_size=1 << 16):
+            _hash_arrow(digest, batch.column(0).combine_chunks(), pa)
+        return digest.hexdigest()
+    for entry in documents.cache_files:
+        path = Path(entry["filename"])
+        size = path.stat().st_size
+        digest.update(f"{path.name}\0{size}".encode())
+        with path.open("rb") as f:
+            digest.update(f.read(EDGE_BYTES))
+            f.seek(max(0, size - EDGE_BYTES))
+            digest.update(f.read(EDGE_BYTES))
+    picks = sorted({round(i * (len(documents) - 1) / 255) for i in range(256)})
+    _hash_arrow(digest, documents.select(picks).with_format("arrow")[column].combine_chunks(), pa)
+    return digest.hexdigest()
+
+
+def _hash_arrow(digest, array, pa) -> None:
+    """Feed one Arrow array to `digest`: lengths then bytes for text (independent of how the table is sliced),
+    Arrow's IPC serialisation for other column types (e.g. the repositories of repository-level samples)."""
+    if pa.types.is_string(array.type) or pa.types.is_binary(array.type) or pa.types.is_large_string(array.type):
+        width = np.int64 if pa.types.is_large_string(array.type) else np.int32
+        offsets = np.frombuffer(array.buffers()[1], dtype=width)[array.offset : array.offset + len(array) + 1]
+        digest.update(np.diff(offsets).astype("<i8").tobytes())
+        if array.null_count:
+            digest.update(array.is_null().to_numpy(zero_copy_only=False).tobytes())
+        if len(offsets) and offsets[-1] > offsets[0]:
+            digest.update(memoryview(array.buffers()[2])[int(offsets[0]) : int(offsets[-1])])
+        return
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, pa.schema([("x", array.type)])) as writer:
+        writer.write_batch(pa.record_batch([array], names=["x"]))
+    digest.update(memoryview(sink.getvalue()))
 
 
 def run_signature(config, data_args, data: StageData, settings: StreamSettings, tokenizer) -> dict:
@@ -86,7 +131,7 @@ def run_signature(config, data_args, data: StageData, settings: StreamSettings, 
         "stream": asdict(settings),
         "documents": {
             "rows": len(data.documents),
-            "sample_digest": documents_digest(data.documents, data.text_column or data_args.text_column),
+            "digest": documents_digest(data.documents, data.text_column or data_args.text_column),
         },
         "tokenizer": hashlib.sha256(vocabulary.encode()).hexdigest()[:16],
     }

@@ -343,10 +343,10 @@ def test_resume_takes_the_newest_complete_checkpoint_with_the_same_settings(stag
     config.seed = 42
     edited = data.documents.map(lambda text: {"text": text + "# edited\n"}, input_columns="text")
     data.documents = edited  # a source changed between the runs: as many documents, other text
-    with pytest.raises(ValueError, match=r"documents.sample_digest: '\w+' -> '\w+'\)"):
+    with pytest.raises(ValueError, match=r"documents.digest: '\w+' -> '\w+'\)"):
         resume_checkpoint(config, signature())
     data.documents = edited.select(range(10))  # documents removed
-    with pytest.raises(ValueError, match=r"documents.rows: \d+ -> 10; documents.sample_digest: "):
+    with pytest.raises(ValueError, match=r"documents.digest: '\w+' -> '\w+'; documents.rows: \d+ -> 10\)"):
         resume_checkpoint(config, signature())
 
     config.resume_from_checkpoint, config.overwrite_output_dir = None, False  # a new run may not mix into the old
@@ -355,3 +355,27 @@ def test_resume_takes_the_newest_complete_checkpoint_with_the_same_settings(stag
     config.overwrite_output_dir = True  # unless asked to start over
     prepare_output_dir(config)
     assert not out.exists()
+
+
+def test_the_documents_digest_sees_any_change_to_the_table(tmp_path):
+    import datasets
+
+    from codellama_hf.training.run import documents_digest
+
+    texts = [f"def f{i}():\n    return {i}\n" for i in range(1000)]
+    docs = datasets.Dataset.from_dict({"text": texts})
+    base = documents_digest(docs)
+    assert documents_digest(datasets.Dataset.from_dict({"text": texts})) == base
+    assert documents_digest(docs.select(range(1000))) == base  # the same documents behind an indices mapping
+    # one document edited in place (row 1 is none of 256 evenly spaced rows), two swapped, an empty one added
+    edited = datasets.Dataset.from_dict({"text": [texts[0], texts[1].replace("1", "7"), *texts[2:]]})
+    for changed in (edited, docs.select([1, 0, *range(2, 1000)]), datasets.Dataset.from_dict({"text": [*texts, ""]})):
+        assert documents_digest(changed) != base
+    # A table beyond full_hash_bytes is identified by its cache files (name, size, first and last MiB)
+    docs.save_to_disk(tmp_path / "a")
+    edited.save_to_disk(tmp_path / "b")
+    on_disk, edited_on_disk = datasets.load_from_disk(tmp_path / "a"), datasets.load_from_disk(tmp_path / "b")
+    assert documents_digest(on_disk) == base  # small: hashed whole, wherever it lives
+    by_files = documents_digest(on_disk, full_hash_bytes=0)
+    assert by_files == documents_digest(datasets.load_from_disk(tmp_path / "a"), full_hash_bytes=0)
+    assert documents_digest(edited_on_disk, full_hash_bytes=0) != by_files

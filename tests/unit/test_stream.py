@@ -114,9 +114,9 @@ def test_a_resumed_stream_packs_only_its_current_chunk(tiny_tokenizer, documents
         def __init__(self, inner):
             self.inner, self.texts = inner, 0
 
-        def __call__(self, texts, components, epoch):
+        def __call__(self, texts, components, epoch, rows):
             self.texts += len(texts)
-            return self.inner(texts, components, epoch)
+            return self.inner(texts, components, epoch, rows)
 
     for cut in (2, 200):
         positions = {}
@@ -140,6 +140,40 @@ def test_each_pass_reshuffles_and_draws_new_fim_splits(tiny_tokenizer):
             by_epoch.setdefault(epoch, set()).add(tuple(row["input_ids"].tolist()))
     assert len(by_epoch) >= 3
     assert by_epoch[0] != by_epoch[1] != by_epoch[2]  # same documents, other FIM splits and packing
+
+
+def test_copies_of_a_document_in_one_pass_get_splits_of_their_own(tiny_tokenizer):
+    """FIM decisions are keyed by (seed, row, epoch): a text repeated within a pass (a token-balanced mixture
+    repeats its small components) is split anew at every copy, and again at every pass."""
+    from codellama_hf.data.fim import tokenize_documents
+
+    text = "def add(first, second):\n    total = first + second\n    return total\n"
+    always = FIMConfig(rate=1.0, seed=3)
+    copies = datasets.Dataset.from_dict({"text": [text] * 16})
+    stream = _stream(
+        tiny_tokenizer, copies, fim=always, streams_per_process=1, micro_batch=1, chunk_documents=16, total_batches=40
+    )
+    calls = []
+
+    class Recording:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, texts, components, epoch, rows):
+            examples, counts = self.inner(texts, components, epoch, rows)
+            calls.append((epoch, list(rows), [list(e.ids) for e in examples]))
+            return examples, counts
+
+    stream.encoder = Recording(stream.encoder)
+    list(stream)
+    by_epoch = {epoch: dict(zip(rows, samples, strict=True)) for epoch, rows, samples in calls}
+    assert len(by_epoch) >= 2 and sorted(by_epoch[0]) == list(range(16))  # one pass reads every row once
+    for epoch, samples in by_epoch.items():
+        assert len({tuple(s) for s in samples.values()}) >= 12  # 16 copies, (nearly) all split differently
+        for row, sample in samples.items():
+            expected = tokenize_documents([text], [row], tiny_tokenizer, seq_len=256, fim=always, epoch=epoch)
+            assert sample == expected.input_ids[0]
+    assert sum(by_epoch[0][row] != by_epoch[1][row] for row in range(16)) >= 12  # a new pass, new splits
 
 
 def test_bad_stream_settings_and_data(tiny_tokenizer, documents):
