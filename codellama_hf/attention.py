@@ -30,6 +30,7 @@ import importlib.util
 import logging
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -133,8 +134,10 @@ def packed_attention_inputs(seq_lengths_per_row: Sequence[Sequence[int]], backen
     if backend == "auto":
         raise ValueError("resolve attn_implementation 'auto' first (resolve_attn_implementation)")
     segments = _segments(seq_lengths_per_row, seq_len)
-    position_ids = torch.cat([torch.arange(n) for row in segments for n in row]) if segments else torch.empty(0)
-    inputs = {"position_ids": position_ids.view(len(segments), seq_len).long()}
+    sizes = np.array([n for row in segments for n in row], dtype=np.int64)
+    # 0..n-1 for every segment at once: each token's flat index minus its segment's first index
+    position_ids = torch.from_numpy(np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes))
+    inputs = {"position_ids": position_ids.view(len(segments), seq_len)}
     if is_flash(backend):
         flat = [n for row in segments for n in row]
         cu = torch.zeros(len(flat) + 1, dtype=torch.int32)

@@ -120,7 +120,7 @@ def tokenize_documents(
         except UnicodeEncodeError:  # lone surrogates, e.g. from surrogateescape decoding
             skipped["undecodable"] += 1
             continue
-        if not text.strip():
+        if not text or text.isspace():  # what `not text.strip()` says, without copying the document
             skipped["empty"] += 1
             continue
         kept_text.append(text)

@@ -124,21 +124,22 @@ class PackedCollator:
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
         from codellama_hf.attention import packed_attention_inputs
 
-        input_ids = torch.tensor(np.stack([np.asarray(r["input_ids"]) for r in rows]), dtype=torch.long)
-        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        # numpy for the per-row slicing (a torch op per span costs microseconds, the stream calls this per batch)
+        ids = np.stack([np.asarray(r["input_ids"]) for r in rows]).astype(np.int64, copy=False)
+        labels = np.full_like(ids, IGNORE_INDEX)
         for b, row in enumerate(rows):
             starts = np.cumsum([0, *row["seq_lengths"]])
             spans = row.get("label_spans")
             if spans is None:
                 spans = [0, int(starts[-1])]
             for start, end in zip(spans[0::2], spans[1::2], strict=True):
-                labels[b, start:end] = input_ids[b, start:end]
-            labels[b, torch.as_tensor(starts[:-1], dtype=torch.long)] = IGNORE_INDEX  # nothing predicted across
-            labels[b, int(starts[-1]) :] = IGNORE_INDEX  # padding
+                labels[b, start:end] = ids[b, start:end]
+            labels[b, starts[:-1]] = IGNORE_INDEX  # nothing predicted across examples
+            labels[b, starts[-1] :] = IGNORE_INDEX  # padding
         attention = packed_attention_inputs(
-            [r["seq_lengths"] for r in rows], self.attn_implementation, seq_len=input_ids.shape[1]
+            [r["seq_lengths"] for r in rows], self.attn_implementation, seq_len=ids.shape[1]
         )
-        return {"input_ids": input_ids, "labels": labels, **attention}
+        return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels), **attention}
 
 
 def packing_efficiency(rows: Sequence[dict]) -> float:

@@ -260,16 +260,26 @@ class StreamCollator:
 
 
 def stream_loader(
-    stream: PackedStream, *, num_workers: int, collator=None, prefetch_factor: int | None = None, pin_memory=False
+    stream: PackedStream,
+    *,
+    num_workers: int,
+    collator=None,
+    prefetch_factor: int | None = None,
+    pin_memory=False,
+    persistent_workers: bool = False,
 ):
-    """The DataLoader over a stream: one item per micro-batch, collated inside the workers."""
+    """The DataLoader over a stream: one item per micro-batch, collated inside the workers.
+
+    Workers are forked after the stream's encoder has built its Rust encoders (DocumentEncoder), so starting one
+    costs a fork, not a tokenizer build; `persistent_workers` keeps them for the next pass (a bench's repeats).
+    """
     streams = stream.settings.streams_per_process
     if num_workers and streams % num_workers:
         raise ValueError(
             f"dataloader_num_workers={num_workers} must divide data_streams_per_process={streams} (each worker "
             "serves whole streams, so the rows do not depend on the number of workers)"
         )
-    kwargs = {"prefetch_factor": prefetch_factor or 2} if num_workers else {}
+    kwargs = {"prefetch_factor": prefetch_factor or 2, "persistent_workers": persistent_workers} if num_workers else {}
     return torch.utils.data.DataLoader(
         stream,
         batch_size=None,

@@ -52,6 +52,7 @@ class StageTrainer(OptimizerGroupsMixin, Trainer):
             collator=self.data_collator,
             prefetch_factor=self.args.dataloader_prefetch_factor,
             pin_memory=self.args.dataloader_pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.args.dataloader_persistent_workers,
         )
 
     def train(self, resume_from_checkpoint=None, **kwargs):

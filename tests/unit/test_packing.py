@@ -4,6 +4,8 @@ import datasets
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from codellama_hf.data.fim import FIMConfig, tokenize_documents
 from codellama_hf.data.packing import IGNORE_INDEX, Example, PackedCollator, pack, pack_examples, packing_efficiency
@@ -101,3 +103,37 @@ def test_fim_as_a_data_collator_equals_the_stream(tiny_tokenizer):
         assert torch.equal(batch[key], expected[key])
     collator.set_epoch(1)
     assert not torch.equal(collator([{"text": d} for d in docs])["input_ids"], batch["input_ids"])
+
+
+@st.composite
+def _examples(draw):
+    examples = []
+    for _ in range(draw(st.integers(1, 8))):
+        n = draw(st.integers(1, 40))
+        cuts = sorted(draw(st.lists(st.integers(0, n), max_size=6)))
+        spans = [x for a, b in zip(cuts[0::2], cuts[1::2], strict=False) if a < b for x in (a, b)]
+        examples.append(Example(draw(st.lists(st.integers(3, 999), min_size=n, max_size=n)), spans))
+    return examples
+
+
+@settings(max_examples=80, deadline=None)
+@given(examples=_examples(), seq_len=st.integers(8, 48))
+def test_collated_tensors_follow_their_definition_token_by_token(examples, seq_len):
+    """The collator's array code against its definition, one token at a time (module docstring's picture)."""
+    rows = pack_examples(examples, seq_len, pad_id=0)
+    batch = PackedCollator("eager")(rows)
+    for b, row in enumerate(rows):
+        starts, start = [], 0
+        for n in [*row["seq_lengths"], seq_len - sum(row["seq_lengths"])]:
+            starts += [start] * n
+            start += n
+        learned = {
+            t for lo, hi in zip(row["label_spans"][0::2], row["label_spans"][1::2], strict=True) for t in range(lo, hi)
+        }
+        for t in range(seq_len):
+            first_or_padding = t == starts[t] or t >= sum(row["seq_lengths"])
+            label = int(row["input_ids"][t]) if t in learned and not first_or_padding else IGNORE_INDEX
+            assert batch["labels"][b, t] == label
+            assert batch["position_ids"][b, t] == t - starts[t]
+            assert batch["input_ids"][b, t] == int(row["input_ids"][t])
+    assert batch["input_ids"].dtype == batch["labels"].dtype == batch["position_ids"].dtype == torch.long
