@@ -86,6 +86,7 @@ def test_rows_do_not_depend_on_the_number_of_workers(tiny_tokenizer, documents):
         for key in ("input_ids", "labels", "position_ids"):
             assert torch.equal(a[key], b[key]) and torch.equal(a[key], c[key])
         assert a[POSITION_KEY] == b[POSITION_KEY] == c[POSITION_KEY]
+        assert a.keys() == b.keys() == c.keys()  # arrays from workers are tensors again, nothing else added
     with pytest.raises(ValueError, match="dataloader_num_workers=3 must divide data_streams_per_process=2"):
         _batches(stream, 3)
 
