@@ -122,3 +122,42 @@ def test_a_code_stage_growing_the_vocabulary_saves_small_adapters_and_merges(tmp
     with safe_open(str(out / "adapter" / "adapter_model.safetensors"), "pt") as saved:
         head = saved.get_tensor("base_model.model.lm_head.token_adapter.trainable_tokens_delta")
     assert torch.equal(merged.lm_head.weight[4000:], head.to(merged.lm_head.weight.dtype))  # the trained rows
+
+
+@pytest.mark.slow
+def test_lora_on_the_real_smollm2_gaining_fim_tokens_merges_to_the_adapted_model(tmp_path):
+    """SmolLM2-135M (the registry asset) + `--add-fim` (49,152 -> 49,156, tied embeddings): LoRA with the 4 new rows
+    trains, the adapter holds 4 rows beside LoRA, and the merged model's logits equal the adapted model's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from codellama_hf.adapters import AdapterArguments, adapter_size, apply_adapters, merge_and_save, save_adapter
+    from codellama_hf.assets import smollm2_dir
+    from codellama_hf.tokenizer import infilling_prompt
+    from codellama_hf.tokenizer.bpe import add_fim_tokens_to_folder
+
+    base = smollm2_dir()
+    tokenizer_dir, ids = add_fim_tokens_to_folder(base, tmp_path / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    peft_model = apply_adapters(
+        model, AdapterArguments(use_peft=True, lora_r=8, lora_dropout=0.0, lora_target_modules=["q_proj", "v_proj"])
+    )
+    prompt = infilling_prompt(tokenizer, "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n")
+    batch = torch.tensor([prompt + tokenizer("a + b", add_special_tokens=False).input_ids + [ids[3]]])
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(3):
+        loss = peft_model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    adapter_dir = save_adapter(peft_model, tmp_path / "adapter", tokenizer)
+    lora = 30 * 2 * 8 * (576 + 576) + 30 * 8 * (576 + 192)  # q: 576 -> 576, v: 576 -> 192 (3 KV heads of 64)
+    assert adapter_size(adapter_dir) < (lora + 4 * 576) * 4 + 20_000  # fp32 LoRA + 4 rows + header
+    merged = AutoModelForCausalLM.from_pretrained(merge_and_save(adapter_dir, tmp_path / "merged")).eval()
+    assert merged.config.vocab_size == 49156 and merged.config.tie_word_embeddings
+    with torch.no_grad():
+        torch.testing.assert_close(merged(batch).logits, peft_model.eval()(input_ids=batch).logits, atol=1e-4, rtol=0)
