@@ -17,7 +17,9 @@ def register(subparsers) -> None:
     gguf = commands.add_parser(
         "gguf",
         help="write one GGUF file (llama.cpp, Ollama, llama-cpp-python)",
-        description="Write a GGUF file from an HF Llama folder that holds tokenizer.model.",
+        description="Write a GGUF file from an HF Llama folder that holds tokenizer.model (SentencePiece: Llama 2, "
+        "Code Llama) or a byte-level BPE tokenizer.json (SmolLM2, Llama 3-style); the infilling tokens' ids go "
+        "under llama.cpp's FIM keys.",
     )
     gguf.add_argument("model", type=Path, help="model folder (a stage output, checkpoint or converted model)")
     gguf.add_argument("--out", type=Path, required=True, help="GGUF file to write")

@@ -67,9 +67,14 @@ def test_bpe_fim_ids_vocabulary_and_weights_round_trip(smollm2_fim_model, tmp_pa
 
 
 def test_bpe_modelfile_uses_the_bpe_fim_layout(smollm2_fim_model, tmp_path):
+    """Through the command: `codellama-hf export gguf MODEL --out FILE --ollama`."""
+    from tests.helpers import cli
+
+    done = cli("export", "gguf", str(smollm2_fim_model), "--out", str(tmp_path / "smol.gguf"), "--ollama")
+    assert done.returncode == 0, done.stderr
+    assert "(infill_bpe template)" in done.stdout and (tmp_path / "smol.gguf").is_file()
     assert model_kind(smollm2_fim_model) == "infill_bpe"
-    path = write_modelfile(smollm2_fim_model, tmp_path / "smol.gguf")
-    text = path.read_text()
+    text = (tmp_path / "Modelfile").read_text()
     assert 'TEMPLATE """{{- if .Suffix }}<PRE>{{ .Prompt }}<SUF>{{ .Suffix }}<MID>{{- else }}' in text
     assert "\u2581" not in text  # no SentencePiece space marker on a byte-level base
     assert 'PARAMETER stop "<EOT>"' in text and 'PARAMETER stop "<|im_end|>"' in text
