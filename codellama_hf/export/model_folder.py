@@ -163,6 +163,7 @@ def _complete_byte_level_folder(folder: Path, tokenizer) -> Path:
 
     if not (folder / "tokenizer.json").is_file():
         tokenizer.save_pretrained(folder)
+    _readable_by_transformers4(folder / "tokenizer_config.json")
     if (folder / "config.json").is_file():
         write_config_with_both_rope_keys(folder)
         vocab = tokenizer.get_vocab()
@@ -177,6 +178,24 @@ def _complete_byte_level_folder(folder: Path, tokenizer) -> Path:
             stops["bos_token_id"] = tokenizer.bos_token_id
         write_json(generation_path, {**generation, **stops}, sort_keys=True)
     return folder
+
+
+def _readable_by_transformers4(path: Path) -> None:
+    """transformers 5 writes a class name and a list that 4.x cannot read (docs/stack-notes.md): name the generic
+    fast tokenizer and move the list to `additional_special_tokens`, which both read."""
+    if not path.is_file():
+        return
+    config = read_json_object(path, "the tokenizer config")
+    fixed = dict(config)
+    if fixed.get("tokenizer_class") == "TokenizersBackend":
+        fixed["tokenizer_class"] = "PreTrainedTokenizerFast"
+    extra = fixed.get("extra_special_tokens")
+    if isinstance(extra, list):
+        del fixed["extra_special_tokens"]
+        if extra:
+            fixed["additional_special_tokens"] = extra
+    if fixed != config:
+        write_json(path, fixed)
 
 
 def complete_checkpoint_callback():

@@ -155,3 +155,21 @@ def test_transformers_reads_the_bpe_gguf_back_to_the_same_tokens_and_logits(smol
     with torch.no_grad():
         diff = (loaded(ids).logits - expected(ids).logits).abs().max().item()
     assert diff < 2e-2, diff
+
+
+def test_a_completed_bpe_folder_reads_the_same_under_transformers_4(smollm2_fim_model):
+    """complete_model_folder on a byte-level BPE folder: transformers 4.57 (its own venv) and 5 give the same ids,
+    FIM tokens included, and the same chat."""
+    from codellama_hf.export.portability import read_many_with_transformers4, read_with_this_transformers
+
+    texts = ["def add(a, b):\n    return a + b\n", "<PRE>x = 1<SUF>\n<MID>", "naïve 'quotes' \t tabs"]
+    pieces = ["<PRE>", "<SUF>", "<MID>", "<EOT>", "<|im_end|>"]
+    dialog = [{"role": "user", "content": "Reverse a list."}]
+    config = json.loads((smollm2_fim_model / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    five = read_with_this_transformers(smollm2_fim_model, texts, pieces=pieces, dialog=dialog)
+    (four,) = read_many_with_transformers4([smollm2_fim_model], texts, pieces=pieces, dialog=dialog)
+    assert four["version"].startswith("4.") and five["version"].startswith("5.")
+    for key in ("ids", "special", "all_special_ids", "decoded", "chat"):
+        assert four[key] == five[key], key
+    assert five["special"]["<PRE>"] == 49152 and five["ids"][1][0] == 49152  # the FIM token text is one token
