@@ -115,11 +115,13 @@ def tokenize_documents(
         if not isinstance(text, str):
             skipped["not text"] += 1
             continue
-        try:
-            raw = text.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates, e.g. from surrogateescape decoding
-            skipped["undecodable"] += 1
-            continue
+        raw = None
+        if identities is None or not text.isascii():  # ASCII has no lone surrogate: no need to encode a copy
+            try:
+                raw = text.encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates, e.g. from surrogateescape decoding
+                skipped["undecodable"] += 1
+                continue
         if not text or text.isspace():  # what `not text.strip()` says, without copying the document
             skipped["empty"] += 1
             continue
