@@ -110,6 +110,8 @@ def test_bad_input_is_skipped_and_counted_or_refused(tiny_tokenizer, tiny_tokeni
     out = tokenize_documents(docs, None, tiny_tokenizer, seq_len=128, fim=ALWAYS)
     assert len(out.input_ids) == 2
     assert dict(out.skipped) == {"empty": 2, "undecodable": 2, "not text": 1}
+    by_row = tokenize_documents(docs, list(range(len(docs))), tiny_tokenizer, seq_len=128, fim=ALWAYS)
+    assert dict(by_row.skipped) == dict(out.skipped)  # the same checks when rows, not texts, are the identities
 
     base = T.save_tokenizer(T.train_tiny_sentencepiece(), tmp_path / "no_fim")
     from transformers import AutoTokenizer
