@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import datasets
@@ -27,6 +27,7 @@ from codellama_hf.selfinstruct.prompts import (
     QUESTIONS_REQUEST,
     parse_tests,
 )
+from tests.helpers.openai_server import JSONHandler
 
 QUESTIONS_ANSWER = """
 1. Write a function add(a, b) that returns the sum of two numbers.
@@ -139,18 +140,7 @@ class FakeServer:
         script, self.requests, self.max_choices, served = Scripted(), [], max_choices, {}
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code, body):
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JSONHandler):
             def do_GET(self):
                 self._send(200, {"object": "list", "data": [{"id": "scripted-7b", "object": "model"}]})
 

@@ -18,6 +18,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import torch
 
 
+class JSONHandler(BaseHTTPRequestHandler):
+    """A quiet request handler that answers in JSON (the loopback servers of the generation and instruct tests)."""
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, code: int, body: dict):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
 class CompletionsServer:
     def __init__(self, model, tokenizer, *, name: str = "loopback-model", max_choices: int | None = None):
         self.model, self.tokenizer, self.name, self.max_choices = model, tokenizer, name, max_choices
@@ -25,18 +40,7 @@ class CompletionsServer:
         self.lock = threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code: int, body: dict):
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JSONHandler):
             def do_GET(self):
                 if self.path.rstrip("/") == "/v1/models":
                     model = {"id": server.name, "object": "model", "created": 0, "owned_by": "vllm"}

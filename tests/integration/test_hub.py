@@ -8,21 +8,8 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from tests.helpers import ROOT
-from tests.helpers.cards import tiny_family, write_results
 from tests.helpers.hub import TOKEN
-
-
-@pytest.fixture(scope="module")
-def family(tmp_path_factory):
-    return tiny_family(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def results(family, tmp_path_factory):
-    return write_results(tmp_path_factory.mktemp("results"), family["tiny"], pass_at_1=0.25)
 
 
 def cli(args: list[str], env: dict):

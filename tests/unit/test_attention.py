@@ -121,7 +121,7 @@ def test_trainer_steps_on_the_flash_path_equal_sdpa(tiny_tokenizer, tmp_path):
 
     from codellama_hf.training.trainer import StageTrainer
 
-    rows = _packed_rows(tiny_tokenizer, seq_len=256, rows=8, doc_tokens=100)
+    rows = _packed_rows(tiny_tokenizer, seq_len=128, rows=8, doc_tokens=50)
     trained = {}
     with flash_attention_emulation() as flash:
         for backend in (flash, "sdpa"):

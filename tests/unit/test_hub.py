@@ -14,18 +14,7 @@ import json
 
 import pytest
 
-from tests.helpers.cards import tiny_family, write_results
 from tests.helpers.hub import TOKEN
-
-
-@pytest.fixture(scope="module")
-def family(tmp_path_factory):
-    return tiny_family(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def results(family, tmp_path_factory):
-    return write_results(tmp_path_factory.mktemp("results"), family["tiny"], pass_at_1=0.25)
 
 
 def _config(family, results, hub, tmp_path, **overrides):
