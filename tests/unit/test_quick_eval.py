@@ -55,6 +55,7 @@ def test_callback_equals_standalone_evaluation_of_the_checkpoint(tmp_path, repo,
         every_steps=2,
         evaluations=("infilling", "perplexity"),
         repositories=(str(repo),),
+        context_tokens=256,
         max_new_tokens=4,
         perplexity_files=(str(text_file),),
         perplexity_lengths=(16, 64),
@@ -90,7 +91,7 @@ def test_callback_equals_standalone_evaluation_of_the_checkpoint(tmp_path, repo,
     assert not failures
     assert standalone == pytest.approx(last, rel=1e-5)
     # the infilling loss is evaluation/crossfile.py's middle loss of the same tasks
-    tasks, _ = build_tasks([repo], tiny_tokenizer, per_repository=8, context_tokens=1024)
+    tasks, _ = build_tasks([repo], tiny_tokenizer, per_repository=8, context_tokens=256)
     losses = [middle_loss(reloaded, tiny_tokenizer, *t.prompt(True)[:1], t.middle, t.suffix) for t in tasks]
     assert last["infill_middle_loss_with_context"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
     written = json.loads((tmp_path / "out" / RESULTS_FILE).read_text())
