@@ -125,6 +125,7 @@ def save_final(trainer: Trainer, lineage: dict, adapter: AdapterArguments | None
             if adapter.merge_adapter:
                 merged = merge_and_save(tmp / "adapter", tmp / ".merged")
                 lineage = json.loads((merged / LINEAGE_FILE).read_text())  # now with an "adapter" entry
+                lineage["adapter"]["merged_from"] = str(out / "adapter")  # where the adapter lands, not tmp
                 for path in merged.iterdir():
                     os.replace(path, tmp / path.name)
                 merged.rmdir()

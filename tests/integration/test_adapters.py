@@ -64,6 +64,7 @@ def test_a_stage_recipe_trains_qlora_and_saves_adapter_and_merged_model(base_dir
     assert adapter["quantization"] == "4bit" and adapter["lora"]["r"] == 4
     lineage = json.loads((out / "lineage.json").read_text())
     assert lineage["stage"] == "lcft" and lineage["adapter"]["quantization"] == "4bit"
+    assert lineage["adapter"]["merged_from"] == str(out / "adapter")  # the final folder, not the temporary one
     merged = AutoModelForCausalLM.from_pretrained(out)
     assert rope_theta(merged.config) == 1e6  # the theta trained with, not the base's
     base = AutoModelForCausalLM.from_pretrained(base_dirs[0])
