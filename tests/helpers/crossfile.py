@@ -38,13 +38,19 @@ def arrow(x, y):
 UNITS = "from pkg.report import summary\n\nSCALE = 2\n"
 
 
-@pytest.fixture
-def repo(tmp_path) -> Path:
-    root = tmp_path / "pkg"
+def two_file_package(root: Path) -> Path:
+    """A package whose report.py uses names defined in shapes.py: the smallest cross-file repository."""
     root.mkdir()
     (root / "__init__.py").write_text("")
     (root / "shapes.py").write_text(SHAPES)
     (root / "report.py").write_text(REPORT)
+    return root
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    """two_file_package plus what the readers must skip or count: a third module, Latin-1, a broken link, caches."""
+    root = two_file_package(tmp_path / "pkg")
     (root / "units.py").write_text(UNITS)
     (root / "latin.py").write_bytes(b"NAME = '\xe9t\xe9'\n")  # Latin-1: not UTF-8
     (root / "gone.py").symlink_to(root / "missing.py")  # unreadable

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.helpers import ROOT
-from tests.helpers.crossfile import REPORT, SHAPES
+from tests.helpers.crossfile import two_file_package
 from tests.helpers.stages_e2e import launch_command, make_accelerate_config, make_corpus, run_launch
 
 pytestmark = pytest.mark.slow
@@ -21,11 +21,7 @@ def test_quick_evaluations_under_zero3_equal_the_saved_model(tmp_path):
 
     from codellama_hf.evaluation.during_training import QuickEvalConfig, QuickEvaluations
 
-    repo = tmp_path / "pkg"
-    repo.mkdir()
-    (repo / "__init__.py").write_text("")
-    (repo / "shapes.py").write_text(SHAPES)
-    (repo / "report.py").write_text(REPORT)
+    repo = two_file_package(tmp_path / "pkg")
     make_corpus(tmp_path / "corpus")
     make_accelerate_config(tmp_path / "zero3.yaml")
     config = yaml.safe_load((ROOT / "recipes/configs/tiny/code.yaml").read_text())

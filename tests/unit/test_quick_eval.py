@@ -17,17 +17,12 @@ from codellama_hf.evaluation.during_training import (
     QuickEvaluations,
     lockstep_greedy,
 )
-from tests.helpers.crossfile import REPORT, SHAPES
+from tests.helpers.crossfile import REPORT, SHAPES, two_file_package
 
 
 @pytest.fixture
 def repo(tmp_path):
-    root = tmp_path / "pkg"
-    root.mkdir()
-    (root / "__init__.py").write_text("")
-    (root / "shapes.py").write_text(SHAPES)
-    (root / "report.py").write_text(REPORT)
-    return root
+    return two_file_package(tmp_path / "pkg")
 
 
 class _Rows(torch.utils.data.Dataset):
