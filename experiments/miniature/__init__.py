@@ -15,8 +15,10 @@ repository root) runs, each step skipped when its output is complete
                   model, 4,000 rows, no infilling pieces), then the Python stage continuing it;
  8. lcft          long-context fine-tuning of the code model: theta 1e6, sequences 4x the code stage's;
  9. selfinstruct  self-instruct with execution filtering (selfinstruct.generate_self_instruct), toy generator;
-10. instruct      instruct stage (SFT on those dialogs + rehearsal) continuing the LCFT model;
-11. evaluate      the claims' measurements on the corpus' held-out validation files (one cached JSON each);
+10. instruct      instruct stage (SFT on those dialogs + rehearsal, FIM on the code rehearsal) continuing the
+                  LCFT model;
+11. evaluate      the claims' measurements on the corpus' held-out validation files (one cached JSON each),
+                  infilling among them before (LCFT) and after (instruct) the instruct stage;
 12. hub           model cards and the family staged for the Hub (publish.hub.push_family, dry run);
 13. report        DIR/report/report.md with PNGs and DIR/report/claims.json (only measured numbers).
 

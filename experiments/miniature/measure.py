@@ -111,6 +111,7 @@ def infilling_exact_match(run: Run, model_dir: Path, examples: list[dict]) -> di
             "exact_match": sum(hits) / len(hits),
             "hits": sum(hits),
             "examples": len(hits),
+            "per_example": hits,  # the same examples for every model: comparisons pair them (evaluation/compare.py)
             "middle_loss": middle_loss(model, tokenizer, examples, suffix_first),
             "first_completions": middles[:3],
         }
@@ -137,7 +138,7 @@ def middle_loss(model, tokenizer, examples: list[dict], suffix_first: bool) -> f
 
 
 def evaluate(run: Run) -> None:
-    models = {name: run.model(name) for name in ("code", "code-nofim", PYTHON_BRANCH, "python", "lcft")}
+    models = {name: run.model(name) for name in ("code", "code-nofim", PYTHON_BRANCH, "python", "lcft", "instruct")}
     measurements = {
         "loss_code_fim": lambda: validation_loss(run, models["code"], "code"),
         "loss_code_nofim": lambda: validation_loss(run, models["code-nofim"], "code"),
@@ -147,6 +148,9 @@ def evaluate(run: Run) -> None:
         "ppl_lcft": lambda: perplexity_by_context(run, models["lcft"]),
         "infill_fim": lambda: infilling_exact_match(run, models["code"], infilling_examples(run)),
         "infill_nofim": lambda: infilling_exact_match(run, models["code-nofim"], infilling_examples(run)),
+        # infilling before instruct tuning (the LCFT model it continues) and after it (7B/13B Instruct infill)
+        "infill_before_instruct": lambda: infilling_exact_match(run, models["lcft"], infilling_examples(run)),
+        "infill_instruct": lambda: infilling_exact_match(run, models["instruct"], infilling_examples(run)),
     }
     for name, measure in measurements.items():
         path = run.path("eval", f"{name}.json")

@@ -246,7 +246,10 @@ def reproduce(out: str | os.PathLike, *, preset: str = "tiny", seed: int = 0, hu
         )
     run.step("selfinstruct", run.path("selfinstruct", "summary.json"), lambda: self_instruct(run))
     instruct = run.model("instruct")
-    sources = json.dumps({"instruct": ["selfinstruct/dataset"]})  # relative to the run folder, like the code data
+    # relative to the run folder, like the code data; the code rehearsal is the code stage's blocks, which fit the
+    # context, so FIM (instruct_fim_rate in the tiny recipe) applies to them as it would to whole files at 4,096
+    code = run.path("data", "code-pieces.jsonl").relative_to(run.out).as_posix()
+    sources = json.dumps({"instruct": ["selfinstruct/dataset"], "code": [code]})
     run.step(
         "instruct",
         instruct / "lineage.json",

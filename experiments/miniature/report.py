@@ -128,6 +128,36 @@ def claims(run: Run) -> dict:
         },
         "5_loss_curves": curves,
         "6_quick_eval_curves": quick_eval_curves(run),
+        "7_instruct_keeps_infilling": instruct_infilling(run),
+    }
+
+
+def instruct_infilling(run: Run) -> dict:
+    """Infilling of the LCFT model (before instruct tuning) and of the instruct model (after), on the same examples:
+    the change in exact match with a paired 95% interval (evaluation/compare.py). Held when no format loses
+    infilling beyond noise (the interval's upper end is at least 0) and some line was infilled at all."""
+    from codellama_hf.evaluation.compare import paired_change, unpaired_change
+
+    before, after = _read(run, "infill_before_instruct"), _read(run, "infill_instruct")
+    lineage = json.loads((run.model("instruct") / "lineage.json").read_text())
+    exact = {}
+    for fmt in ("psm", "spm"):
+        a, b = before[fmt], after[fmt]
+        if "per_example" in a and "per_example" in b:
+            change = paired_change(
+                dict(enumerate(map(float, a["per_example"]))), dict(enumerate(map(float, b["per_example"])))
+            )
+        else:  # measured before the per-example outcomes were kept
+            change = unpaired_change(a["exact_match"], a["examples"], b["exact_match"], b["examples"])
+        exact[fmt] = {k: change[k] for k in ("before", "after", "change", "ci95", "paired")}
+    measurable = any(exact[f]["before"] > 0 or exact[f]["after"] > 0 for f in exact)
+    return {
+        "exact_match": exact,
+        "middle_loss": {f: {"before": before[f]["middle_loss"], "after": after[f]["middle_loss"]} for f in exact},
+        "examples": before["psm"]["examples"],
+        "instruct_fim": lineage["data"].get("fim"),  # the rate and components the instruct stage used
+        "measurable": measurable,
+        "held": measurable and all(exact[f]["ci95"][1] >= 0 for f in exact),
     }
 
 
@@ -217,6 +247,7 @@ def write_report(run: Run) -> None:
         c3=c3,
         c4=numbers["4_python_stage_lowers_python_loss"],
         quick=numbers["6_quick_eval_curves"],
+        c7=numbers["7_instruct_keeps_infilling"],
         lengths=sorted(c3["perplexity_code"], key=int),
         plots=plots,
         selfinstruct=selfinstruct,

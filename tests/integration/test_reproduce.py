@@ -41,7 +41,7 @@ def test_smoke_pipeline_end_to_end_then_rerun(tmp_path):
     params = json.loads((out / "meta" / "params.json").read_text())
     assert params["vocab_size"] == 4000 and (out / "meta" / "consolidated.00.pth").is_file()
     assert json.loads((out / "models" / "init" / "config.json").read_text())["vocab_size"] == 4016
-    # the stages chain as in the paper, and only the code stage trained with FIM
+    # the stages chain as in the paper; the code stage trained with FIM, the instruct stage on its code rehearsal only
     lineage = {
         m: json.loads((out / "models" / m / "lineage.json").read_text())
         for m in ("pretrain", "code", "code-nofim", "code-python-branch", "python", "lcft", "instruct")
@@ -56,6 +56,7 @@ def test_smoke_pipeline_end_to_end_then_rerun(tmp_path):
     assert json.loads((out / "models" / "python" / "config.json").read_text())["vocab_size"] == 4000
     assert lineage["lcft"]["rope_theta"] == 1e6
     assert lineage["instruct"]["base_model"]["name_or_path"] == str(out / "models" / "lcft")
+    assert lineage["instruct"]["data"]["fim"] == {"rate": 0.9, "spm_rate": 0.5, "seed": 3, "components": ["code"]}
     # self-instruct ran the toy generator's candidates through the sandbox and kept the passing ones
     summary = json.loads((out / "selfinstruct" / "summary.json").read_text())
     assert summary["questions_kept"] == 3 and summary["solutions"]["wrong_answer"] == 3
@@ -66,8 +67,13 @@ def test_smoke_pipeline_end_to_end_then_rerun(tmp_path):
         "2_fim_gives_infilling",
         "3_lcft_lowers_long_context_perplexity",
         "4_python_stage_lowers_python_loss",
+        "7_instruct_keeps_infilling",
     ):
         assert isinstance(claims[key]["held"], bool)
+    # infilling before (LCFT) and after (instruct) the instruct stage, on the same examples, paired
+    instruct_infilling = claims["7_instruct_keeps_infilling"]
+    assert instruct_infilling["exact_match"]["psm"]["paired"] and instruct_infilling["examples"] == 4
+    assert instruct_infilling["instruct_fim"]["components"] == ["code"]
     assert set(claims["3_lcft_lowers_long_context_perplexity"]["perplexity_lcft"]) == {"64", "128", "256"}
     assert set(claims["5_loss_curves"]) == {
         "pretrain",
@@ -79,7 +85,7 @@ def test_smoke_pipeline_end_to_end_then_rerun(tmp_path):
         "instruct",
     }
     report = (out / "report" / "report.md").read_text()
-    assert "codellama-hf reproduce --preset smoke" in report and "## Claim 4" in report
+    assert "codellama-hf reproduce --preset smoke" in report and "## Claim 4" in report and "## Claim 7" in report
     for png in ("loss_curves.png", "perplexity_by_length.png", "claims.png"):
         assert (out / "report" / png).read_bytes()[:8] == PNG
     family = json.loads((out / "hub" / "family.json").read_text())
