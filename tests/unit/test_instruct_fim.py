@@ -263,3 +263,12 @@ def test_a_32000_piece_model_with_the_rate_stops_before_training(llama2_dir, tin
     assert done.returncode == 2, said[-3000:]
     assert "instruct_fim_rate=0.9 needs a tokenizer with the infilling pieces" in said and "Traceback" not in said
     assert not any(out.glob("checkpoint-*")) and not (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("size, rate", [("7b", 0.9), ("13b", 0.9), ("34b", 0.0), ("tiny", 0.9)])
+def test_configs_state_the_rate_where_the_model_infills(size, rate):
+    """7B/13B (and the tiny preset) keep infilling through instruct tuning; 34B has no infilling pieces."""
+    path = ROOT / "recipes" / "configs" / size / "instruct.yaml"
+    world = ["--plan_world_size", "2" if size == "tiny" else "32", "--plan_only"]
+    _, data_args, _ = parse_stage_config("instruct", ["--config", str(path), *world])
+    assert (data_args.fim_rate, data_args.instruct_fim_rate, data_args.fim_spm_rate) == (0.0, rate, 0.5)
