@@ -1,4 +1,5 @@
-"""The instruct stage: dialogs + rehearsal streamed with assistant-only labels, and a real tiny fine-tuning run."""
+"""The instruct stage: a real tiny fine-tuning run (chat template, FIM on the code rehearsal in the lineage), and a
+32,000-piece model asked for instruct_fim_rate stopping before training."""
 
 import json
 import os
@@ -65,3 +66,27 @@ def test_tiny_instruct_run_learns_and_saves_the_chat_template(tmp_path):
     dialog = GOOD[1] + [{"role": "user", "content": "And a copy?"}]
     assert tokenizer.apply_chat_template(dialog)["input_ids"] == chat.prompt_ids(tokenizer, dialog)
     assert (out / "checkpoint-10").is_dir() and (out / "model.safetensors").is_file()
+
+
+def test_a_32000_piece_model_with_the_rate_stops_before_training(llama2_dir, tiny_model_factory, tmp_path):
+    """`recipes/instruct.py` on a model with Llama 2's own 32,000 pieces (a 34B/Python vocabulary) and
+    instruct_fim_rate set: one line naming the field, exit 2, nothing trained or saved."""
+    model = tmp_path / "python-like"
+    tiny_model_factory(32000).save_pretrained(model)
+    AutoTokenizer.from_pretrained(llama2_dir).save_pretrained(model)
+    out = tmp_path / "instruct"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    argv = ["--model_name_or_path", str(model), "--output_dir", str(out), "--instruct_fim_rate", "0.9"]
+    argv += ["--max_steps", "2", "--seq_len", "128", "--tokens_per_step", "256", "--report_to", "none"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "instruct.py"), *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    said = done.stdout + done.stderr
+    assert done.returncode == 2, said[-3000:]
+    assert "instruct_fim_rate=0.9 needs a tokenizer with the infilling pieces" in said and "Traceback" not in said
+    assert not any(out.glob("checkpoint-*")) and not (out / "model.safetensors").exists()

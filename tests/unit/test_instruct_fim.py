@@ -234,37 +234,6 @@ def test_a_rate_without_code_rehearsal_is_a_clear_error(tmp_path, tiny_tokenizer
     assert data.fim is None and data.info["fim"] is None and data.info["instruct_fim_rate"] == 0.0
 
 
-@pytest.mark.slow
-def test_a_32000_piece_model_with_the_rate_stops_before_training(llama2_dir, tiny_model_factory, tmp_path):
-    """`recipes/instruct.py` on a model with Llama 2's own 32,000 pieces (a 34B/Python vocabulary) and
-    instruct_fim_rate set: one line naming the field, exit 2, nothing trained or saved."""
-    import os
-    import subprocess
-    import sys
-
-    from transformers import AutoTokenizer
-
-    model = tmp_path / "python-like"
-    tiny_model_factory(32000).save_pretrained(model)
-    AutoTokenizer.from_pretrained(llama2_dir).save_pretrained(model)
-    out = tmp_path / "instruct"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    argv = ["--model_name_or_path", str(model), "--output_dir", str(out), "--instruct_fim_rate", "0.9"]
-    argv += ["--max_steps", "2", "--seq_len", "128", "--tokens_per_step", "256", "--report_to", "none"]
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "instruct.py"), *argv],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    said = done.stdout + done.stderr
-    assert done.returncode == 2, said[-3000:]
-    assert "instruct_fim_rate=0.9 needs a tokenizer with the infilling pieces" in said and "Traceback" not in said
-    assert not any(out.glob("checkpoint-*")) and not (out / "model.safetensors").exists()
-
-
 @pytest.mark.parametrize("size, rate", [("7b", 0.9), ("13b", 0.9), ("34b", 0.0), ("tiny", 0.9)])
 def test_configs_state_the_rate_where_the_model_infills(size, rate):
     """7B/13B (and the tiny preset) keep infilling through instruct tuning; 34B has no infilling pieces."""
