@@ -1,7 +1,8 @@
 """Repository-level FIM against file-level FIM, same base and same budget, scored on cross-file infilling.
 
 Two arms train the code stage (`recipes/code.py`, FIM rate 0.9, PSM/SPM half and half) from the same base folder,
-for the same steps of the same tokens per step, on the same synthetic repositories (synthetic.py):
+for the same steps of the same tokens per step, on the same synthetic repositories
+(codellama_hf/evaluation/synthetic_repositories.py):
 
 - file-level: every file is its own document (the paper's FIM);
 - repository-level: `--repository_samples true`, each repository's files in dependency order behind
@@ -24,9 +25,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from codellama_hf.evaluation.synthetic_repositories import write_repositories
 from codellama_hf.io import write_json
-
-from .synthetic import write_repositories
 
 ROOT = Path(__file__).resolve().parents[2]
 ARMS = {"file-level": "false", "repository-level": "true"}

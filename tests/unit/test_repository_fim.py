@@ -8,8 +8,8 @@ import re
 import pytest
 
 from codellama_hf.evaluation.crossfile import build_tasks
+from codellama_hf.evaluation.synthetic_repositories import repository, write_repositories
 from experiments.repository_fim.experiment import _paired_gap, summarize
-from experiments.repository_fim.synthetic import repository, write_repositories
 
 
 def test_synthetic_repositories_are_deterministic_and_their_tasks_need_the_other_file(tmp_path, tiny_tokenizer):

@@ -1,4 +1,10 @@
-"""Small synthetic multi-file Python repositories, generated deterministically from (seed, split, index).
+"""Small synthetic multi-file Python repositories for cross-file infilling at toy scale, generated
+deterministically from (seed, split, index).
+
+Real repositories' cross-file tasks (evaluation/crossfile.py on standard-library packages) need thousands of tokens
+of context, beyond what a tiny model trained at a few hundred tokens can use; these fit in about 300 tokens of the
+tiny tokenizer. The repository-level FIM experiment trains and scores on them, and the miniature's quick
+evaluations score on them.
 
 Each repository is one package of three files:
 
@@ -17,8 +23,8 @@ Each repository is one package of three files:
 
 Function and constant names are verb_noun / NOUN_NOUN pairs from 48 x 48 words (2,304 of each kind), so the name
 a line of <app>.py calls cannot be guessed from <app>.py: it is in <lib>.py, which repository-level samples put in
-front of <app>.py and file-level samples do not. They are built for this experiment, to make the cross-file signal
-large and unambiguous; they are not a stand-in for real code (the experiment's report says what they show).
+front of <app>.py and file-level samples do not. They are built to make the cross-file signal large and
+unambiguous; they are not a stand-in for real code.
 """
 
 from __future__ import annotations
