@@ -3,4 +3,5 @@
     python -m experiments.repository_fim --preset cpu --out DIR [--seed N]
 
 Writes DIR/report/report.md, results.json and comparison.png (experiment.py says what is trained and measured).
+The committed `cpu` run's report is in results/.
 """

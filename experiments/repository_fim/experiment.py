@@ -59,7 +59,7 @@ PRESETS = {
 }
 
 
-def _step(name: str, done: Path, action, timings: dict) -> None:
+def _step(name: str, done: Path, action, timings: dict, timings_file: Path) -> None:
     if done.exists():
         print(f"skip {name}: {done} exists", flush=True)
         return
@@ -69,6 +69,7 @@ def _step(name: str, done: Path, action, timings: dict) -> None:
     if not done.exists():
         raise RuntimeError(f"step {name} finished without writing {done}")
     timings[name] = round(time.monotonic() - started, 1)
+    write_json(timings_file, timings, timings_file)
 
 
 def build_base(preset: Preset, out: Path, seed: int) -> None:
@@ -249,8 +250,10 @@ def run_experiment(out: str | os.PathLike, *, preset: str = "cpu", seed: int = 0
 
     if preset not in PRESETS:
         raise ValueError(f"--preset {preset}: choose one of {', '.join(PRESETS)}")
-    p, run, timings = PRESETS[preset], Path(out).resolve(), {}
+    p, run = PRESETS[preset], Path(out).resolve()
     run.mkdir(parents=True, exist_ok=True)
+    timings_file = run / "timings.json"  # each step's time when it ran (a rerun skips it and keeps its time)
+    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     settings = {"preset": preset, "seed": seed, **asdict(p)}
     saved = run / "settings.json"
     if saved.is_file() and json.loads(saved.read_text()) != settings:
@@ -258,17 +261,35 @@ def run_experiment(out: str | os.PathLike, *, preset: str = "cpu", seed: int = 0
     write_json(saved, settings)
     data = run / "data"
     train, heldout = data / "train", data / "heldout"
-    _step("train repositories", train, lambda: write_repositories(train, seed, "train", p.train_repositories), timings)
-    _step("held-out", heldout, lambda: write_repositories(heldout, seed, "heldout", p.heldout_repositories), timings)
+    _step(
+        "train repositories",
+        train,
+        lambda: write_repositories(train, seed, "train", p.train_repositories),
+        timings,
+        timings_file,
+    )
+    _step(
+        "held-out",
+        heldout,
+        lambda: write_repositories(heldout, seed, "heldout", p.heldout_repositories),
+        timings,
+        timings_file,
+    )
     base = run / "models" / "base"
-    _step("base", base, lambda: build_base(p, base, seed), timings)
+    _step("base", base, lambda: build_base(p, base, seed), timings, timings_file)
     for arm in ARMS:
         folder = run / "models" / arm
-        _step(f"train {arm}", folder / "lineage.json", lambda a=arm: train_arm(p, run, a, seed), timings)
+        _step(f"train {arm}", folder / "lineage.json", lambda a=arm: train_arm(p, run, a, seed), timings, timings_file)
     models = {arm: run / "models" / arm for arm in ARMS} | ({"base": base} if p.evaluate_base else {})
     for name, folder in models.items():
         path = run / "eval" / f"{name}.json"
-        _step(f"evaluate {name}", path, lambda n=name, f=folder, o=path: evaluate_model(p, run, n, f, o), timings)
+        _step(
+            f"evaluate {name}",
+            path,
+            lambda n=name, f=folder, o=path: evaluate_model(p, run, n, f, o),
+            timings,
+            timings_file,
+        )
     numbers = results(run, preset, seed)
     numbers["timings_s"] = timings
     return write_report(run, numbers)
