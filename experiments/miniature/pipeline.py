@@ -27,9 +27,11 @@ TOY_PROBLEMS = json.loads((HERE / "toy_problems.json").read_text(encoding="utf-8
 
 def train(run: Run, stage: str, output: Path, overrides: list[str]) -> None:
     """One stage in a subprocess in the run folder, resuming from the latest checkpoint in `output` if an earlier
-    run was cut."""
+    run was cut; with the preset's quick evaluations during the stage."""
+    quick = run.preset.quick_eval
     argv = [
         *run.preset.stages[stage].argv(),
+        *(quick.argv(run.preset.stages[stage].max_steps, crossfile_repositories(run)) if quick else []),
         "--output_dir",
         str(output),
         "--seed",
@@ -52,6 +54,12 @@ def train(run: Run, stage: str, output: Path, overrides: list[str]) -> None:
             f"the {stage} stage failed (exit {result.returncode}) in {output}; rerun the same command "
             "to resume from its latest checkpoint"
         )
+
+
+def crossfile_repositories(run: Run) -> list[Path]:
+    """The held-out synthetic repositories of the quick infilling evaluations (none: the standard library's)."""
+    folder = run.path("data", "crossfile")
+    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
 
 def code_pieces(run: Run) -> None:
@@ -201,6 +209,12 @@ def reproduce(out: str | os.PathLike, *, preset: str = "tiny", seed: int = 0, hu
     from codellama_hf.convert import hf_to_meta, meta_to_hf
     from codellama_hf.tokenizer import build_tiny_tokenizer
 
+    quick = run.preset.quick_eval
+    if quick and quick.repositories:
+        from codellama_hf.evaluation.synthetic_repositories import write_repositories
+
+        crossfile = run.path("data", "crossfile")
+        run.step("crossfile", crossfile, lambda: write_repositories(crossfile, seed, "miniature", quick.repositories))
     tokenizer = run.path("tokenizer-llama2")
     run.step("tokenizer", tokenizer / "tokenizer.json", lambda: build_tiny_tokenizer(tokenizer, infilling=False))
     pretrain = run.model(PRETRAIN)

@@ -52,10 +52,14 @@ class QuickEval:
     points: int  # per stage: every max_steps // points steps, the last at the end
     evaluations: tuple[str, ...] = ("infilling", "perplexity")
     options: dict = field(default_factory=dict)  # more QuickEvalConfig fields (a cheaper set for small runs)
+    # infilling on this many synthetic repositories (evaluation/synthetic_repositories.py; ~300 tokens each, which
+    # a tiny model's context holds; the standard-library packages' tasks need thousands); 0: the standard library
+    repositories: int = 0
 
-    def argv(self, max_steps: int) -> list[str]:
+    def argv(self, max_steps: int, repositories=()) -> list[str]:
         every = max(1, max_steps // self.points)
         argv = ["--quick_eval", *self.evaluations, "--quick_eval_steps", str(every)]
+        argv += ["--quick_eval_repositories", *map(str, repositories)] if repositories else []
         return argv + (["--quick_eval_options", json.dumps(self.options)] if self.options else [])
 
 
@@ -92,6 +96,17 @@ PRESETS = {
         eval_tokens_per_file=1025,
         lcft_lengths=(256, 512, 1024),
         infill_examples=60,
+        quick_eval=QuickEval(
+            4,
+            options={
+                "infilling_tasks": 2,
+                "context_tokens": 512,
+                "max_new_tokens": 24,
+                "perplexity_lengths": [256, 1024],
+                "perplexity_max_files": 3,
+            },
+            repositories=8,
+        ),
     ),
     # A few steps of everything: the test's end-to-end run (numbers are plumbing checks only)
     "smoke": Preset(
@@ -109,6 +124,17 @@ PRESETS = {
         infill_max_new_tokens=8,
         instruct_problems=3,
         code_files=50,
+        quick_eval=QuickEval(
+            1,
+            options={
+                "infilling_tasks": 1,
+                "context_tokens": 512,
+                "max_new_tokens": 4,
+                "perplexity_lengths": [64],
+                "perplexity_max_files": 1,
+            },
+            repositories=2,
+        ),
     ),
     # SmolLM2-135M-Instruct continued through code (FIM and no-FIM twins), Python, LCFT and instruct with every
     # weight trained (bf16 autocast). Sized for ~30 min on an idle 2-core CPU (measured: ~60 s to start each stage;

@@ -34,7 +34,7 @@ STEPS = (
 
 def test_smoke_pipeline_end_to_end_then_rerun(tmp_path):
     out = tmp_path / "run"
-    first = run_cli("reproduce", "--preset", "smoke", "--out", str(out), "--seed", "3")
+    first = run_cli("reproduce", "--preset", "smoke", "--out", str(out), "--seed", "3", timeout=1200)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
 
     # "Llama 2" in Meta's format, converted back with Code Llama's 16 extra pieces
@@ -84,9 +84,19 @@ def test_smoke_pipeline_end_to_end_then_rerun(tmp_path):
         "lcft",
         "instruct",
     }
+    # evaluation curves during each stage: every stage evaluated at its end (the smoke preset's one point);
+    # infilling on the synthetic held-out repositories wherever the tokenizer has the pieces, nothing failed
+    curves = claims["6_quick_eval_curves"]
+    assert set(curves) == set(claims["5_loss_curves"])
+    assert all(c["steps"] == [2] and not sum(c["failures"].values()) for c in curves.values())
+    for name, curve in curves.items():
+        infills = "infill_middle_loss_with_context" in curve["metrics"]
+        assert infills == (name not in ("pretrain", "code-python-branch", "python")), name
+        assert "perplexity@64" in curve["metrics"]
     report = (out / "report" / "report.md").read_text()
     assert "codellama-hf reproduce --preset smoke" in report and "## Claim 4" in report and "## Claim 7" in report
-    for png in ("loss_curves.png", "perplexity_by_length.png", "claims.png"):
+    assert "## Evaluation curves during each stage" in report
+    for png in ("loss_curves.png", "perplexity_by_length.png", "claims.png", "quick_eval_curves.png"):
         assert (out / "report" / png).read_bytes()[:8] == PNG
     family = json.loads((out / "hub" / "family.json").read_text())
     assert family["dry_run"] and len(family["repos"]) == 3
@@ -102,7 +112,7 @@ def test_smoke_pipeline_end_to_end_then_rerun(tmp_path):
     for name in ("ppl_lcft", "infill_fim", "loss_python_python"):
         (out / "eval" / f"{name}.json").unlink()
     (out / "report" / "claims.json").rename(tmp_path / "claims-first.json")
-    again = run_cli("reproduce", "--preset", "smoke", "--out", str(out), "--seed", "3")
+    again = run_cli("reproduce", "--preset", "smoke", "--out", str(out), "--seed", "3", timeout=1200)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     for step in STEPS:
         if step != "instruct":
