@@ -1,6 +1,6 @@
 """The model and tokenizer a stage starts from: continue a folder (or a random tiny model), set RoPE theta through
 `rope_parameters` and check it in the rotary embedding, insist that embedding rows and tokenizer size agree, and add
-LoRA / QLoRA adapters when asked (adapters.py)."""
+LoRA / QLoRA adapters when asked (codellama_hf/adapters/)."""
 
 from __future__ import annotations
 
