@@ -31,6 +31,7 @@ from codellama_hf.evaluation.options import (
     KeyRetrievalOptions,
     ModelOptions,
     PerplexityOptions,
+    run_cross_file,
     run_execution,
     run_key_retrieval,
     run_perplexity,
@@ -137,22 +138,8 @@ def _run_perplexity(args: argparse.Namespace) -> int:
 
 
 def _run_cross_file(args: argparse.Namespace) -> int:
-    from codellama_hf.evaluation.runner import evaluate_cross_file
-
     model, options = _parsed(args)
-    result = evaluate_cross_file(
-        *model.load(),
-        model.model,
-        model.folder,
-        repositories=options.repositories,
-        per_repository=options.per_repository,
-        context_tokens=options.context_tokens,
-        infill_format=options.infill_format,
-        max_new_tokens=options.max_new_tokens,
-        batch_size=model.batch_size,
-        seed=model.seed,
-    )
-    return _finish(result, model.folder)
+    return _finish(run_cross_file(model.load(), model, options), model.folder)
 
 
 def _run_score(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from codellama_hf.evaluation.report import new_result, write_result
 from codellama_hf.evaluation.runner import (
     ExecutionSettings,
     GenerationSettings,
+    evaluate_cross_file,
     evaluate_execution,
     evaluate_key_retrieval,
     evaluate_perplexity,
@@ -287,4 +288,19 @@ def run_perplexity(loaded, model: ModelOptions, options: PerplexityOptions):
         files=options.ppl_files,
         min_bytes=options.ppl_min_bytes,
         max_tokens_per_file=options.ppl_max_tokens_per_file,
+    )
+
+
+def run_cross_file(loaded, model: ModelOptions, options: CrossFileOptions):
+    return evaluate_cross_file(
+        *loaded,
+        model.model,
+        model.folder,
+        repositories=options.repositories,
+        per_repository=options.per_repository,
+        context_tokens=options.context_tokens,
+        infill_format=options.infill_format,
+        max_new_tokens=options.max_new_tokens,
+        batch_size=model.batch_size,
+        seed=model.seed,
     )

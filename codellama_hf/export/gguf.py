@@ -298,11 +298,20 @@ def _write_metadata(writer, folder: Path, hyper: LlamaHyper, vocabulary, kind: s
     template = chat_template(folder)
     if template is not None:
         writer.add_chat_template(template)
-    if not hasattr(vocabulary, "pieces"):
-        write_bpe_tokenizer(writer, folder, vocabulary, hyper.vocab)
-        return
-    proto = vocabulary
-    pieces, scores, token_types = _vocabulary(proto, hyper.vocab)
+    if hasattr(vocabulary, "pieces"):
+        fim = _write_sentencepiece_tokenizer(writer, vocabulary, hyper.vocab)
+    else:
+        fim = write_bpe_tokenizer(writer, folder, vocabulary, hyper.vocab)
+    if fim is not None:  # llama.cpp's infill keys, the same for both kinds of vocabulary
+        writer.add_uint32(gguf.Keys.Tokenizer.FIM_PRE_ID, fim["prefix"])
+        writer.add_uint32(gguf.Keys.Tokenizer.FIM_SUF_ID, fim["suffix"])
+        writer.add_uint32(gguf.Keys.Tokenizer.FIM_MID_ID, fim["middle"])
+        writer.add_eot_token_id(fim["eot"])
+
+
+def _write_sentencepiece_tokenizer(writer, proto, rows: int) -> dict[str, int] | None:
+    """Add a SentencePiece vocabulary (tokenizer.model) to a GGUFWriter; returns its infilling ids, if any."""
+    pieces, scores, token_types = _vocabulary(proto, rows)
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(pieces)
@@ -315,9 +324,4 @@ def _write_metadata(writer, folder: Path, hyper: LlamaHyper, vocabulary, kind: s
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
     writer.add_add_space_prefix(proto.normalizer_spec.add_dummy_prefix)
-    fim = infilling_ids(proto)
-    if fim is not None:
-        writer.add_uint32(gguf.Keys.Tokenizer.FIM_PRE_ID, fim["prefix"])
-        writer.add_uint32(gguf.Keys.Tokenizer.FIM_SUF_ID, fim["suffix"])
-        writer.add_uint32(gguf.Keys.Tokenizer.FIM_MID_ID, fim["middle"])
-        writer.add_eot_token_id(fim["eot"])
+    return infilling_ids(proto)

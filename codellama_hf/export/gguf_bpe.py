@@ -79,8 +79,8 @@ def bpe_fim_ids(tokenizer) -> dict[str, int] | None:
     return dict(zip(("prefix", "suffix", "middle", "eot"), (vocab[t] for t in BPE_SENTINELS), strict=True))
 
 
-def write_bpe_tokenizer(writer, folder: Path, tokenizer, rows: int) -> None:
-    """Add the byte-level BPE tokenizer of `folder` (and its FIM ids) to a GGUFWriter."""
+def write_bpe_tokenizer(writer, folder: Path, tokenizer, rows: int) -> dict[str, int] | None:
+    """Add the byte-level BPE tokenizer of `folder` to a GGUFWriter; returns its FIM ids (export.gguf writes them)."""
     import gguf
 
     from codellama_hf.tokenizer.bpe import adds_bos
@@ -96,9 +96,4 @@ def write_bpe_tokenizer(writer, folder: Path, tokenizer, rows: int) -> None:
     special.chat_template = None  # written by export.gguf, as for SentencePiece models
     special.add_special_token = {"bos": adds_bos(tokenizer), "eos": False}
     special.add_to_gguf(writer, quiet=True)
-    fim = bpe_fim_ids(tokenizer)
-    if fim is not None:
-        writer.add_uint32(gguf.Keys.Tokenizer.FIM_PRE_ID, fim["prefix"])
-        writer.add_uint32(gguf.Keys.Tokenizer.FIM_SUF_ID, fim["suffix"])
-        writer.add_uint32(gguf.Keys.Tokenizer.FIM_MID_ID, fim["middle"])
-        writer.add_eot_token_id(fim["eot"])
+    return bpe_fim_ids(tokenizer)

@@ -1,7 +1,7 @@
 """The sandbox against hostile programs: each is contained, reported failed/timeout, leaves no process behind and
 changes no file outside its work dir, and the harness goes on. Run with namespaces (root here, as in CI) and without
-them (the fallback, which as root runs only when asked to and whose documented gaps are checked to be the only
-ones). Reward hacks (exiting 0 before the asserts, forging the completion mark) must count as failures."""
+them (the fallback, whose documented gaps are checked to be the only ones). Reward hacks (exiting 0 before the
+asserts, forging the completion mark) must count as failures. The layers used are recorded in reports and cards."""
 
 from __future__ import annotations
 
