@@ -131,6 +131,29 @@ def read_yaml_mapping(path: str | os.PathLike, what: str = "config file") -> dic
     return data
 
 
+def changed_settings(saved: dict, now: dict, *, ignore: Iterable[str] = ()) -> str:
+    """What differs between the settings a run folder was made with and this run's, or "" when nothing does.
+
+    Runs that continue where they stopped (stages, corpus builds, self-instruct, experiments) refuse other settings;
+    the message names each field that changed, nested ones by their path ("data.seq_len: 4096 -> 8192"). `now` is
+    compared as it would be read back from JSON (tuples as lists, paths as strings).
+    """
+    before, after = _flatten(saved), _flatten(json.loads(json.dumps(now, default=str)))
+    skip = set(ignore)
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k) and k not in skip)
+    return "; ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed)
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    """{"data": {"seq_len": 1}} -> {"data.seq_len": 1}; an empty mapping stays a value, so {} differs from absent."""
+    if not isinstance(value, dict) or (prefix and not value):
+        return {prefix: value}
+    flat = {}
+    for key, item in value.items():
+        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
 def torch_dtype(value, *, auto=None):
     """A torch.dtype from its name ("bfloat16", "float16", "float32" or bf16/fp16/half/fp32/float) or itself.
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from datatrove.pipeline.base import PipelineStep
 
+from codellama_hf.io import changed_settings
+
 STAGES = ("read", "near_buckets", "exact_buckets", "clusters", "write", "finalize")
 KINDS = ("local", "slurm", "ray")
 RUN_CONFIG = "run_config.json"
@@ -132,11 +134,10 @@ def check_run_folder(run_dir: Path, config) -> None:
     saved = run_dir / RUN_CONFIG
     wanted = config.to_dict()
     if saved.is_file():
-        before = json.loads(saved.read_text())
-        changed = sorted(k for k in set(before) | set(wanted) if before.get(k) != wanted.get(k) and k != "overwrite")
+        changed = changed_settings(json.loads(saved.read_text()), wanted, ignore=["overwrite"])
         if changed:
             raise ValueError(
-                f"{run_dir} holds an interrupted build with other settings ({', '.join(changed)}); run it again "
+                f"{run_dir} holds an interrupted build with other settings ({changed}); run it again "
                 f"with the same settings to resume it, or delete {run_dir} to start over"
             )
         return

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from codellama_hf.io import atomic_file, write_json
+from codellama_hf.io import atomic_file, changed_settings, write_json
 from codellama_hf.selfinstruct.generators import Generator, Sampling
 from codellama_hf.selfinstruct.prompts import (
     parse_questions,
@@ -155,11 +155,8 @@ def _settings(config: SelfInstructConfig, question_generator: Generator | None, 
 def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
     path = out / SETTINGS_FILE
     if path.exists() and not overwrite:
-        saved = json.loads(path.read_text())
-        settings = json.loads(json.dumps(settings))  # as it would be read back
-        changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-        if changed:
-            detail = "; ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+        detail = changed_settings(json.loads(path.read_text()), settings)
+        if detail:
             raise ValueError(
                 f"{out} holds a run with other settings ({detail}); use another --out, the same "
                 "settings to resume, or --overwrite to start over"

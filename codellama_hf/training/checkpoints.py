@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from codellama_hf.data.stream import Position
-from codellama_hf.io import write_json
+from codellama_hf.io import changed_settings, write_json
 from codellama_hf.training.distributed import main_print as _print
 from codellama_hf.training.distributed import process_state as _state
 
@@ -28,10 +28,6 @@ SIGNATURE_FILE = "run_signature.json"  # written last into each complete checkpo
 DATA_STATE_DIR = "data_state"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _RUN_ARTIFACTS = ("lineage.json", "training_args.bin", "trainer_state.json", "runs")
-
-
-def jsonable(value):
-    return json.loads(json.dumps(value, default=str))
 
 
 def checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -89,10 +85,8 @@ def resume_checkpoint(config, signature: dict) -> str | None:
             )
     saved_path = found / SIGNATURE_FILE
     if saved_path.is_file():
-        saved, now = _flatten(json.loads(saved_path.read_text())), _flatten(jsonable(signature))
-        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-        if changed:
-            detail = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        detail = changed_settings(json.loads(saved_path.read_text()), signature)
+        if detail:
             raise ValueError(
                 f"cannot resume from {found}: it was written under different settings ({detail}). "
                 "Resume with the same processes, batch, run length and data, or start a new output_dir"
@@ -102,16 +96,6 @@ def resume_checkpoint(config, signature: dict) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def _flatten(value, prefix: str = "") -> dict:
-    """{"data": {"seq_len": 1}} -> {"data.seq_len": 1}, so a refusal names the field that changed."""
-    if not isinstance(value, dict):
-        return {prefix: value}
-    flat = {}
-    for key, item in value.items():
-        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
 def write_data_state(folder: Path, rank: int, batches: int, positions: dict[int, Position]) -> None:
     """This process's stream positions after `batches` consumed micro-batches, into a checkpoint folder."""
     (folder / DATA_STATE_DIR).mkdir(parents=True, exist_ok=True)

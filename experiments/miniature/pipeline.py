@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from codellama_hf.io import write_json, write_jsonl, write_text
+from codellama_hf.io import changed_settings, write_json, write_jsonl, write_text
 
 from .measure import evaluate
 from .presets import PRESETS, PRETRAIN, PYTHON_BRANCH
@@ -196,9 +196,10 @@ def reproduce(out: str | os.PathLike, *, preset: str = "tiny", seed: int = 0, hu
     run.out.mkdir(parents=True, exist_ok=True)
     settings = {"preset": preset, "seed": seed, "stages": {k: asdict(v) for k, v in run.preset.stages.items()}}
     saved = run.path("settings.json")
-    if saved.is_file() and json.loads(saved.read_text()) != settings:
+    changed = changed_settings(json.loads(saved.read_text()), settings) if saved.is_file() else ""
+    if changed:
         raise ValueError(
-            f"{run.out} holds a run with other settings ({saved}); use another --out or the same --preset and --seed"
+            f"{run.out} holds a run with other settings ({changed}); use another --out or the same --preset and --seed"
         )
     write_json(saved, settings)
     if run.preset.base != "tiny":  # a real pretrained base instead of the tiny "Llama 2" (real_base.py)

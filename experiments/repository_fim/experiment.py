@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from codellama_hf.evaluation.synthetic_repositories import write_repositories
-from codellama_hf.io import write_json
+from codellama_hf.io import changed_settings, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 ARMS = {"file-level": "false", "repository-level": "true"}
@@ -256,8 +256,9 @@ def run_experiment(out: str | os.PathLike, *, preset: str = "cpu", seed: int = 0
     timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     settings = {"preset": preset, "seed": seed, **asdict(p)}
     saved = run / "settings.json"
-    if saved.is_file() and json.loads(saved.read_text()) != settings:
-        raise ValueError(f"{run} holds a run with other settings ({saved}); use another --out")
+    changed = changed_settings(json.loads(saved.read_text()), settings) if saved.is_file() else ""
+    if changed:
+        raise ValueError(f"{run} holds a run with other settings ({changed}); use another --out")
     write_json(saved, settings)
     data = run / "data"
     train, heldout = data / "train", data / "heldout"

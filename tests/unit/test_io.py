@@ -9,6 +9,7 @@ import torch
 from codellama_hf.io import (
     atomic_dir,
     atomic_file,
+    changed_settings,
     read_json_object,
     read_yaml_mapping,
     torch_dtype,
@@ -93,3 +94,12 @@ def test_torch_dtype_names():
         torch_dtype(torch.float64)
     with pytest.raises(ValueError, match="not accepted here"):
         torch_dtype("auto")
+
+
+def test_changed_settings_names_each_changed_field(tmp_path):
+    saved = {"seed": 0, "data": {"seq_len": 4096, "sources": ["a"]}, "extra": {}, "overwrite": False}
+    now = {"seed": 0, "data": {"seq_len": 8192, "sources": ("a",)}, "overwrite": True, "out": tmp_path}
+    assert changed_settings(saved, now, ignore=["overwrite"]) == (
+        f"data.seq_len: 4096 -> 8192; extra: {{}} -> None; out: None -> {str(tmp_path)!r}"
+    )
+    assert changed_settings(saved, json.loads(json.dumps(saved))) == ""
