@@ -26,3 +26,19 @@ def tiny_model_dir(tmp_path, tiny_model, tiny_tokenizer_dir):
     for name in tiny_tokenizer_dir.iterdir():
         shutil.copy(name, folder / name.name)
     return folder
+
+
+def constant_model(model_factory, vocab_size: int, token_id: int):
+    """A tiny Llama whose every prediction is `token_id` (a biased zero lm_head), counting its forward calls."""
+    model = model_factory(vocab_size)
+    head = torch.nn.Linear(model.config.hidden_size, vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[token_id] = 10.0
+    model.lm_head = head
+    model.calls = []
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: model.calls.append(kwargs["input_ids"].clone()), with_kwargs=True
+    )
+    return model

@@ -161,10 +161,10 @@ def test_evaluation_infilling_task_sends_the_bpe_layout(
     from codellama_hf.evaluation.benchmarks import get_benchmark
     from codellama_hf.evaluation.runner import ExecutionSettings, evaluate_execution
     from codellama_hf.generation import HFBackend
-    from tests.unit.test_evaluation_generation import _constant_model
+    from tests.helpers.evaluation_generation import constant_model
 
     tok = AutoTokenizer.from_pretrained(fim_tokenizer_dir)
-    model = _constant_model(tiny_model_factory, len(tok), 49155)  # answers <EOT> at once: an empty middle
+    model = constant_model(tiny_model_factory, len(tok), 49155)  # answers <EOT> at once: an empty middle
     result = evaluate_execution(
         "humaneval-infill-single",
         HFBackend(model, tok, batch_size=1),

@@ -20,22 +20,7 @@ from codellama_hf.evaluation.long_context import (
 from codellama_hf.evaluation.runner import ExecutionSettings, GenerationSettings, evaluate_execution
 from codellama_hf.generation import HFBackend, generate, infill, truncate_at_stop
 from codellama_hf.tokenizer import encode, infill_ids, infilling_prompt
-
-
-def _constant_model(model_factory, vocab_size: int, token_id: int):
-    """A tiny Llama whose every prediction is `token_id` (a biased zero lm_head), counting its forward calls."""
-    model = model_factory(vocab_size)
-    head = torch.nn.Linear(model.config.hidden_size, vocab_size, bias=True)
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.zero_()
-        head.bias[token_id] = 10.0
-    model.lm_head = head
-    model.calls = []
-    model.register_forward_pre_hook(
-        lambda module, args, kwargs: model.calls.append(kwargs["input_ids"].clone()), with_kwargs=True
-    )
-    return model
+from tests.helpers.evaluation_generation import constant_model
 
 
 def test_batched_left_padded_generation_equals_one_by_one(tiny_model, tiny_tokenizer):
@@ -59,7 +44,7 @@ def test_sampling_is_seeded_and_n_per_prompt(tiny_model, tiny_tokenizer):
 
 def test_stop_sequences_stop_generation_and_cut_text(tiny_model_factory, tiny_tokenizer):
     newline = tiny_tokenizer.convert_tokens_to_ids("<0x0A>")
-    model = _constant_model(tiny_model_factory, len(tiny_tokenizer), newline)
+    model = constant_model(tiny_model_factory, len(tiny_tokenizer), newline)
     assert generate(model, tiny_tokenizer, ["def f():"], max_new_tokens=20, stop=["\n"]) == [[""]]
     assert len(model.calls) <= 2  # stopped as soon as the stop sequence appeared, not after 20 tokens
     model.calls.clear()
@@ -69,7 +54,7 @@ def test_stop_sequences_stop_generation_and_cut_text(tiny_model_factory, tiny_to
 
 def test_completion_keeps_the_leading_space_of_its_first_token(tiny_model_factory, tiny_tokenizer):
     ret = tiny_tokenizer.convert_tokens_to_ids("▁return")
-    model = _constant_model(tiny_model_factory, len(tiny_tokenizer), ret)
+    model = constant_model(tiny_model_factory, len(tiny_tokenizer), ret)
     assert generate(model, tiny_tokenizer, ["def f():\n   "], max_new_tokens=1) == [[" return"]]
 
 
@@ -77,13 +62,13 @@ def test_completion_keeps_the_leading_space_of_its_first_token(tiny_model_factor
 def test_infilling_prompt_layout_and_stop_at_eot(tiny_model_factory, tiny_tokenizer, suffix_first):
     ids = infill_ids(tiny_tokenizer)
     prefix, suffix = "def f(x):\n    ", "\n    return y\n"
-    model = _constant_model(tiny_model_factory, len(tiny_tokenizer), ids.eot)
+    model = constant_model(tiny_model_factory, len(tiny_tokenizer), ids.eot)
     assert infill(model, tiny_tokenizer, [prefix], [suffix], suffix_first=suffix_first, max_new_tokens=9) == [""]
     assert model.calls[0][0].tolist() == infilling_prompt(tiny_tokenizer, prefix, suffix, suffix_first=suffix_first)
     assert len(model.calls) == 1  # ▁<EOT> ended generation
     word = encode(tiny_tokenizer, "value")
     if len(word) == 1:
-        model = _constant_model(tiny_model_factory, len(tiny_tokenizer), word[0])
+        model = constant_model(tiny_model_factory, len(tiny_tokenizer), word[0])
         middle = infill(model, tiny_tokenizer, [prefix], [suffix], suffix_first=suffix_first, max_new_tokens=3)
         assert middle == [" value value value"]  # Meta's decode_infilling keeps the first token's space
 
