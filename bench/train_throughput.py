@@ -14,10 +14,10 @@ Measured here (2 shared cores, under load): --documents 12 gave 2.09x, tokens co
 
 GPU (--gpu): a 7B-shaped slice (--layers full-width Llama-2-7B layers, vocabulary 32,016, bf16) on packed rows at
 4,096 and 16,384 tokens, for each attention backend installed, Liger on/off and torch.compile on/off: tokens/s/GPU,
-MFU (6N + 12 L h s FLOPs per token over the GPU's bf16 peak; perf.md §0) and peak memory against the planner's
-estimate for the same slice (the slice trains pure bf16 with bf16 AdamW states, 8 bytes per parameter, where the
-planner counts mixed precision's 16: the gap is 8 bytes x the slice's parameters). This path needs CUDA; it has not
-been run on the CPU-only machine it was written on.
+MFU (6N + 12 L h s FLOPs per token over the GPU's bf16 peak; PaLM, Chowdhery et al. 2022, App. B) and peak memory
+against the planner's estimate for the same slice (the slice trains pure bf16 with bf16 AdamW states, 8 bytes per
+parameter, where the planner counts mixed precision's 16: the gap is 8 bytes x the slice's parameters). This path
+needs CUDA; it has not been run on the CPU-only machine it was written on.
 
     python bench/train_throughput.py [--documents 12] [--seq-len 4096] [--batch 4]
     python bench/train_throughput.py --gpu [--layers 4] [--steps 5]
@@ -105,7 +105,7 @@ def cpu_bench(args) -> dict:
     samples = stdlib_samples(tokenizer, args.documents, args.seq_len)
     useful = sum(map(len, samples))
     config = llama_config("tiny", vocab_size=len(tokenizer), max_position_embeddings=args.seq_len)
-    config.use_cache = False  # packed rows: no cache, or documents see each other (verified-here.md)
+    config.use_cache = False  # packed rows: no cache, or documents see each other (docs/stack-notes.md)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     # as the recipes train; it also keeps one layer's s x s attention matrices alive at a time (CPU sdpa with a mask)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -1,13 +1,13 @@
 """Prompt handling as a recorded protocol choice: which form of the prompt the model sees, and in what style.
 
 Form. bigcode-evaluation-harness' default `humaneval` task strips the prompt (`doc["prompt"].strip()`); its
-`humaneval-unstripped` task keeps the trailing newline; MultiPL-E is stripped too (evaluation.md §2). Which one is
-right depends on the tokenizer: a prompt must end where the tokenizer would end a token anyway, or the model
-continues from a token split it never saw in training. Llama 2's SentencePiece encodes a docstring's closing
-quotes, newline and `    return` as `9995 13 | 1678 736`, so both forms are natural boundaries for Code Llama; a
-byte-level BPE tokenizer merges the newline with the next line's indentation (`\\n` + `    ` -> one `ĊĠĠĠ`
-token), so an unstripped HumanEval prompt is never a natural boundary there and the model reads the lone newline
-as the end of the function.
+`humaneval-unstripped` task keeps the trailing newline; MultiPL-E is stripped too (the harness'
+bigcode_eval/tasks/multiple.py). Which one is right depends on the tokenizer: a prompt must end where the tokenizer
+would end a token anyway, or the model continues from a token split it never saw in training. Llama 2's
+SentencePiece encodes a docstring's closing quotes, newline and `    return` as `9995 13 | 1678 736`, so both forms
+are natural boundaries for Code Llama; a byte-level BPE tokenizer merges the newline with the next line's
+indentation (`\\n` + `    ` -> one `ĊĠĠĠ` token), so an unstripped HumanEval prompt is never a natural boundary
+there and the model reads the lone newline as the end of the function.
 
 `--prompt-form auto` (the default) takes the benchmark's preferred form (bigcode's default first) if every prompt
 ends on a token boundary of this tokenizer, else the other form; an explicit form that does not is used but warned

@@ -3,7 +3,8 @@
 Prompts go in as token ids (`TokensPrompt`), the same ids the HF back end uses: vLLM has no suffix support, so
 infilling is Meta's PSM/SPM id sequence, and EOS / ▁<EOT> are `stop_token_ids`. The generated ids come back and are
 decoded by the shared post-processing (generation/base.py), so completions are cut and decoded exactly as for HF.
-On CPU, vLLM needs VLLM_CPU_KVCACHE_SPACE (GiB) set and a `__main__` guard in scripts (verified-here.md).
+On CPU, vLLM needs VLLM_CPU_KVCACHE_SPACE (GiB) set (vLLM docs, CPU installation) and a `__main__` guard in
+scripts, since its workers start by spawning (vLLM docs, design/multiprocessing).
 """
 
 from __future__ import annotations
