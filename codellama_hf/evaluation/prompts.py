@@ -139,7 +139,7 @@ def choose_form(
 def chat_prompt(tokenizer, problem: Problem, language: str) -> list[int]:
     """Prompt ids for an instruct model: one user turn, and the answer opened with a fence and the code prompt."""
     from codellama_hf.chat import CHAT_TEMPLATE, chat_prompt_ids
-    from codellama_hf.tokenizer import encode
+    from codellama_hf.tokenizer import BYTE_LEVEL, encode, tokenizer_kind
 
     if not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
@@ -147,7 +147,14 @@ def chat_prompt(tokenizer, problem: Problem, language: str) -> list[int]:
     fence = FENCE_LANGUAGE.get(language, language)
     messages = [{"role": "user", "content": CHAT_REQUEST.format(language=fence, prompt=problem.prompt)}]
     answer = f"```{fence}\n{problem.prompt}"
-    if tokenizer.chat_template == CHAT_TEMPLATE:  # Code Llama - Instruct: the answer follows "[/INST] " (a "▁")
+    if tokenizer.chat_template == CHAT_TEMPLATE:
+        # Code Llama - Instruct: the answer follows "[/INST] ", as the instruct stage trained it (chat.encode_dialogs).
+        # SentencePiece's implicit "▁" is that space; a byte-level BPE base (SmolLM2 with this template) needs it
+        # written, or the model sees "[/INST]```" where it learned "[/INST] ```".
+        if tokenizer_kind(tokenizer) == BYTE_LEVEL:
+            return (
+                chat_prompt_ids(tokenizer, messages) + tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+            )
         return chat_prompt_ids(tokenizer, messages) + encode(tokenizer, answer)
     return chat_prompt_ids(tokenizer, messages) + tokenizer(answer, add_special_tokens=False)["input_ids"]
 

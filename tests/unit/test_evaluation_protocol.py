@@ -101,6 +101,24 @@ def test_chat_style_uses_the_models_template(humaneval, codellama_tokenizer, bpe
         chat_prompt(codellama_tokenizer, problem, "python")
 
 
+def test_chat_prompt_on_a_bpe_base_with_code_llamas_template_is_what_training_encoded(humaneval, bpe_tokenizer):
+    """A byte-level base trained by the instruct stage carries Code Llama - Instruct's template: the evaluation
+    prompt must be the prefix of the training encoding of the same dialog (chat.encode_dialogs), the space after
+    [/INST] included (SentencePiece's implicit "▁" does not exist there)."""
+    from codellama_hf.chat import CHAT_TEMPLATE, encode_dialogs
+
+    problem = apply_form(humaneval.problems[0], "strip")
+    smol = bpe_tokenizer.__class__.from_pretrained(bpe_tokenizer.name_or_path)
+    smol.chat_template = CHAT_TEMPLATE
+    ids = chat_prompt(smol, problem, "python")
+    answer = "```python\n" + problem.prompt + "    return 1\n```"
+    trained, _ = encode_dialogs(
+        smol, [[{"role": "user", "content": _request(problem)}, {"role": "assistant", "content": answer}]]
+    )[0]
+    assert trained[: len(ids)] == ids
+    assert smol.decode(ids).endswith(" [/INST] ```python\n" + problem.prompt)
+
+
 def _request(problem) -> str:
     from codellama_hf.evaluation.prompts import CHAT_REQUEST
 
