@@ -137,24 +137,25 @@ PRESETS = {
         ),
     ),
     # SmolLM2-135M-Instruct continued through code (FIM and no-FIM twins), Python, LCFT and instruct with every
-    # weight trained (bf16 autocast). Sized for ~30 min on an idle 2-core CPU (measured: ~60 s to start each stage;
-    # training ~0.8 GFLOP per token; the evaluation's prompts cost about as much as the training), so it is small.
+    # weight trained (bf16 autocast). Sized for ~30 min on an idle 2-core CPU: measured ~300 training tokens/s at
+    # 256-token rows and ~35 s to start each stage, so each code arm reads ~120k tokens (FIM has to teach the four
+    # new tokens' rows) and the evaluations use enough tasks for intervals narrower than the effects sought.
     "smollm2": Preset(
         stages={
-            "code": Stage(6, 256, 512, 3e-4, saves=1),
-            "python": Stage(2, 256, 512, 1e-4, saves=1),
-            "lcft": Stage(2, 512, 512, 1e-4, saves=1, micro_batch=1),
-            "instruct": Stage(2, 512, 512, 1e-4, saves=1, micro_batch=1),
+            "code": Stage(120, 256, 1024, 3e-4, saves=1, micro_batch=4),
+            "python": Stage(40, 256, 1024, 1e-4, saves=1, micro_batch=4),
+            "lcft": Stage(20, 1024, 1024, 1e-4, saves=1, micro_batch=1),
+            "instruct": Stage(8, 512, 1024, 1e-4, saves=1, micro_batch=2),
         },
-        eval_documents=2,
-        eval_tokens_per_file=513,
-        lcft_lengths=(256, 512),
-        infill_examples=10,
+        eval_documents=4,
+        eval_tokens_per_file=1025,
+        lcft_lengths=(256, 512, 1024),
+        infill_examples=40,
         infill_max_new_tokens=24,
         instruct_problems=8,
         code_files=400,
         base="smollm2",
-        humaneval_problems=12,
+        humaneval_problems=24,
         humaneval_max_new_tokens=96,
         bf16=True,
     ),
