@@ -10,7 +10,9 @@ import pytest
 
 from tests.helpers import run_cli
 
-pytestmark = pytest.mark.slow
+# Five training subprocesses each load the 135M model and start a data stream (~1-2 min each on 2 shared cores),
+# and twelve measurements each load it again: minutes, not seconds, hence the longer timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def test_smollm2_smoke_pipeline_end_to_end(tmp_path, smollm2_path):
