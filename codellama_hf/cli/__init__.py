@@ -19,6 +19,7 @@ COMMANDS = {
     "tokenizer": "codellama_hf.cli.tokenizer",
     "convert": "codellama_hf.cli.convert",
     "corpus": "codellama_hf.cli.corpus",
+    "data": "codellama_hf.cli.data",
     "evaluate": "codellama_hf.cli.evaluate",
     "instruct": "codellama_hf.cli.instruct",
     "card": "codellama_hf.cli.card",

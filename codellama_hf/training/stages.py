@@ -19,7 +19,7 @@ from codellama_hf.data.fim import FIMConfig
 from codellama_hf.data.sft import CODE_REHEARSAL, INSTRUCT, DialogMixtureEncoder, load_dialogs
 from codellama_hf.data.stream import DocumentEncoder
 from codellama_hf.training.config import DataArguments, config_path
-from codellama_hf.training.distributed import process_state
+from codellama_hf.training.distributed import main_print, process_state
 from codellama_hf.training.stage import Stage, StageData, register_stage
 
 
@@ -27,7 +27,7 @@ def data_seed(config) -> int:
     return config.data_seed if config.data_seed is not None else config.seed
 
 
-def _describe(data_args: DataArguments) -> str:
+def describe_data(data_args: DataArguments) -> str:
     if data_args.dataset_mixture is not None:
         return f"mixture {data_args.dataset_mixture}"
     return "sources " + ", ".join(map(str, data_args.dataset_sources))
@@ -53,11 +53,11 @@ def as_table(documents, key: dict):
 def _checked(documents, data_args: DataArguments):
     if data_args.text_column not in documents.column_names:
         raise ValueError(
-            f"{_describe(data_args)} has no {data_args.text_column!r} column (columns: {documents.column_names}); "
+            f"{describe_data(data_args)} has no {data_args.text_column!r} column (columns: {documents.column_names}); "
             "set text_column"
         )
     if len(documents) == 0:
-        raise ValueError(f"the corpus is empty ({_describe(data_args)})")
+        raise ValueError(f"the corpus is empty ({describe_data(data_args)})")
     return documents
 
 
@@ -80,25 +80,105 @@ def fim_config(data_args: DataArguments, tokenizer, seed: int) -> FIMConfig | No
     return FIMConfig(rate=data_args.fim_rate, spm_rate=data_args.fim_spm_rate, seed=seed)
 
 
+def read_corpus(data_args: DataArguments, seed: int, *, num_proc=None, announce=None, stats=None):
+    """The document table of code, python, lcft (and pretrain): a mixture (preset or YAML) or plain sources."""
+    from codellama_hf.corpus import load_mixture, read_sources
+
+    if data_args.dataset_mixture is not None:
+        documents = load_mixture(
+            data_args.dataset_mixture,
+            data_args.dataset_split,
+            seed=seed,
+            sources=data_args.mixture_sources_dict(),
+            num_proc=num_proc,
+            announce=announce,
+        )
+    else:
+        documents = read_sources(data_args.dataset_sources, stats=stats, num_proc=num_proc)
+    return _checked(as_table(documents, asdict(data_args)), data_args)
+
+
+def read_instruct(data_args: DataArguments, seed: int, *, num_proc=None, announce=None, stats=None):
+    """The instruct stage's table: dialogs (component `instruct`) and rehearsal documents, mixed by load_mixture."""
+    from codellama_hf.corpus import load_mixture
+
+    _, _, sources, instruct_sources = instruct_mixture(data_args)
+    dialogs = load_dialogs(instruct_sources, data_args.dataset_split)
+    if data_args.dataset_mixture is None:
+        documents = dialogs.add_column("component", [INSTRUCT] * len(dialogs))
+    else:
+        documents = load_mixture(
+            data_args.dataset_mixture,
+            data_args.dataset_split,
+            seed=seed,
+            sources=sources or None,
+            extra={INSTRUCT: dialogs},
+            num_proc=num_proc,
+            announce=announce,
+        )
+    return _checked(as_table(documents, asdict(data_args)), data_args)
+
+
+def prepare_documents(stage: str, data_args: DataArguments, config, *, num_proc=None, announce=None, stats=None):
+    """Build (or find) a stage's document table in the caches, as `codellama-hf data prepare` does before a launch:
+    the expensive step (a token-balanced mixture counts the tokens of every document) then never runs while the
+    other processes of a launch wait in a collective."""
+    read = read_instruct if stage == "instruct" else read_corpus
+    return read(data_args, data_seed(config), num_proc=num_proc, announce=announce, stats=stats)
+
+
+def _in_turn(build):
+    """Run `build` on process 0 first; then on the first process of every other node, which finds the table on a
+    shared filesystem or builds that node's copy; then on all the others, which find it. One process per node
+    builds, never two at once in one cache, and a launch on one node is a plain main-process-first."""
+    state = process_state()
+    if state.num_processes == 1:
+        return build()
+    result = build() if state.is_main_process else None
+    state.wait_for_everyone()
+    if state.is_local_main_process and not state.is_main_process:
+        result = build()
+    state.wait_for_everyone()
+    return result if result is not None else build()
+
+
+def launch_documents(stage: str, data_args: DataArguments, config, stats=None):
+    """The stage's table at launch: memory-mapped when `codellama-hf data prepare` made it, else built here (said
+    on the console, with what the other processes do meanwhile)."""
+    import time
+
+    state = process_state()
+    built = []
+
+    def announce(message: str) -> None:
+        built.append(message)
+        others = state.num_processes - 1
+        waiting = f"the other {others} processes wait for it, for at most ddp_timeout={config.ddp_timeout} s. " * (
+            others > 0
+        )
+        print(
+            f"[process {state.process_index}] data: no prepared table for these data settings, so this launch "
+            f"builds it: {message}; {waiting}`codellama-hf data prepare --config <this config> [the same options]` "
+            "builds it beforehand, with every core",
+            flush=True,
+        )
+
+    started = time.time()
+    documents = _in_turn(lambda: prepare_documents(stage, data_args, config, announce=announce, stats=stats))
+    how = "built at launch" if built else "read from the caches"
+    main_print(f"data: {len(documents):,} documents, table {how} in {time.time() - started:.1f} s")
+    return documents
+
+
 def corpus_documents(data_args: DataArguments, config, tokenizer) -> StageData:
     """Documents of a mixture (preset or YAML) or of plain sources, with FIM at `fim_rate`."""
-    from codellama_hf.corpus import get_mixture, load_mixture, read_sources
+    from codellama_hf.corpus import get_mixture
     from codellama_hf.corpus.filters import SkipCounter
 
     seed = data_seed(config)
     fim = fim_config(data_args, tokenizer, seed)
     skipped = SkipCounter()
-    with process_state().main_process_first():  # global: one process reads and caches, the others then load it
-        if data_args.dataset_mixture is not None:
-            documents = load_mixture(
-                data_args.dataset_mixture,
-                data_args.dataset_split,
-                seed=seed,
-                sources=data_args.mixture_sources_dict(),
-            )
-        else:
-            documents = read_sources(data_args.dataset_sources, stats=skipped)
-        documents = _checked(as_table(documents, asdict(data_args)), data_args)
+    documents = launch_documents(config.stage, data_args, config, stats=skipped)
     info = {
         "mixture": data_args.dataset_mixture,
         "sources": data_args.dataset_sources,
@@ -180,8 +260,6 @@ def instruct_fim_config(data_args: DataArguments, tokenizer, seed: int) -> FIMCo
 
 def instruct_documents(data_args: DataArguments, config, tokenizer) -> StageData:
     """Dialogs (component `instruct`) and rehearsal documents in one table, mixed by corpus.load_mixture."""
-    from codellama_hf.corpus import load_mixture
-
     name, weights, sources, instruct_sources = instruct_mixture(data_args)
     seed = data_seed(config)
     fim = instruct_fim_config(data_args, tokenizer, seed)  # before any data is read: a wrong setting fails fast
@@ -193,19 +271,7 @@ def instruct_documents(data_args: DataArguments, config, tokenizer) -> StageData
                 f"components {', '.join(CODE_REHEARSAL)}), and {name} has none; set instruct_fim_rate: 0"
             )
         fim = None  # the default rate, with nothing to apply it to
-    with process_state().main_process_first():
-        dialogs = load_dialogs(instruct_sources, data_args.dataset_split)
-        if data_args.dataset_mixture is None:
-            documents = dialogs.add_column("component", [INSTRUCT] * len(dialogs))
-        else:
-            documents = load_mixture(
-                data_args.dataset_mixture,
-                data_args.dataset_split,
-                seed=seed,
-                sources=sources or None,
-                extra={INSTRUCT: dialogs},
-            )
-        documents = _checked(as_table(documents, asdict(data_args)), data_args)
+    documents = launch_documents("instruct", data_args, config)
     info = {
         "mixture": name,
         "mixture_weights": weights,

@@ -236,9 +236,9 @@ def test_table1_presets_realise_token_shares(preset, llama2_dir):
     mixed = load_mixture(preset, seed=1)
     assert PRESETS[preset].balance == "tokens" and mixed.column_names == [
         "text",
-        "component",
         "source",
         "path",
+        "component",
         "tokens",
     ]
     head = mixed.select(range(1500))

@@ -232,7 +232,7 @@ def _assert_proportions(components: list[str], weights: dict[str, float]):
 @pytest.mark.parametrize("preset", ["code", "python"])
 def test_mixture_matches_table1_probabilities(preset):
     mixed = load_mixture(preset, seed=1, balance="documents")  # document shares only when asked for
-    assert len(mixed) >= 10_000 and mixed.column_names == ["text", "component", "source", "path"]
+    assert len(mixed) >= 10_000 and mixed.column_names == ["text", "source", "path", "component"]
     _assert_proportions(mixed.select(range(10_000))["component"], PRESETS[preset].weights)
 
 

@@ -154,7 +154,7 @@ def test_mixture_keeps_source_and_path_so_repositories_group(tmp_path):
     mixture = tmp_path / "mix.yaml"
     mixture.write_text(f"components:\n  code: {{weight: 0.9, sources: ['{corpus}']}}\n  nl: 0.1\nbalance: documents\n")
     mixed = load_mixture(mixture, seed=0)
-    assert mixed.column_names == ["text", "component", "source", "path"]
+    assert mixed.column_names == ["text", "source", "path", "component"]
     code = mixed.filter(lambda c: c == "code", input_columns=["component"])
     read = read_sources([str(corpus)])
     expected = {(s, p) for s, p in zip(read["source"], read["path"], strict=True) if not is_validation(0, s, p)}
