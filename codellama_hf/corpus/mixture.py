@@ -213,11 +213,11 @@ def _component_dataset(
         if len(ds) == 0:
             raise ValueError(f"mixture component {component.name!r} has no documents in split {split!r}")
         ds = ds.select_columns(KEPT).add_column("component", [component.name] * len(ds))
-        if count is not None and not streaming:  # counted in file order, joined without copying the text
-            ds = count(ds)
-        ds = ds.shuffle(seed=seed)
-        if max_documents is not None and len(ds) > max_documents:
-            ds = ds.select(range(max_documents))
+        if max_documents is not None and len(ds) > max_documents:  # a sample: count only what is kept
+            ds = ds.shuffle(seed=seed).select(range(max_documents))
+            ds = count(ds.flatten_indices()) if count is not None else ds
+        else:  # counted in file order, then joined without copying the text
+            ds = (count(ds) if count is not None else ds).shuffle(seed=seed)
         return ds.to_iterable_dataset() if streaming else ds
     ds = ds.select_columns(KEPT).map(lambda _: {"component": component.name}).shuffle(seed=seed)
     return ds.take(max_documents) if max_documents is not None else ds
