@@ -5,6 +5,10 @@ train on every token, FIM-transformed at `fim_rate` (0.9 in the Code Llama paper
 reads dialogs filling the `reserved` share of the instruct_rehearsal mixture (code 6%, natural language 2%) with the
 loss on the assistant's answers, FIM on the code rehearsal at `instruct_fim_rate` (data/sft.py), and saves its
 tokenizer with the chat template.
+
+A stage's document table is built once, before the launch (`prepare_documents`, run by `codellama-hf data prepare`
+with every core), and memory-mapped by every process of the launch (`launch_documents`); a launch that finds no
+table builds it in turn, one process per node, and says so.
 """
 
 from __future__ import annotations
