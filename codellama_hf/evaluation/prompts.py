@@ -37,6 +37,12 @@ STYLES = (COMPLETION, CHAT)
 FALLBACK_CONTINUATION = "    return 0\n"  # an indented line: what follows a signature in every MultiPL-E language
 CHECKED_PROBLEMS = 500  # the check is a prefix test per problem; infilling has thousands of near-identical ones
 CHAT_REQUEST = "Complete the following {language} code. Answer with the whole code in one code block.\n\n{prompt}"
+# Code Llama - Instruct's Python answers sit between [PYTHON] tags (paper Fig. 12, the self-instruct dialogs the
+# instruct stage trains on; Fig. 13 prompts the Instruct models for them the same way)
+TAGGED_REQUEST = (
+    "Complete the following Python code. Your code should start with a [PYTHON] tag and end with a [/PYTHON] tag."
+    "\n\n{prompt}"
+)
 FENCE_LANGUAGE = {"python": "python", "py": "python", "cpp": "cpp", "java": "java", "cs": "csharp"}
 
 
@@ -136,21 +142,33 @@ def choose_form(
     )
 
 
+def _chat_format(tokenizer, language: str) -> tuple[str, str, str]:
+    """(request, answer opening, answer closing): [PYTHON] tags for Code Llama - Instruct's template in Python, a
+    Markdown fence otherwise."""
+    from codellama_hf.chat import CHAT_TEMPLATE
+
+    fence = FENCE_LANGUAGE.get(language, language)
+    if tokenizer.chat_template == CHAT_TEMPLATE and fence == "python":
+        return TAGGED_REQUEST, "[PYTHON]\n", "[/PYTHON]"
+    return CHAT_REQUEST.replace("{language}", fence), f"```{fence}\n", "\n```"
+
+
 def chat_prompt(tokenizer, problem: Problem, language: str) -> list[int]:
-    """Prompt ids for an instruct model: one user turn, and the answer opened with a fence and the code prompt."""
+    """Prompt ids for an instruct model: one user turn, and the answer opened (a fence or Code Llama - Instruct's
+    [PYTHON] tag) and continued with the code prompt."""
     from codellama_hf.chat import CHAT_TEMPLATE, chat_prompt_ids
     from codellama_hf.tokenizer import BYTE_LEVEL, encode, tokenizer_kind
 
     if not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
         raise ValueError(f"tokenizer {name!r} has no chat template: use --prompt-style completion for a base model")
-    fence = FENCE_LANGUAGE.get(language, language)
-    messages = [{"role": "user", "content": CHAT_REQUEST.format(language=fence, prompt=problem.prompt)}]
-    answer = f"```{fence}\n{problem.prompt}"
+    request, opening, _ = _chat_format(tokenizer, language)
+    messages = [{"role": "user", "content": request.format(prompt=problem.prompt)}]
+    answer = opening + problem.prompt
     if tokenizer.chat_template == CHAT_TEMPLATE:
         # Code Llama - Instruct: the answer follows "[/INST] ", as the instruct stage trained it (chat.encode_dialogs).
         # SentencePiece's implicit "▁" is that space; a byte-level BPE base (SmolLM2 with this template) needs it
-        # written, or the model sees "[/INST]```" where it learned "[/INST] ```".
+        # written, or the model sees "[/INST][PYTHON]" where it learned "[/INST] [PYTHON]".
         if tokenizer_kind(tokenizer) == BYTE_LEVEL:
             return (
                 chat_prompt_ids(tokenizer, messages) + tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
@@ -159,6 +177,6 @@ def chat_prompt(tokenizer, problem: Problem, language: str) -> list[int]:
     return chat_prompt_ids(tokenizer, messages) + tokenizer(answer, add_special_tokens=False)["input_ids"]
 
 
-def chat_stop(stop: Sequence[str]) -> tuple[str, ...]:
-    """A chat answer also ends at its closing code fence."""
-    return tuple(dict.fromkeys([*stop, "\n```"]))
+def chat_stop(stop: Sequence[str], tokenizer, language: str) -> tuple[str, ...]:
+    """A chat answer also ends where its code block closes (the fence, or [/PYTHON])."""
+    return tuple(dict.fromkeys([*stop, _chat_format(tokenizer, language)[2]]))

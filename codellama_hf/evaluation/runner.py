@@ -111,7 +111,7 @@ def _completions(backend: Backend, benchmark, problems, protocol, generation: Ge
         )
     if protocol.style == CHAT:
         prompts = [chat_prompt(backend.tokenizer, p, benchmark.language) for p in problems]
-        decoding = replace(decoding, stop=chat_stop(decoding.stop))
+        decoding = replace(decoding, stop=chat_stop(decoding.stop, backend.tokenizer, benchmark.language))
     else:
         prompts = [p.prompt for p in problems]
     return backend.complete(prompts, decoding, progress=progress)

@@ -91,12 +91,15 @@ def test_chat_style_uses_the_models_template(humaneval, codellama_tokenizer, bpe
     instruct = codellama_tokenizer.__class__.from_pretrained(codellama_tokenizer.name_or_path)
     instruct.chat_template = CHAT_TEMPLATE
     ids = chat_prompt(instruct, problem, "python")
-    head = prompt_ids(instruct, [{"role": "user", "content": _request(problem)}])
+    head = prompt_ids(instruct, [{"role": "user", "content": _request(problem, tagged=True)}])
     assert ids[: len(head)] == head and ids[:3] == [1, 518, 25580]  # <s> ▁[ INST, as Meta's chat_completion
-    assert ids[len(head) :] == encode(instruct, "```python\n" + problem.prompt)
+    # Code Llama - Instruct answers Python between [PYTHON] tags (paper Fig. 12-13), as the instruct stage trains
+    assert ids[len(head) :] == encode(instruct, "[PYTHON]\n" + problem.prompt)
+    assert chat_stop(problem.stop, instruct, "python")[-1] == "[/PYTHON]"
+    assert chat_stop(problem.stop, instruct, "cpp")[-1] == "\n```"  # tags are Python's; other languages: fences
     smol = bpe_tokenizer.decode(chat_prompt(bpe_tokenizer, problem, "python"))
     assert smol.startswith("<|im_start|>") and smol.endswith("<|im_start|>assistant\n```python\n" + problem.prompt)
-    assert chat_stop(problem.stop)[-1] == "\n```"
+    assert chat_stop(problem.stop, bpe_tokenizer, "python")[-1] == "\n```"
     with pytest.raises(ValueError, match="no chat template"):
         chat_prompt(codellama_tokenizer, problem, "python")
 
@@ -111,15 +114,17 @@ def test_chat_prompt_on_a_bpe_base_with_code_llamas_template_is_what_training_en
     smol = bpe_tokenizer.__class__.from_pretrained(bpe_tokenizer.name_or_path)
     smol.chat_template = CHAT_TEMPLATE
     ids = chat_prompt(smol, problem, "python")
-    answer = "```python\n" + problem.prompt + "    return 1\n```"
+    answer = "[PYTHON]\n" + problem.prompt + "    return 1\n[/PYTHON]"
     trained, _ = encode_dialogs(
-        smol, [[{"role": "user", "content": _request(problem)}, {"role": "assistant", "content": answer}]]
+        smol, [[{"role": "user", "content": _request(problem, tagged=True)}, {"role": "assistant", "content": answer}]]
     )[0]
     assert trained[: len(ids)] == ids
-    assert smol.decode(ids).endswith(" [/INST] ```python\n" + problem.prompt)
+    assert smol.decode(ids).endswith(" [/INST] [PYTHON]\n" + problem.prompt)
 
 
-def _request(problem) -> str:
-    from codellama_hf.evaluation.prompts import CHAT_REQUEST
+def _request(problem, tagged: bool = False) -> str:
+    from codellama_hf.evaluation.prompts import CHAT_REQUEST, TAGGED_REQUEST
 
+    if tagged:
+        return TAGGED_REQUEST.format(prompt=problem.prompt)
     return CHAT_REQUEST.format(language="python", prompt=problem.prompt)
