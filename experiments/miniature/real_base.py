@@ -199,11 +199,13 @@ def infilling(run: Run, model_dir: Path, tokenizer_dir: Path | None = None) -> d
     """Greedy single-line infilling in PSM and SPM: exact match (first generated line equals the removed line,
     whitespace-stripped) and pass@1 (the solution with that line runs HumanEval's tests in the sandbox)."""
     from codellama_hf.evaluation.benchmarks import get_benchmark
+    from codellama_hf.evaluation.crossfile import middle_loss
     from codellama_hf.evaluation.runner import ExecutionSettings, GenerationSettings, evaluate_execution
 
     backend = _backend(run, model_dir, tokenizer_dir)
     ids = infill_task_ids(run)
-    references = {p.task_id: p.reference for p in get_benchmark("humaneval-infill-single").problems}
+    problems = {p.task_id: p for p in get_benchmark("humaneval-infill-single").problems}
+    references = {t: p.reference for t, p in problems.items()}
     out = {"model": model_dir.name, "tokenizer": str(tokenizer_dir or model_dir)}
     for fmt in ("psm", "spm"):
         folder = run.path("eval", "samples", f"infill-{model_dir.name}")
@@ -228,6 +230,19 @@ def infilling(run: Run, model_dir: Path, tokenizer_dir: Path | None = None) -> d
             "pass@1": result["metrics"].get("pass@1"),
             "passed": round(result["metrics"].get("pass@1", 0.0) * result["num_problems"]),
             "first_completions": [s["completion"] for s in samples[:3]],
+            # graded where exact match is all-or-nothing: NLL per token of the removed line and <EOT> after the
+            # infilling prompt (teacher forcing), per task, so the two models compare paired
+            "middle_loss": {
+                t: middle_loss(
+                    backend.model,
+                    backend.tokenizer,
+                    problems[t].prompt,
+                    problems[t].reference,
+                    problems[t].suffix,
+                    suffix_first=fmt == "spm",
+                )
+                for t in ids
+            },
         }
     return out
 
@@ -323,6 +338,8 @@ def _rate(successes: int, trials: int) -> dict:
 
 
 def real_claims(run: Run) -> dict:
+    from codellama_hf.evaluation.compare import paired_change
+
     def read(name):
         return json.loads(run.path("eval", f"{name}.json").read_text())
 
@@ -337,6 +354,9 @@ def real_claims(run: Run) -> dict:
     }
     passed = {
         f: {arm: _rate(infill[arm][f]["passed"], infill[arm][f]["examples"]) for arm in infill} for f in ("psm", "spm")
+    }
+    middle = {
+        f: paired_change(infill["no_fim"][f]["middle_loss"], infill["fim"][f]["middle_loss"]) for f in ("psm", "spm")
     }
     ppl_code, ppl_lcft = read("ppl_code"), read("ppl_lcft")
     base_len = str(run.preset.stages["code"].seq_len)
@@ -362,6 +382,9 @@ def real_claims(run: Run) -> dict:
             "pass@1": passed,
             "held": all(em[f]["fim"]["k"] > em[f]["no_fim"]["k"] for f in ("psm", "spm")),
             "intervals_separate": all(separated(em[f]["fim"], em[f]["no_fim"]) for f in ("psm", "spm")),
+            # before = no FIM, after = FIM: a negative change with its interval below 0 is FIM's gain
+            "middle_loss": middle,
+            "middle_loss_lower": all(middle[f]["ci95"][1] < 0 for f in ("psm", "spm")),
         },
         "fim_costs_little_left_to_right": {
             "loss_fim": fim["loss"],

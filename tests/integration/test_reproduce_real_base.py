@@ -45,6 +45,9 @@ def test_smollm2_smoke_pipeline_end_to_end(tmp_path, smollm2_path):
         for arm in ("fim", "no_fim"):
             r = em[fmt][arm]
             assert r["n"] == 1 and 0.0 <= r["low"] <= r["rate"] <= r["high"] <= 1.0
+        # the graded measure, paired over the same task: the untrained FIM rows make the no-FIM model's loss high
+        middle = claims["fim_gives_infilling"]["middle_loss"][fmt]
+        assert middle["problems"] == 1 and middle["paired"] and middle["before"] > 0 and middle["after"] > 0
     runs = claims["humaneval"]["runs"]
     assert {name: r["style"] for name, r in runs.items()} == {
         "base_completion": "completion",
@@ -56,7 +59,7 @@ def test_smollm2_smoke_pipeline_end_to_end(tmp_path, smollm2_path):
     for key in ("fim_gives_infilling", "fim_costs_little_left_to_right", "lcft_lowers_long_context_perplexity"):
         assert isinstance(claims[key]["held"], bool)
     report = (out / "report" / "report.md").read_text()
-    assert "Wall time" in report and "load average" in report and "[" in report
+    assert "Wall time" in report and "load average" in report and "[" in report and "Middle loss" in report
     runs_log = json.loads((out / "report" / "runs.json").read_text())
     assert len(runs_log) == 1 and runs_log[0]["load_1min"] and runs_log[0]["seconds"] > 0
 
