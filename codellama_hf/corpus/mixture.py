@@ -184,6 +184,19 @@ def get_mixture(preset_or_path: str | os.PathLike | Mixture) -> Mixture:
     raise ValueError(f"unknown mixture {key!r}: use a preset ({', '.join(PRESETS)}) or a YAML file")
 
 
+def map_style(specs) -> list:
+    """Source specs read into memory-mapped Arrow tables, not streamed: a `datasets` name streams by default, but a
+    stage trains from a table, which a stream would fill in one process (`datasets.load_dataset` prepares it once,
+    cached under its fingerprint). A spec that sets `streaming` keeps it."""
+    from dataclasses import replace as with_field
+
+    from codellama_hf.corpus.source_spec import SourceSpec
+
+    specs = [specs] if isinstance(specs, (str, os.PathLike, dict, SourceSpec)) else list(specs)
+    parsed = [SourceSpec.parse(s) for s in specs]
+    return [with_field(s, streaming=False) if s.streaming is None else s for s in parsed]
+
+
 def _component_dataset(
     component: Component,
     split: str,
@@ -192,6 +205,7 @@ def _component_dataset(
     streaming: bool,
     max_documents: int | None,
     count=None,
+    num_proc: int | None = None,
 ):
     import datasets
 
@@ -202,7 +216,8 @@ def _component_dataset(
             )
         ds = embedded_corpus(component.name, split, seed=corpus_seed)
     else:
-        ds = read_sources(list(component.sources), streaming=streaming)
+        specs = list(component.sources) if streaming else map_style(component.sources)
+        ds = read_sources(specs, streaming=streaming, num_proc=num_proc)
         # The same held-out rule as the embedded corpus: by file, from (corpus_seed, source, path).
         want = split == "validation"
         ds = ds.filter(lambda s, p: is_validation(corpus_seed, s, p) == want, input_columns=["source", "path"])
@@ -286,7 +301,8 @@ def load_mixture(
             return count_tokens(dataset, tokenizer, num_proc, announce)
 
     parts = [
-        _component_dataset(c, split, seed, corpus_seed, streaming, max_documents, count) for c in mixture.components
+        _component_dataset(c, split, seed, corpus_seed, streaming, max_documents, count, num_proc)
+        for c in mixture.components
     ]
     probabilities = [c.weight for c in mixture.components]
     for name, value in extra.items():

@@ -87,6 +87,7 @@ def fim_config(data_args: DataArguments, tokenizer, seed: int) -> FIMConfig | No
 def read_corpus(data_args: DataArguments, seed: int, *, num_proc=None, announce=None, stats=None):
     """The document table of code, python, lcft (and pretrain): a mixture (preset or YAML) or plain sources."""
     from codellama_hf.corpus import load_mixture, read_sources
+    from codellama_hf.corpus.mixture import map_style
 
     if data_args.dataset_mixture is not None:
         documents = load_mixture(
@@ -98,7 +99,7 @@ def read_corpus(data_args: DataArguments, seed: int, *, num_proc=None, announce=
             announce=announce,
         )
     else:
-        documents = read_sources(data_args.dataset_sources, stats=stats, num_proc=num_proc)
+        documents = read_sources(map_style(data_args.dataset_sources), stats=stats, num_proc=num_proc)
     return _checked(as_table(documents, asdict(data_args)), data_args)
 
 

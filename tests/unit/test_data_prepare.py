@@ -96,3 +96,13 @@ def test_prepare_parses_a_gpu_config_on_a_cpu():
     """The 7B recipe asks for bf16, which a CPU refuses; preparing its data must not."""
     _, data_args, config = parse_stage_config("code", ["--config", str(config_path("code", "7b")), "--plan_only"])
     assert data_args.dataset_mixture == "code" and config.seed == 42
+
+
+def test_stage_tables_read_datasets_names_into_arrow_not_streams():
+    """A stage trains from a table: a `datasets` name (streamed by default) is prepared by load_dataset instead of
+    being copied row by row from a stream by one process; a spec that says `streaming` keeps it."""
+    from codellama_hf.corpus.mixture import map_style
+
+    specs = map_style(["bigcode/the-stack-smol", {"dataset": "wikitext", "streaming": True}, "/data/code"])
+    assert [s.streaming for s in specs] == [False, True, False]
+    assert [s.dataset for s in specs[:2]] == ["bigcode/the-stack-smol", "wikitext"] and specs[2].path == "/data/code"
