@@ -511,9 +511,11 @@ def _token_mixture(parts: list, weights: list[float], stopping_strategy: str, se
         announce(f"scheduling {len(documents):,} documents by their token counts")
     lengths = [np.asarray(p.with_format("numpy")["tokens"]) for p in parts]
     offsets = np.cumsum([0] + [len(p) for p in parts[:-1]])
-    order = np.fromiter(
-        (offsets[i] + index for i, index in token_schedule(lengths, weights, stopping_strategy, seed)), dtype=np.int64
-    )
+    from datasets.utils import tqdm  # datasets' bars: shown or hidden with theirs
+
+    schedule = tqdm(token_schedule(lengths, weights, stopping_strategy, seed), desc="scheduling", unit=" rows")
+    order = np.fromiter((offsets[i] + index for i, index in schedule), dtype=np.int64)
+    schedule.close()
     if not (datasets.is_caching_enabled() and all(p.cache_files for p in parts)):
         return documents.select(order)  # in-memory parts: nothing that a later call could find again
     from codellama_hf.io import atomic_dir
