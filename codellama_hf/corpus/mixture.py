@@ -521,7 +521,7 @@ def _token_mixture(parts: list, weights: list[float], stopping_strategy: str, se
     from codellama_hf.io import atomic_dir
 
     with atomic_dir(folder, shared=True) as tmp:  # complete or absent; two nodes writing at once keep one copy
-        documents.select(order, indices_cache_file_name=str(tmp / INDICES))
+        _write_indices(documents, order, tmp / INDICES)
         (tmp / "mixture.json").write_text(json.dumps({"inputs": inputs, "rows": len(order)}, indent=1))
     return _with_indices(documents, folder / INDICES, key)
 
@@ -529,8 +529,21 @@ def _token_mixture(parts: list, weights: list[float], stopping_strategy: str, se
 INDICES = "indices.arrow"
 
 
+def _write_indices(documents, order, path: Path) -> None:
+    """Rows `order` of `documents` as rows of its underlying table (the parts' shuffles composed in), in the Arrow
+    stream format datasets memory-maps its own indices from (what `Dataset.select` writes to a cache file)."""
+    import pyarrow as pa
+
+    rows = pa.array(order, type=pa.uint64())
+    if documents._indices is not None:  # concatenated shuffled parts: their own row mapping
+        rows = documents._indices.column(0).take(rows)
+    table = pa.table({"indices": rows})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=1 << 20)
+
+
 def _with_indices(documents, path: Path, fingerprint: str):
-    """`documents` read in the order of a memory-mapped indices file (what `select` writes)."""
+    """`documents` read in the order of a memory-mapped indices file."""
     import datasets
     from datasets.table import MemoryMappedTable
 
