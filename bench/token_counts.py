@@ -48,11 +48,10 @@ def counts_per_second(repeats: int) -> None:
     datasets.disable_caching()
     datasets.disable_progress_bars()
 
-    def previous():
+    def previous():  # the loop load_mixture ran before: batches read from the table, lists of ids
         out = []
-        for start in range(0, len(texts), 1000):
-            ids = tokenizer(texts[start : start + 1000], add_special_tokens=False)["input_ids"]
-            out += [max(1, len(x)) for x in ids]
+        for batch in documents.iter(batch_size=1000):
+            out += [max(1, len(x)) for x in tokenizer(batch["text"], add_special_tokens=False)["input_ids"]]
         return out
 
     best = {"previous, 1 process": [], "count_tokens, 1 process": [], "count_tokens, 2 processes": []}
@@ -82,12 +81,8 @@ def counts_per_second(repeats: int) -> None:
     print(f"   2 processes / 1 process: {two / one:.2f}x; 2 processes / previous: {two / before:.2f}x")
 
 
-def _fresh_caches(root: Path) -> None:
+def _fresh_caches(source: Path, root: Path) -> None:
     """This machine's embedded corpus and Llama 2 tokenizer, copied without the files derived from them."""
-    from codellama_hf.assets import cache_dir, llama2_tokenizer_dir
-
-    source = cache_dir()
-    llama2_tokenizer_dir()
     shutil.copytree(source / "llama2_tokenizer", root / "llama2_tokenizer")
     for folder in (source / "corpus" / "embedded").iterdir():
         shutil.copytree(folder, root / "corpus" / "embedded" / folder.name, ignore=shutil.ignore_patterns("cache-*"))
@@ -96,6 +91,7 @@ def _fresh_caches(root: Path) -> None:
 def launch_table() -> None:
     import datasets
 
+    from codellama_hf.assets import cache_dir, llama2_tokenizer_dir
     from codellama_hf.training import stages
     from codellama_hf.training.config import config_path, parse_stage_config
 
@@ -109,10 +105,12 @@ def launch_table() -> None:
         return time.perf_counter() - start, len(table), said
 
     print(f"2. the tiny code stage's document table (mixture code, balance tokens), load {_load()}")
+    llama2_tokenizer_dir()
+    source = cache_dir()
     with tempfile.TemporaryDirectory() as tmp:
+        _fresh_caches(source, Path(tmp) / "codellama_hf")
         os.environ["CODELLAMA_HF_CACHE"] = str(Path(tmp) / "codellama_hf")
         datasets.config.HF_DATASETS_CACHE = str(Path(tmp) / "datasets")
-        _fresh_caches(Path(tmp) / "codellama_hf")
         datasets.disable_caching()
         for label, num_proc in (("unprepared launch, 1 process counting", 1), ("unprepared launch, 2 processes", 2)):
             seconds, rows, said = timed(num_proc)

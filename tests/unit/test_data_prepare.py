@@ -9,14 +9,17 @@ import yaml
 from transformers import AutoTokenizer
 
 from codellama_hf.cli import main
+from codellama_hf.corpus import mixture
 from codellama_hf.corpus.embedded import embedded_corpus
 from codellama_hf.corpus.mixture import PRESETS, count_tokens, load_mixture, mixture_cache_dir, token_shares
 from codellama_hf.training.config import config_path, parse_stage_config
 
 
 @pytest.fixture
-def no_datasets_cache():
-    """Every count and schedule computed afresh (nothing read back from an earlier run)."""
+def no_datasets_cache(monkeypatch):
+    """Every count and schedule computed afresh (nothing read back from an earlier run), by as many processes as
+    asked for, however few the documents."""
+    monkeypatch.setattr(mixture, "DOCUMENTS_PER_PROCESS", 1)
     datasets.disable_caching()
     yield
     datasets.enable_caching()
