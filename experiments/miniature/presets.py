@@ -138,13 +138,12 @@ PRESETS = {
     ),
     # SmolLM2-135M-Instruct continued through code (FIM and no-FIM twins), Python, LCFT and instruct with every
     # weight trained (bf16 autocast). Sized for ~30 min on an idle 2-core CPU: measured ~300 training tokens/s at
-    # 256-token rows and ~35 s to start each stage, so each code arm reads ~245k tokens (FIM has to teach the four
-    # new tokens' rows: at 120k the middle loss fell but no line was infilled exactly); the instruct stage sees the
-    # toy bank's 8 dialogs about twice (8 steps, ~15 passes, unlearned the answer format); the evaluations use
-    # enough tasks for intervals narrower than the effects sought.
+    # 256-token rows and ~35 s to start each stage, so each code arm reads ~120k tokens (twice that did not fit a
+    # shared machine's session); the instruct stage sees the toy bank's 8 dialogs about twice (8 steps, ~15 passes,
+    # unlearned the answer format); the evaluations use enough tasks for intervals narrower than the effects sought.
     "smollm2": Preset(
         stages={
-            "code": Stage(240, 256, 1024, 3e-4, saves=1, micro_batch=4),
+            "code": Stage(120, 256, 1024, 3e-4, saves=1, micro_batch=4),
             "python": Stage(40, 256, 1024, 1e-4, saves=1, micro_batch=4),
             "lcft": Stage(20, 1024, 1024, 1e-4, saves=1, micro_batch=1),
             "instruct": Stage(4, 512, 512, 1e-4, saves=1, micro_batch=1),
