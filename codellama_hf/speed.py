@@ -26,13 +26,14 @@ def check_liger(enabled: bool) -> None:
     """Refuse use_liger_kernel where its kernels cannot run, with what to do instead."""
     if not enabled:
         return
-    if importlib.util.find_spec("liger_kernel") is None:
-        raise ValueError(f"use_liger_kernel: true needs liger-kernel ({LIGER_INSTALL})")
+    # The GPU first: on a CPU, installing liger-kernel would not help.
     if not torch.cuda.is_available():
         raise ValueError(
             "use_liger_kernel: true needs a CUDA GPU: Liger's kernels are written in Triton, which has no CPU "
             "driver. Set use_liger_kernel: false on this machine (the unfused path computes the same loss)"
         )
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ValueError(f"use_liger_kernel: true needs liger-kernel ({LIGER_INSTALL})")
 
 
 def model_shape_before_loading(model_args):

@@ -161,9 +161,9 @@ def test_the_stage_records_the_rate_and_fims_the_code_rehearsal(tmp_path, tiny_t
     the batches (whole embedded files are longer than 256 tokens, and FIM only takes documents that fit)."""
     texts, components = _table()
     code = tmp_path / "code.jsonl"
-    code.write_text(
-        "".join(json.dumps({"text": t}) + "\n" for t, c in zip(texts, components, strict=True) if c == "code")
-    )
+    blocks = [t for t, c in zip(texts, components, strict=True) if c == "code"]
+    # a path per block: the held-out split is by (source, path), so one path-less file would land in one split
+    code.write_text("".join(json.dumps({"text": t, "path": f"block{i}.py"}) + "\n" for i, t in enumerate(blocks)))
     sources = json.dumps({"instruct": ["stdlib"], "code": [str(code)]})
     _, data_args, config = _stage(
         tmp_path, "--instruct_fim_rate", "1.0", "--max_steps", "8", "--mixture_sources", sources
