@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,9 +58,10 @@ def stdlib_dialogs(max_dialogs: int = 2000):
             tree = ast.parse(source)
         except SyntaxError:
             continue
+        lines = _LINE.findall(source)
         for node in tree.body:
             doc = ast.get_docstring(node) if isinstance(node, ast.FunctionDef) else None
-            code = ast.get_source_segment(source, node) if doc else None
+            code = _source_segment(lines, node) if doc else None
             if not doc or node.name.startswith("_") or not code or len(code) > 1500:
                 continue
             request = " ".join(doc.split("\n\n")[0].split())
@@ -75,6 +77,21 @@ def stdlib_dialogs(max_dialogs: int = 2000):
         if len(rows) == max_dialogs:
             break
     return datasets.Dataset.from_dict({"text": [json.dumps(r, ensure_ascii=False) for r in rows]})
+
+
+# Lines as ast.get_source_segment splits them (\r\n, \r or \n; not form feeds), split once per file: that
+# function splits the whole file again on every call, which made the stdlib dialogs take ~12 s instead of ~1 s.
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
+def _source_segment(lines: list[str], node: ast.AST) -> str:
+    """ast.get_source_segment(source, node) from the source's lines (columns are UTF-8 byte offsets)."""
+    first, last = node.lineno - 1, node.end_lineno - 1
+    if first == last:
+        return lines[first].encode()[node.col_offset : node.end_col_offset].decode()
+    head = lines[first].encode()[node.col_offset :].decode()
+    tail = lines[last].encode()[: node.end_col_offset].decode()
+    return "".join([head, *lines[first + 1 : last], tail])
 
 
 def load_dialogs(sources: Sequence[str], split: str = "train"):

@@ -12,7 +12,7 @@ import pytest
 from codellama_hf.evaluation.benchmarks import get_benchmark
 from codellama_hf.evaluation.compare import Z95, compare_results, unpaired_change
 from codellama_hf.evaluation.runner import ExecutionSettings, score_samples
-from tests.helpers import load_recipe, run_cli
+from tests.helpers import cli, load_recipe
 
 TASK = "humaneval-infill-single"
 PROBLEMS = 10
@@ -60,16 +60,16 @@ def test_paired_interval_from_the_sandbox_outcomes(before_after):
 
 def test_cli_prints_and_writes_the_comparison_and_refuses_what_it_cannot_compare(before_after, tmp_path):
     before, after = before_after
-    done = run_cli("evaluate", "compare", str(before), str(after), "--out", str(tmp_path / "compare.md"))
+    done = cli("evaluate", "compare", str(before), str(after), "--out", str(tmp_path / "compare.md"))
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"| {TASK} | pass@1 | 0.300 | 0.700 | +0.400 |" in done.stdout
     assert "# Before / after" in (tmp_path / "compare.md").read_text()
-    done = run_cli("evaluate", "compare", str(before), str(after), "--tasks", "humaneval")
+    done = cli("evaluate", "compare", str(before), str(after), "--tasks", "humaneval")
     assert done.returncode != 0 and f"task 'humaneval' has no (unskipped) result in {before}" in done.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "x.json").write_text("{}")
-    done = run_cli("evaluate", "compare", str(empty), str(after))
+    done = cli("evaluate", "compare", str(empty), str(after))
     assert done.returncode != 0 and "hold no infilling results in common" in done.stderr
 
 

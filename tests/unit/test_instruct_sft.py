@@ -133,3 +133,22 @@ def test_bad_instruct_data_is_a_clear_error(tmp_path, tiny_tokenizer, overrides,
     _, data_args, config = stage_config(tmp_path, *argv)
     with pytest.raises(error, match=message):
         _rows(data_args, config, tiny_tokenizer, batches=1)
+
+
+def test_stdlib_dialog_code_is_exactly_what_ast_cuts_from_the_source():
+    """The dialogs' answers are cut from lines split once per file: the same text as ast.get_source_segment, with
+    multi-byte characters, \\r\\n and \\r line ends, a form feed inside a line, and a real standard-library module."""
+    import ast
+    import inspect
+
+    from codellama_hf.data.sft import _LINE, _source_segment
+
+    synthetic = (
+        'x = "é€"; y = 1\r\ndef f(a="ü"):\r\n    """Doc\x0cwith a form feed."""\r    return a  # ✓\n\nz = [\n  1]'
+    )
+    for source in (synthetic, inspect.getsource(json.decoder)):
+        lines = _LINE.findall(source)
+        nodes = [n for n in ast.walk(ast.parse(source)) if hasattr(n, "end_col_offset")]
+        assert len(nodes) > 10
+        for node in nodes:
+            assert _source_segment(lines, node) == ast.get_source_segment(source, node)
