@@ -12,6 +12,15 @@ from tests.helpers import ROOT, built_once
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under `pytest -n N` each worker gets its share of the cores for torch's intra-op threads (and so do the processes
+# it starts): N workers of cpu_count threads each oversubscribe the machine, and OpenMP threads that wait for a busy
+# core spin, which made a tiny model's matmuls ~20x slower on 2 cores with 2 workers.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # Topic fixtures used by both the unit and the integration tests of a module live in tests/helpers/.
 pytest_plugins = [

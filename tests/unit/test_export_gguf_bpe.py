@@ -1,5 +1,6 @@
 """GGUF export of a byte-level BPE base with the FIM tokens (SmolLM2 + `--add-fim`): the tokenizer and FIM keys
-llama.cpp reads, checked against the GGUF SmolLM2 ships in (written by llama.cpp's converter), and the Modelfile."""
+llama.cpp reads, checked against the GGUF SmolLM2 ships in (written by llama.cpp's converter), and the Modelfile.
+transformers' GGUF loader reading the file back (tokens and logits) is in tests/integration/test_export_gguf.py."""
 
 from __future__ import annotations
 
@@ -133,28 +134,6 @@ def test_the_card_of_a_bpe_fim_model_states_its_fim_ids(smollm2_fim_model, tmp_p
     assert "The FIM tokens: `<PRE>` = 49152, `<SUF>` = 49153, `<MID>` = 49154, `<EOT>` = 49155" in card
     generation = json.loads((folder / "generation_config.json").read_text())
     assert generation["eos_token_id"] == [2, 49155]  # complete_model_folder: EOS and <EOT> end generation
-
-
-def test_transformers_reads_the_bpe_gguf_back_to_the_same_tokens_and_logits(smollm2_fim_model, tmp_path):
-    """An independent GGUF reader (transformers' gguf_file= loader) gives the HF tokenizer's ids, FIM tokens
-    included, and the HF model's logits (f16 weights)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from codellama_hf.tokenizer import infilling_prompt
-
-    out = export_gguf(smollm2_fim_model, tmp_path / "smol-fim.gguf", kind="f16")
-    original = AutoTokenizer.from_pretrained(smollm2_fim_model)
-    reread = AutoTokenizer.from_pretrained(tmp_path, gguf_file=out.name)
-    prompt = infilling_prompt(original, "def add(a, b):\n    total = ", "\n    return total  # ünïcode\n")
-    text = original.decode(prompt, skip_special_tokens=False)
-    assert reread(text, add_special_tokens=False).input_ids == original(text, add_special_tokens=False).input_ids
-    assert [reread.convert_tokens_to_ids(t) for t in ("<PRE>", "<SUF>", "<MID>", "<EOT>")] == list(range(49152, 49156))
-    ids = torch.tensor([prompt])
-    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name, dtype=torch.float32).eval()
-    expected = AutoModelForCausalLM.from_pretrained(smollm2_fim_model, dtype=torch.float32).eval()
-    with torch.no_grad():
-        diff = (loaded(ids).logits - expected(ids).logits).abs().max().item()
-    assert diff < 2e-2, diff
 
 
 def test_a_completed_bpe_folder_reads_the_same_under_transformers_4(smollm2_fim_model):
