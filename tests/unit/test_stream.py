@@ -187,3 +187,16 @@ def test_bad_stream_settings_and_data(tiny_tokenizer, documents):
     blank = datasets.Dataset.from_dict({"text": ["   ", "", "\n"] * 4})
     with pytest.raises(ValueError, match="gives no training tokens"):
         next(iter(_stream(tiny_tokenizer, blank, streams_per_process=1)))
+
+
+def test_workers_may_run_a_chunk_ahead_within_the_memory_cap(tiny_tokenizer, documents):
+    """The DataLoader's default of 2 batches ahead makes one worker wait while the other tokenizes a chunk
+    (bench/data_pipeline.py): the default covers a chunk of micro-batches, bounded by PREFETCH_BYTES per worker."""
+    from codellama_hf.data.stream import PREFETCH_BYTES, default_prefetch
+
+    stream = _stream(tiny_tokenizer, documents, chunk_documents=8, micro_batch=2)
+    assert stream.chunk == 8 and default_prefetch(stream) == 4
+    assert stream_loader(stream, num_workers=2).prefetch_factor == 4
+    assert stream_loader(stream, num_workers=2, prefetch_factor=3).prefetch_factor == 3  # an explicit value wins
+    wide = _stream(tiny_tokenizer, documents, chunk_documents=48, micro_batch=1, seq_len=1 << 20)
+    assert default_prefetch(wide) == max(2, PREFETCH_BYTES // (24 << 20)) == 2  # 1M-token rows: the cap rules
