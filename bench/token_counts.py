@@ -2,7 +2,7 @@
 and without `codellama-hf data prepare`.
 
 1. Counts/s. The embedded corpus's train documents (code, nl_code, nl), counted with Llama 2's tokenizer (what
-   `balance: tokens` uses) by corpus.mixture.count_tokens with num_proc 1 and 2, nothing cached (datasets caching
+   `balance: tokens` uses) by corpus.token_balance.count_tokens with num_proc 1 and 2, nothing cached (datasets caching
    off); both give the same counts (checked). Baseline in the same run: the previous path, one process taking the
    lengths of `tokenizer(texts)["input_ids"]` in batches of 1,000 read from the table. Rounds interleave the three
    and each keeps its best, printed with the CPU time of all its processes (under load, with no second core free,
@@ -51,7 +51,7 @@ def counts_per_second(repeats: int) -> None:
 
     from codellama_hf.assets import llama2_tokenizer_dir
     from codellama_hf.corpus.embedded import KINDS, embedded_corpus
-    from codellama_hf.corpus.mixture import count_tokens
+    from codellama_hf.corpus.token_balance import count_tokens
 
     tokenizer = AutoTokenizer.from_pretrained(str(llama2_tokenizer_dir()))
     texts = [t for kind in KINDS if kind != "python" for t in embedded_corpus(kind)["text"]]

@@ -119,7 +119,7 @@ def _cli_mix(args: argparse.Namespace) -> int:
     shares = ", ".join(f"{name} {counts[name] / len(sample):.3f}" for name in sorted(counts))
     print(f"wrote {out}: {len(sample)} documents (document shares: {shares})")
     if "tokens" in sample.column_names:
-        from codellama_hf.corpus.mixture import token_shares
+        from codellama_hf.corpus.token_balance import token_shares
 
         tokens = ", ".join(f"{name} {share:.3f}" for name, share in token_shares(sample).items())
         print(f"token shares: {tokens}")

@@ -4,8 +4,8 @@
     accelerate launch --config_file accelerate_configs/zero3.yaml recipes/code.py --config recipes/configs/7b/code.yaml
 
 A stage trains from one memory-mapped table of documents (data/stream.py). Building it reads the sources and, for a
-Table 1 mixture balanced by tokens, counts the tokens of every document (corpus/mixture.py): at the paper's scale,
-hours of work. Done at launch, it runs in one process while every other process waits in a collective, which
+Table 1 mixture balanced by tokens, counts the tokens of every document (corpus/token_balance.py): at the paper's
+scale, hours of work. Done at launch, it runs in one process while every other process waits in a collective, which
 `ddp_timeout` (30 minutes by default) ends. Prepared first, the launch finds the table under the same data settings
 in the caches (HF_DATASETS_CACHE, CODELLAMA_HF_CACHE) and only memory-maps it.
 
@@ -53,7 +53,8 @@ def register(subparsers) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from codellama_hf.corpus.mixture import default_num_proc, get_mixture, token_shares
+    from codellama_hf.corpus.mixture import get_mixture
+    from codellama_hf.corpus.token_balance import default_num_proc, token_shares
     from codellama_hf.training import stages
     from codellama_hf.training.config import parse_stage_config, read_config_file
     from codellama_hf.training.stage import get_stage

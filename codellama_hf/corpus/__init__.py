@@ -9,6 +9,7 @@
 - pipeline.py: the build's datatrove stages and their executors (local, Slurm, Ray);
 - embedded.py: the offline default corpus assembled from this machine's Python installation;
 - mixture.py: Table 1's mixtures as presets, user mixtures in YAML, sampled by interleaving;
+- token_balance.py: their default balance, by tokens: counts cached per component, the schedule as an indices file;
 - build.py: `codellama-hf corpus build`, its config, summary and output layout.
 """
 

@@ -231,7 +231,7 @@ def test_table1_presets_realise_token_shares(preset, llama2_dir):
     of the embedded-corpus mixture, every component is within 1 point of its share (and over the whole mixture)."""
     from transformers import AutoTokenizer
 
-    from codellama_hf.corpus.mixture import token_shares
+    from codellama_hf.corpus.token_balance import token_shares
 
     mixed = load_mixture(preset, seed=1)
     assert PRESETS[preset].balance == "tokens" and mixed.column_names == [

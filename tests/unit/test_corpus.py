@@ -250,7 +250,7 @@ def test_bytes_balance_gives_table1_shares_of_bytes():
 
 
 def test_streaming_mixture_and_instruct_rehearsal(llama2_dir):
-    from codellama_hf.corpus.mixture import token_shares
+    from codellama_hf.corpus.token_balance import token_shares
 
     streamed = load_mixture("code", streaming=True, seed=2, balance="documents")
     _assert_proportions([row["component"] for row in streamed.take(10_000)], PRESETS["code"].weights)

@@ -9,9 +9,10 @@ import yaml
 from transformers import AutoTokenizer
 
 from codellama_hf.cli import main
-from codellama_hf.corpus import mixture
+from codellama_hf.corpus import token_balance
 from codellama_hf.corpus.embedded import embedded_corpus
-from codellama_hf.corpus.mixture import PRESETS, count_tokens, load_mixture, mixture_cache_dir, token_shares
+from codellama_hf.corpus.mixture import PRESETS, load_mixture
+from codellama_hf.corpus.token_balance import count_tokens, mixture_cache_dir, token_shares
 from codellama_hf.training.config import config_path, parse_stage_config
 
 
@@ -19,7 +20,7 @@ from codellama_hf.training.config import config_path, parse_stage_config
 def no_datasets_cache(monkeypatch):
     """Every count and schedule computed afresh (nothing read back from an earlier run), by as many processes as
     asked for, however few the documents."""
-    monkeypatch.setattr(mixture, "DOCUMENTS_PER_PROCESS", 1)
+    monkeypatch.setattr(token_balance, "DOCUMENTS_PER_PROCESS", 1)
     datasets.disable_caching()
     yield
     datasets.enable_caching()
