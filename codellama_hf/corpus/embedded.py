@@ -270,9 +270,20 @@ def _hash_fraction(*parts) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def is_validation(seed: int, source: str, path: str, fraction: float = VALIDATION_FRACTION) -> bool:
-    """The held-out rule: a file is in validation iff its (seed, source, file) hash falls in the first `fraction`."""
-    return _hash_fraction("split", seed, source, (path or "").split("#", 1)[0]) < fraction
+def is_validation(
+    seed: int, source: str, path: str, fraction: float = VALIDATION_FRACTION, text: str | None = None
+) -> bool:
+    """The held-out rule: a file is in validation iff its (seed, source, file) hash falls in the first `fraction`.
+
+    A row without a path (a JSONL or `datasets` source whose records carry only text) is held out by its own
+    (seed, source, text) hash instead: keyed by the path "" that they all share, a whole source would land in one
+    split, all of it validation for ~5% of sources. The text, not the row's index, so that the split does not
+    depend on the order rows are read in or on `num_proc`; identical texts share a split. Rows with a path keep the
+    by-file hash, so existing held-out files do not move."""
+    file = (path or "").split("#", 1)[0]
+    if not file and text is not None:
+        return _hash_fraction("split-row", seed, source, text) < fraction
+    return _hash_fraction("split", seed, source, file) < fraction
 
 
 def _cache_key(kind: str, seed: int, documents: int) -> str:

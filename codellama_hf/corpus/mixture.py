@@ -217,9 +217,13 @@ def _component_dataset(
     else:
         specs = list(component.sources) if streaming else map_style(component.sources)
         ds = read_sources(specs, streaming=streaming, num_proc=num_proc)
-        # The same held-out rule as the embedded corpus: by file, from (corpus_seed, source, path).
+        # The same held-out rule as the embedded corpus: by file, from (corpus_seed, source, path); by row, from the
+        # text, where a row has no path.
         want = split == "validation"
-        ds = ds.filter(lambda s, p: is_validation(corpus_seed, s, p) == want, input_columns=["source", "path"])
+        ds = ds.filter(
+            lambda s, p, t: is_validation(corpus_seed, s, p, text=t) == want,
+            input_columns=["source", "path", "text"],
+        )
     if component.languages:
         allowed = set(component.languages)
         ds = ds.filter(lambda lang: lang in allowed, input_columns=["language"])

@@ -265,8 +265,8 @@ class LicenseFilter(BaseFilter):
 
 
 class SplitAndCount(PipelineStep):
-    """Tags each document with its split (the held-out rule of embedded.is_validation: by file) and counts
-    documents, bytes and (with a tokenizer) tokens per language."""
+    """Tags each document with its split (the held-out rule of embedded.is_validation: by file, by row where a
+    document has no path) and counts documents, bytes and (with a tokenizer) tokens per language."""
 
     type = "📊 - STATS"
     name = "🗂️ split + language counts"
@@ -288,7 +288,9 @@ class SplitAndCount(PipelineStep):
         for doc in data:
             with self.track_time():
                 meta = doc.metadata
-                held = self.fraction > 0 and is_validation(self.seed, meta["source"], meta["path"], self.fraction)
+                held = self.fraction > 0 and is_validation(
+                    self.seed, meta["source"], meta["path"], self.fraction, text=doc.text
+                )
                 meta["split"] = "validation" if held else "train"
                 language = meta["language"]
                 self.stat_update(f"documents/{language}", f"documents/{meta['split']}")

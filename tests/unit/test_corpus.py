@@ -28,7 +28,7 @@ from codellama_hf.corpus import (
     load_mixture,
     read_sources,
 )
-from codellama_hf.corpus.embedded import KINDS
+from codellama_hf.corpus.embedded import KINDS, _hash_fraction, is_validation
 from tests.helpers.corpus import CLEAN, PLANTED_SKIPS, STDLIB, _assert_one_version_each
 
 
@@ -234,6 +234,37 @@ def test_mixture_matches_table1_probabilities(preset):
     mixed = load_mixture(preset, seed=1, balance="documents")  # document shares only when asked for
     assert len(mixed) >= 10_000 and mixed.column_names == ["text", "source", "path", "component"]
     _assert_proportions(mixed.select(range(10_000))["component"], PRESETS[preset].weights)
+
+
+def test_rows_without_a_path_are_held_out_one_by_one(tmp_path):
+    """A source whose records carry only text (path "") is split per row, about 5% validation, not wholesale into
+    one split; a source with paths keeps the by-file rule: every file's rows in one split, as before."""
+    from codellama_hf.corpus.mixture import Component, Mixture
+
+    def note(i):
+        return f"Note {i}.\n" + "The quick brown fox jumps over the lazy dog.\n" * (5 + i % 7)
+
+    pathless, with_paths = tmp_path / "pathless.jsonl", tmp_path / "with_paths.jsonl"
+    pathless.write_text("\n".join(json.dumps({"text": note(i)}) for i in range(200)))
+    with_paths.write_text("\n".join(json.dumps({"text": note(i), "path": f"doc{i % 40}.md"}) for i in range(200)))
+
+    def splits(source, corpus_seed=0):  # labelled "notes": the split does not follow tmp_path
+        spec = {"path": str(source), "label": "notes"}
+        mixture = Mixture("m", (Component("nl", 1.0, sources=(spec,)),), balance="documents")
+        return [load_mixture(mixture, split, corpus_seed=corpus_seed) for split in ("train", "validation")]
+
+    train, validation = splits(pathless)
+    assert set(train["path"]) == set(validation["path"]) == {""}
+    assert len(train) + len(validation) == 200 and not set(train["text"]) & set(validation["text"])
+    assert 2 <= len(validation) <= 20, len(validation)  # ~5% of 200 rows; the whole source was 0 or 200 before
+    expected = {note(i) for i in range(200) if is_validation(0, "notes", "", text=note(i))}
+    assert set(validation["text"]) == expected  # a function of (seed, source, text): not of order or processes
+    assert set(splits(pathless, corpus_seed=1)[1]["text"]) != expected
+
+    train, validation = splits(with_paths)
+    assert len(train) + len(validation) == 200 and not set(train["path"]) & set(validation["path"])
+    held = {f"doc{i}.md" for i in range(40) if _hash_fraction("split", 0, "notes", f"doc{i}.md") < 0.05}
+    assert held and set(validation["path"]) == held  # the by-file hash the embedded corpus's splits were made with
 
 
 def test_bytes_balance_gives_table1_shares_of_bytes():
