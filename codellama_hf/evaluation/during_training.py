@@ -265,6 +265,8 @@ class QuickEvalCallback(TrainerCallback):
             earlier = read_quick_evaluations(args.output_dir) or {}
             self.history = [h for h in earlier.get("history", []) if h["step"] <= state.global_step]
             self.failures.update(earlier.get("failures", {}))
+            if self.history and self.history[-1]["step"] == state.global_step:
+                self._last_step = state.global_step  # evaluated at the checkpoint already: no second point there
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         every = self.config.every_steps

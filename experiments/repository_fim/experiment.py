@@ -69,7 +69,7 @@ def _step(name: str, done: Path, action, timings: dict, timings_file: Path) -> N
     if not done.exists():
         raise RuntimeError(f"step {name} finished without writing {done}")
     timings[name] = round(time.monotonic() - started, 1)
-    write_json(timings_file, timings, timings_file)
+    write_json(timings_file, timings)
 
 
 def build_base(preset: Preset, out: Path, seed: int) -> None:

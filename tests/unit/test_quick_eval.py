@@ -195,6 +195,9 @@ def test_a_resumed_run_keeps_the_evaluations_before_its_checkpoint(tmp_path, tin
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
     callback.on_train_begin(args, TrainerState(global_step=4), TrainerControl())
     assert [h["step"] for h in callback.history] == [2, 4] and callback.failures == {"infilling": 1}
+    # a resume at the final checkpoint trains nothing more: train end must not add step 4 a second time
+    callback.on_train_end(args, TrainerState(global_step=4), TrainerControl(), model=None)
+    assert [h["step"] for h in callback.history] == [2, 4]
     fresh = QuickEvalCallback(tiny_tokenizer, QuickEvalConfig(every_steps=2))
     fresh.on_train_begin(args, TrainerState(global_step=0), TrainerControl())
     assert fresh.history == []  # a run from the start begins a new curve
