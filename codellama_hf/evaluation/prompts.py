@@ -144,13 +144,13 @@ def choose_form(
 
 def _chat_format(tokenizer, language: str) -> tuple[str, str, str]:
     """(request, answer opening, answer closing): [PYTHON] tags for Code Llama - Instruct's template in Python, a
-    Markdown fence otherwise."""
+    Markdown fence otherwise. The request is formatted with the problem's prompt."""
     from codellama_hf.chat import CHAT_TEMPLATE
 
     fence = FENCE_LANGUAGE.get(language, language)
     if tokenizer.chat_template == CHAT_TEMPLATE and fence == "python":
         return TAGGED_REQUEST, "[PYTHON]\n", "[/PYTHON]"
-    return CHAT_REQUEST.replace("{language}", fence), f"```{fence}\n", "\n```"
+    return CHAT_REQUEST.format(language=fence, prompt="{prompt}"), f"```{fence}\n", "\n```"
 
 
 def chat_prompt(tokenizer, problem: Problem, language: str) -> list[int]:

@@ -2,8 +2,9 @@
 
 Every stage shares the machinery of run.py (configuration, model, streaming data, trainer, checkpoints, lineage);
 a stage is its name, its tiny preset, the builder of its documents (a table the stream reads, with the encoder that
-turns them into examples), the collator, checks of its data settings made before a model is loaded, and the chat
-template its tokenizer is saved with. Adding a stage is one `register_stage(Stage(...))` and one YAML file.
+turns them into examples) and the reader of that table (what `codellama-hf data prepare` builds before a launch),
+the collator, checks of its data settings made before a model is loaded, and the chat template its tokenizer is
+saved with. Adding a stage is one `register_stage(Stage(...))` and one YAML file.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class Stage:
     check_data: Callable[[Any], Any] | None = None  # (data_args) -> anything; raises ValueError on bad settings
     chat_template: str | None = None
     description: str = ""
+    # (data_args, seed, *, num_proc, announce, stats) -> the document table build_data reads, which
+    # `codellama-hf data prepare` builds before a launch; None: nothing to prepare
+    read_documents: Callable[..., Any] | None = None
 
 
 STAGES: dict[str, Stage] = {}

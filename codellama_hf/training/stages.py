@@ -24,7 +24,7 @@ from codellama_hf.data.sft import CODE_REHEARSAL, INSTRUCT, DialogMixtureEncoder
 from codellama_hf.data.stream import DocumentEncoder
 from codellama_hf.training.config import DataArguments, config_path
 from codellama_hf.training.distributed import main_print, process_state
-from codellama_hf.training.stage import Stage, StageData, register_stage
+from codellama_hf.training.stage import Stage, StageData, get_stage, register_stage
 
 
 def data_seed(config) -> int:
@@ -128,7 +128,9 @@ def prepare_documents(stage: str, data_args: DataArguments, config, *, num_proc=
     """Build (or find) a stage's document table in the caches, as `codellama-hf data prepare` does before a launch:
     the expensive step (a token-balanced mixture counts the tokens of every document) then never runs while the
     other processes of a launch wait in a collective."""
-    read = read_instruct if stage == "instruct" else read_corpus
+    read = get_stage(stage).read_documents
+    if read is None:
+        raise ValueError(f"stage {stage!r} reads no document table that could be prepared")
     return read(data_args, data_seed(config), num_proc=num_proc, announce=announce, stats=stats)
 
 
@@ -302,7 +304,9 @@ for _name, _about in (
     ("python", "Code Llama - Python: 100B more tokens of the Python mixture (paper §2.1, Table 1)"),
     ("lcft", "long-context fine-tuning: 16,384-token sequences, RoPE theta 10^6 (paper §2.4)"),
 ):
-    register_stage(Stage(_name, corpus_documents, default_config=_preset(_name), description=_about))
+    register_stage(
+        Stage(_name, corpus_documents, default_config=_preset(_name), description=_about, read_documents=read_corpus)
+    )
 
 register_stage(
     Stage(
@@ -312,5 +316,6 @@ register_stage(
         check_data=instruct_mixture,
         chat_template=CHAT_TEMPLATE,
         description="Code Llama - Instruct: dialogs with assistant-only loss plus rehearsal (paper §2.5)",
+        read_documents=read_instruct,
     )
 )
